@@ -1,0 +1,330 @@
+// Type definitions for express-session-multicast.
+// TypeScript users also need `@types/express-session` (and usually `@types/express`).
+
+import { SessionData, Store } from "express-session";
+
+/** What the factory accepts: express-session itself, or connect's shapes. */
+type StoreConstructorLike = abstract new (...args: any[]) => Store;
+
+/**
+ * The store class returned by the factory. Its instances are described by
+ * `expressSessionMulticast.MulticastStore`.
+ */
+declare class MulticastStoreBase extends Store {
+    /**
+     * Creates the store and starts its native engine.
+     * @throws {TypeError} when an option is invalid or unknown; the message names the option.
+     */
+    constructor(options?: expressSessionMulticast.MulticastStoreOptions);
+
+    /** The options after validation, with every default filled in (`logger` and `secret` excluded). */
+    readonly options: Readonly<expressSessionMulticast.MulticastStoreNormalizedOptions>;
+
+    /** The logger in use (`options.logger`, or `console`). */
+    readonly logger: expressSessionMulticast.Logger;
+
+    /**
+     * Reads a session. Local: never waits on the network. Every call returns a fresh object.
+     * `session` is `null` when the sid is unknown, destroyed or expired.
+     */
+    get(sid: string, callback: (err: Error | null, session?: SessionData | null) => void): void;
+    get(sid: string): Promise<SessionData | null>;
+
+    /**
+     * Stores a session (last writer wins). `session` is not mutated. Its expiry is taken
+     * from `session.cookie.expires` (see the README, "Session expiry").
+     * Fails with `ERR_SESSION_TOO_LARGE` when its JSON exceeds `maxSessionBytes`.
+     */
+    set(sid: string, session: SessionData, callback: (err: Error | null) => void): void;
+    set(sid: string, session: SessionData): Promise<void>;
+
+    /**
+     * Updates only the stored cookie and expiry of an existing session; never its data.
+     */
+    touch(sid: string, session: SessionData, callback: (err: Error | null) => void): void;
+    touch(sid: string, session: SessionData): Promise<void>;
+
+    /** Destroys a session; a tombstone keeps it from being brought back by a late write. */
+    destroy(sid: string, callback: (err: Error | null) => void): void;
+    destroy(sid: string): Promise<void>;
+
+    /** Every live (unexpired) session, keyed by sid. */
+    all(callback: (err: Error | null, sessions?: { [sid: string]: SessionData }) => void): void;
+    all(): Promise<{ [sid: string]: SessionData }>;
+
+    /** The number of live (unexpired) sessions. */
+    length(callback: (err: Error | null, length?: number) => void): void;
+    length(): Promise<number>;
+
+    /** Removes every session. */
+    clear(callback: (err: Error | null) => void): void;
+    clear(): Promise<void>;
+
+    /**
+     * Resolves once the node has joined the cluster and finished its initial state transfer,
+     * or has found itself alone. Await it before accepting requests.
+     */
+    ready(): Promise<void>;
+
+    /**
+     * Leaves the cluster gracefully and releases every socket and thread. Idempotent.
+     * Afterwards every store method fails with `ERR_STORE_CLOSED`.
+     */
+    close(): Promise<void>;
+
+    /** A snapshot of counters and gauges. */
+    stats(): expressSessionMulticast.MulticastStoreStats;
+
+    /** The cluster members known to this node, this node included (`self: true`). */
+    members(): expressSessionMulticast.Member[];
+
+    /** The engine is up. */
+    on(event: "connect", listener: () => void): this;
+    /** The engine stopped (`close()`) or failed. Not emitted when peers are lost. */
+    on(event: "disconnect", listener: (error?: Error) => void): this;
+    /** A member joined, left, became suspect, was declared dead, or came back. */
+    on(event: "member", listener: (event: expressSessionMulticast.MemberEvent) => void): this;
+    /** A failure the application must know about (never a bad datagram from the network). */
+    on(event: "error", listener: (error: Error) => void): this;
+    on(event: string | symbol, listener: (...args: any[]) => void): this;
+
+    once(event: "connect", listener: () => void): this;
+    once(event: "disconnect", listener: (error?: Error) => void): this;
+    once(event: "member", listener: (event: expressSessionMulticast.MemberEvent) => void): this;
+    once(event: "error", listener: (error: Error) => void): this;
+    once(event: string | symbol, listener: (...args: any[]) => void): this;
+
+    off(event: "connect", listener: () => void): this;
+    off(event: "disconnect", listener: (error?: Error) => void): this;
+    off(event: "member", listener: (event: expressSessionMulticast.MemberEvent) => void): this;
+    off(event: "error", listener: (error: Error) => void): this;
+    off(event: string | symbol, listener: (...args: any[]) => void): this;
+}
+
+/**
+ * Returns the `MulticastStore` class for the given express-session (or connect) module.
+ *
+ * @example
+ * import session from "express-session";
+ * import expressSessionMulticast from "express-session-multicast";
+ * const MulticastStore = expressSessionMulticast(session);
+ * const store = new MulticastStore({ cluster: "shop" });
+ * app.use(session({ secret: "…", resave: false, saveUninitialized: false, store }));
+ *
+ * @throws {TypeError} when the argument has no `Store` class.
+ */
+declare function expressSessionMulticast(
+    session:
+        | typeof import("express-session")
+        | { Store: StoreConstructorLike }
+        | { session: { Store: StoreConstructorLike } },
+): expressSessionMulticast.MulticastStoreConstructor;
+
+declare namespace expressSessionMulticast {
+    /** A store instance (the class itself is returned by the factory). */
+    interface MulticastStore extends MulticastStoreBase {}
+
+    interface MulticastStoreConstructor {
+        /**
+         * @throws {TypeError} when an option is invalid or unknown; the message names the option.
+         */
+        new (options?: MulticastStoreOptions): MulticastStore;
+        readonly prototype: MulticastStore;
+    }
+
+    /** A cluster key: a passphrase string or raw key bytes. */
+    type SecretKey = string | Buffer;
+
+    /**
+     * Any logger with `info`, `warn` and `error` (and optionally `debug`, `trace`):
+     * console, pino, winston, bunyan…
+     */
+    interface Logger {
+        info(...args: any[]): unknown;
+        warn(...args: any[]): unknown;
+        error(...args: any[]): unknown;
+        debug?(...args: any[]): unknown;
+        trace?(...args: any[]): unknown;
+    }
+
+    /**
+     * Options of `new MulticastStore(options)`. All are optional.
+     * An invalid value, or an unknown option, throws a `TypeError` naming the option.
+     */
+    interface MulticastStoreOptions {
+        /**
+         * IP family of the cluster.
+         * @default "v4"
+         */
+        use?: "v4" | "v6";
+
+        /**
+         * Multicast group address, or `false` for no multicast (unicast `peers` only).
+         * @default "228.0.0.5" with `use: "v4"`, "ff15::5" (transient, site-local scope) with `use: "v6"`
+         */
+        multicast?: string | false;
+
+        /**
+         * UDP port of the multicast group.
+         * @default 4000
+         */
+        multicastPort?: number;
+
+        /**
+         * IPv4 address of the interface used to send and join, and the address announced to
+         * the other nodes. `"127.0.0.1"` means a single-host cluster (tests, demos).
+         * @default the first non-internal IPv4 address of the host
+         */
+        ipv4?: string;
+
+        /**
+         * IPv6 address of the interface used to send and join, and the address announced to
+         * the other nodes (with `use: "v6"`).
+         * @default the first non-internal IPv6 address of the host
+         */
+        ipv6?: string;
+
+        /**
+         * IP TTL (IPv4) / hop limit (IPv6) of multicast datagrams; `0` keeps them on this host.
+         * @default 1
+         */
+        multicastTTL?: number;
+
+        /**
+         * When true, a session expires `sessionTTL` seconds after its last set/touch, or at
+         * `cookie.expires` if that is earlier.
+         * @default false
+         */
+        useSessionTTL?: boolean;
+
+        /**
+         * Session time to live, in **seconds**; used only when `useSessionTTL` is true.
+         * @default 5000
+         */
+        sessionTTL?: number;
+
+        /**
+         * On SIGINT/SIGTERM, announce the leave to the cluster, then let the signal do what it
+         * would have done without this store. (The historical spelling, kept for compatibility.)
+         * @default true
+         */
+        gracefullShutdown?: boolean;
+
+        /**
+         * Alias of `gracefullShutdown`.
+         * @default true
+         */
+        gracefulShutdown?: boolean;
+
+        /**
+         * Where the store logs.
+         * @default console
+         */
+        logger?: Logger;
+
+        /**
+         * Cluster key: a passphrase string, a Buffer of key bytes, or an array of them (a key
+         * ring: the first one seals, all of them open, for key rotation).
+         * @default none (the cluster is unauthenticated)
+         */
+        secret?: SecretKey | SecretKey[];
+
+        /**
+         * Cluster name. Nodes with different names ignore each other, even on the same group
+         * and port.
+         * @default "default"
+         */
+        cluster?: string;
+
+        /**
+         * Unicast peers as `"host:port"` entries (host names are re-resolved periodically),
+         * for networks without multicast.
+         * @default []
+         */
+        peers?: string[];
+
+        /**
+         * Largest accepted session, in **bytes** of its JSON. Larger sessions are refused with
+         * an `ERR_SESSION_TOO_LARGE` error.
+         * @default 1048576 (1 MiB)
+         */
+        maxSessionBytes?: number;
+
+        /**
+         * Interval between heartbeats, in **milliseconds**.
+         * @default 500
+         */
+        heartbeatInterval?: number;
+
+        /**
+         * Silence, in **milliseconds**, after which a suspect member is declared dead.
+         * @default 3000
+         */
+        failureTimeout?: number;
+    }
+
+    /** `store.options`: the validated options with their defaults filled in. */
+    interface MulticastStoreNormalizedOptions {
+        use: "v4" | "v6";
+        multicast: string | false;
+        multicastPort: number;
+        ipv4: string | null;
+        ipv6: string | null;
+        multicastTTL: number;
+        useSessionTTL: boolean;
+        /** Seconds. */
+        sessionTTL: number;
+        gracefullShutdown: boolean;
+        cluster: string;
+        peers: string[];
+        /** Bytes. */
+        maxSessionBytes: number;
+        /** Milliseconds. */
+        heartbeatInterval: number;
+        /** Milliseconds. */
+        failureTimeout: number;
+        [option: string]: unknown;
+    }
+
+    /** `store.stats()`: counters and gauges. Further numeric counters may be present. */
+    interface MulticastStoreStats {
+        /** Live (unexpired) sessions held by this node. */
+        sessions: number;
+        /** Tombstones of destroyed sessions still kept. */
+        tombstones: number;
+        /** Total size, in bytes, of the stored sessions. */
+        sessionBytes: number;
+        [counter: string]: number;
+    }
+
+    /** A node of the cluster, as seen by this node. */
+    interface Member {
+        /** Node id. */
+        id: string;
+        /** Announced address. */
+        address: string;
+        /** Incarnation number: a restarted node is a new incarnation. */
+        incarnation: number;
+        state: "alive" | "suspect" | "dead" | "left";
+        /** True for this node. */
+        self: boolean;
+        /** When this node last heard from the member (epoch ms); `null` for itself or if never heard. */
+        lastHeard: number | null;
+    }
+
+    /** Payload of the `member` event. */
+    interface MemberEvent {
+        type: "join" | "leave" | "suspect" | "dead" | "alive";
+        node: Member;
+    }
+
+    /** `code` of the errors returned by store operations. */
+    type StoreErrorCode = "ERR_SESSION_TOO_LARGE" | "ERR_STORE_CLOSED";
+
+    /** An error returned by a store operation. */
+    interface StoreError extends Error {
+        code: StoreErrorCode;
+    }
+}
+
+export = expressSessionMulticast;

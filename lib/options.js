@@ -1,0 +1,48 @@
+"use strict";
+// The JS-only options (logger, Buffers in `secret`) are checked here; every other option is
+// validated by the engine (src/options.rs), which throws a TypeError naming the option.
+
+function optionError(name, expected, value) {
+  let shown;
+  try {
+    shown = typeof value === "string" ? JSON.stringify(value) : String(value);
+  } catch {
+    shown = typeof value;
+  }
+  return new TypeError(`express-session-multicast: option "${name}" must be ${expected} (got ${shown})`);
+}
+
+function checkLogger(logger) {
+  if (logger === undefined) return console;
+  const ok =
+    logger !== null &&
+    typeof logger === "object" &&
+    ["info", "warn", "error"].every((level) => typeof logger[level] === "function");
+  if (!ok) throw optionError("logger", "an object with info, warn and error methods (console, pino, winston, bunyan)", logger);
+  return logger;
+}
+
+// A Buffer travels to the engine as {"base64": …}; a passphrase as a plain string.
+function secretToJson(secret) {
+  if (Buffer.isBuffer(secret) || secret instanceof Uint8Array) return { base64: Buffer.from(secret).toString("base64") };
+  if (Array.isArray(secret)) return secret.map(secretToJson);
+  return secret;
+}
+
+function normalizeOptions(options) {
+  if (options === null || typeof options !== "object" || Array.isArray(options)) {
+    throw new TypeError("express-session-multicast: options must be an object");
+  }
+  const { logger, ...rest } = options;
+  const engineOptions = {};
+  for (const [key, value] of Object.entries(rest)) {
+    if (value === undefined) continue;
+    if (typeof value === "function" || typeof value === "symbol" || typeof value === "bigint") {
+      throw optionError(key, "a plain value", typeof value);
+    }
+    engineOptions[key] = key === "secret" ? secretToJson(value) : value;
+  }
+  return { engineOptions, logger: checkLogger(logger) };
+}
+
+module.exports = { normalizeOptions };

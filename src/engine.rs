@@ -1,0 +1,227 @@
+//! The engine behind one store: the session table, the clock that versions local writes, and the
+//! background runtime (sweeper now; membership and replication run here too).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::json;
+
+use crate::clock::{now_ms, Clock};
+use crate::options::Config;
+use crate::table::{expiry, Op, Table};
+
+/// How often expired sessions and old tombstones are purged from memory.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// The session (or touched cookie) exceeds `maxSessionBytes`.
+    TooLarge,
+}
+
+#[derive(Default)]
+struct Counters {
+    purged: AtomicU64,
+    too_large: AtomicU64,
+}
+
+pub struct Engine {
+    config: Config,
+    node_id: u64,
+    incarnation: u64,
+    clock: Clock,
+    table: Arc<Table>,
+    counters: Arc<Counters>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Engine {
+    pub fn start(config: Config) -> std::io::Result<Engine> {
+        let node_id = rand::random::<u64>() | 1;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("session-multicast")
+            .enable_all()
+            .build()?;
+        let engine = Engine {
+            config,
+            node_id,
+            incarnation: now_ms(),
+            clock: Clock::new(node_id),
+            table: Arc::new(Table::new()),
+            counters: Arc::default(),
+            runtime: Mutex::new(None),
+        };
+        runtime.spawn(sweep_forever(engine.table.clone(), engine.counters.clone()));
+        *engine.runtime.lock() = Some(runtime);
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn get(&self, sid: &str) -> Option<Arc<str>> {
+        self.table.get(sid, now_ms())
+    }
+
+    pub fn set(&self, sid: &str, doc: String, cookie_expires: Option<u64>) -> Result<(), WriteError> {
+        self.check_size(doc.len())?;
+        let now = now_ms();
+        let op = Op::Set {
+            sid: sid.into(),
+            doc: doc.into(),
+            expires_at: expiry(cookie_expires, now, self.config.session_ttl_ms),
+            version: self.clock.tick(),
+        };
+        self.write(op);
+        Ok(())
+    }
+
+    /// Persists a new cookie and expiry without touching the data.
+    pub fn touch(&self, sid: &str, cookie: Option<String>, cookie_expires: Option<u64>) -> Result<(), WriteError> {
+        self.check_size(cookie.as_ref().map_or(0, String::len))?;
+        let now = now_ms();
+        let op = Op::Touch {
+            sid: sid.into(),
+            cookie: cookie.map(Arc::from),
+            expires_at: expiry(cookie_expires, now, self.config.session_ttl_ms),
+            version: self.clock.tick(),
+        };
+        self.write(op);
+        Ok(())
+    }
+
+    pub fn destroy(&self, sid: &str) {
+        self.write(Op::Destroy { sid: sid.into(), version: self.clock.tick() });
+    }
+
+    pub fn clear(&self) {
+        self.write(Op::Clear { version: self.clock.tick() });
+    }
+
+    pub fn all_json(&self) -> String {
+        self.table.all_json(now_ms())
+    }
+
+    pub fn length(&self) -> usize {
+        self.table.length(now_ms())
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let counts = self.table.counts(now_ms());
+        json!({
+            "sessions": counts.sessions,
+            "tombstones": counts.tombstones,
+            "sessionBytes": counts.session_bytes,
+            "entries": counts.entries,
+            "purged": self.counters.purged.load(Ordering::Relaxed),
+            "rejectedTooLarge": self.counters.too_large.load(Ordering::Relaxed),
+            "members": 1,
+        })
+    }
+
+    pub fn members(&self) -> serde_json::Value {
+        let address = match (self.config.ipv4, self.config.ipv6) {
+            (Some(ip), _) => Some(ip.to_string()),
+            (None, Some(ip)) => Some(ip.to_string()),
+            (None, None) => None,
+        };
+        json!([{
+            "id": format!("{:016x}", self.node_id),
+            "address": address,
+            "incarnation": self.incarnation,
+            "state": "alive",
+            "self": true,
+            "lastHeard": now_ms(),
+        }])
+    }
+
+    /// Stops every background task and thread. Idempotent.
+    pub fn close(&self) {
+        if let Some(runtime) = self.runtime.lock().take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+
+    fn check_size(&self, bytes: usize) -> Result<(), WriteError> {
+        if bytes > self.config.max_session_bytes {
+            self.counters.too_large.fetch_add(1, Ordering::Relaxed);
+            return Err(WriteError::TooLarge);
+        }
+        Ok(())
+    }
+
+    fn write(&self, op: Op) {
+        self.table.apply(&op);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn sweep_forever(table: Arc<Table>, counters: Arc<Counters>) {
+    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let purged = table.sweep(now_ms());
+        counters.purged.fetch_add(purged as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(config: Config) -> Engine {
+        Engine::start(config).unwrap()
+    }
+
+    #[test]
+    fn set_get_touch_destroy() {
+        let e = engine(Config::default());
+        e.set("s", r#"{"cookie":{"a":1},"n":1}"#.into(), Some(now_ms() + 60_000)).unwrap();
+        assert_eq!(e.get("s").as_deref(), Some(r#"{"cookie":{"a":1},"n":1}"#));
+        e.touch("s", Some(r#"{"a":2}"#.into()), Some(now_ms() + 60_000)).unwrap();
+        assert_eq!(e.get("s").as_deref(), Some(r#"{"cookie":{"a":2},"n":1}"#));
+        e.destroy("s");
+        assert_eq!(e.get("s"), None);
+        assert_eq!(e.stats()["tombstones"], 1);
+    }
+
+    #[test]
+    fn too_large_is_refused_and_nothing_else_changes() {
+        let e = engine(Config { max_session_bytes: 10, ..Config::default() });
+        e.set("ok", "{}".into(), None).unwrap();
+        assert_eq!(e.set("big", "x".repeat(11), None), Err(WriteError::TooLarge));
+        assert_eq!(e.get("big"), None);
+        assert_eq!(e.length(), 1);
+        assert_eq!(e.stats()["rejectedTooLarge"], 1);
+    }
+
+    #[test]
+    fn session_ttl_caps_cookie_expiry() {
+        let e = engine(Config { session_ttl_ms: Some(30), ..Config::default() });
+        e.set("s", "{}".into(), Some(now_ms() + 60_000)).unwrap();
+        assert!(e.get("s").is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(e.get("s"), None);
+    }
+
+    #[test]
+    fn sweeper_purges_in_background_and_close_is_idempotent() {
+        let e = engine(Config::default());
+        e.set("s", "{}".into(), Some(now_ms() + 5)).unwrap();
+        std::thread::sleep(SWEEP_INTERVAL + Duration::from_millis(300));
+        assert_eq!(e.stats()["entries"], 0);
+        assert_eq!(e.stats()["purged"], 1);
+        e.close();
+        e.close();
+    }
+}

@@ -1,0 +1,110 @@
+//! express-session-multicast: a session store for express-session, replicated between servers.
+//!
+//! The engine modules are plain Rust, tested with `cargo test --no-default-features`; the `node`
+//! feature adds the thin napi surface below, driven by `index.js`.
+
+pub mod clock;
+pub mod engine;
+pub mod options;
+pub mod table;
+
+#[cfg(feature = "node")]
+mod node {
+    use napi::{Error, Result, Status};
+    use napi_derive::napi;
+
+    use crate::engine::{Engine, WriteError};
+    use crate::options::Config;
+
+    /// Status codes of write calls, mirrored in index.js.
+    const OK: u32 = 0;
+    const SESSION_TOO_LARGE: u32 = 1;
+
+    fn write_status(result: std::result::Result<(), WriteError>) -> u32 {
+        match result {
+            Ok(()) => OK,
+            Err(WriteError::TooLarge) => SESSION_TOO_LARGE,
+        }
+    }
+
+    /// Absolute expiry from JS (`NaN` when the cookie has none).
+    fn expires(ms: f64) -> Option<u64> {
+        ms.is_finite().then(|| ms.max(0.0) as u64)
+    }
+
+    #[napi]
+    pub struct NativeEngine {
+        engine: Engine,
+    }
+
+    #[napi]
+    impl NativeEngine {
+        /// Validates the options (JSON) and starts the engine. Invalid options fail with status
+        /// `InvalidArg`, which index.js rethrows as a TypeError.
+        #[napi(constructor, catch_unwind)]
+        pub fn new(options_json: String) -> Result<Self> {
+            let options: serde_json::Value = serde_json::from_str(&options_json)
+                .map_err(|e| Error::new(Status::InvalidArg, format!("express-session-multicast: options: {e}")))?;
+            let config = Config::from_json(&options).map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+            let engine = Engine::start(config).map_err(|e| {
+                Error::new(Status::GenericFailure, format!("express-session-multicast: cannot start the engine: {e}"))
+            })?;
+            Ok(NativeEngine { engine })
+        }
+
+        #[napi(catch_unwind)]
+        pub fn config(&self) -> String {
+            self.engine.config().to_json().to_string()
+        }
+
+        #[napi(catch_unwind)]
+        pub fn get(&self, sid: String) -> Option<String> {
+            self.engine.get(&sid).map(|doc| doc.to_string())
+        }
+
+        #[napi(catch_unwind)]
+        pub fn set(&self, sid: String, json: String, expires_ms: f64) -> u32 {
+            write_status(self.engine.set(&sid, json, expires(expires_ms)))
+        }
+
+        #[napi(catch_unwind)]
+        pub fn touch(&self, sid: String, cookie_json: Option<String>, expires_ms: f64) -> u32 {
+            write_status(self.engine.touch(&sid, cookie_json, expires(expires_ms)))
+        }
+
+        #[napi(catch_unwind)]
+        pub fn destroy(&self, sid: String) {
+            self.engine.destroy(&sid)
+        }
+
+        #[napi(catch_unwind)]
+        pub fn clear(&self) {
+            self.engine.clear()
+        }
+
+        #[napi(catch_unwind)]
+        pub fn all(&self) -> String {
+            self.engine.all_json()
+        }
+
+        #[napi(catch_unwind)]
+        pub fn length(&self) -> u32 {
+            self.engine.length() as u32
+        }
+
+        #[napi(catch_unwind)]
+        pub fn stats(&self) -> String {
+            self.engine.stats().to_string()
+        }
+
+        #[napi(catch_unwind)]
+        pub fn members(&self) -> String {
+            self.engine.members().to_string()
+        }
+
+        #[napi(catch_unwind)]
+        pub fn close(&self) {
+            self.engine.close()
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Store options: parsing, validation and defaults (DESIGN §1).
+//!
+//! The JS layer hands over the user's options as JSON (Buffers as `{"base64": …}`); every error
+//! names the option and what was expected, and becomes a `TypeError` in JS.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+pub const DEFAULT_GROUP_V4: Ipv4Addr = Ipv4Addr::new(228, 0, 0, 5);
+/// Transient (flag 1), site-local (scope 5) IPv6 multicast group.
+pub const DEFAULT_GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff15, 0, 0, 0, 0, 0, 0, 5);
+pub const KEY_BYTES: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Passphrase(String),
+    Key([u8; KEY_BYTES]),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub family: Family,
+    /// Multicast group; `None` = unicast `peers` only.
+    pub multicast: Option<IpAddr>,
+    pub multicast_port: u16,
+    /// Interface address to send, join and announce; `None` = first non-internal address.
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub multicast_ttl: u32,
+    /// `Some(ms)` when `useSessionTTL` is on.
+    pub session_ttl_ms: Option<u64>,
+    pub session_ttl_secs: f64,
+    pub graceful_shutdown: bool,
+    /// Key ring: the first seals, all open. Empty = unauthenticated cluster.
+    pub secrets: Vec<Secret>,
+    pub cluster: String,
+    pub peers: Vec<Peer>,
+    pub max_session_bytes: usize,
+    pub heartbeat_interval_ms: u64,
+    pub failure_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            family: Family::V4,
+            multicast: Some(IpAddr::V4(DEFAULT_GROUP_V4)),
+            multicast_port: 4000,
+            ipv4: None,
+            ipv6: None,
+            multicast_ttl: 1,
+            session_ttl_ms: None,
+            session_ttl_secs: 5000.0,
+            graceful_shutdown: true,
+            secrets: Vec::new(),
+            cluster: "default".into(),
+            peers: Vec::new(),
+            max_session_bytes: 1 << 20,
+            heartbeat_interval_ms: 500,
+            failure_timeout_ms: 3000,
+        }
+    }
+}
+
+/// An invalid option: its name and what it must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError {
+    pub option: String,
+    pub message: String,
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "express-session-multicast: option \"{}\" {}", self.option, self.message)
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+fn invalid(option: &str, expected: &str, got: &Value) -> OptionError {
+    OptionError { option: option.into(), message: format!("must be {expected} (got {got})") }
+}
+
+const KNOWN: &[&str] = &[
+    "use",
+    "multicast",
+    "multicastPort",
+    "ipv4",
+    "ipv6",
+    "multicastTTL",
+    "useSessionTTL",
+    "sessionTTL",
+    "gracefullShutdown",
+    "gracefulShutdown",
+    "secret",
+    "cluster",
+    "peers",
+    "maxSessionBytes",
+    "heartbeatInterval",
+    "failureTimeout",
+];
+
+fn integer(name: &str, value: &Value, min: u64, max: u64) -> Result<u64, OptionError> {
+    value
+        .as_u64()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| invalid(name, &format!("an integer from {min} to {max}"), value))
+}
+
+fn boolean(name: &str, value: &Value) -> Result<bool, OptionError> {
+    value.as_bool().ok_or_else(|| invalid(name, "true or false", value))
+}
+
+fn string<'a>(name: &str, value: &'a Value, expected: &str) -> Result<&'a str, OptionError> {
+    value.as_str().ok_or_else(|| invalid(name, expected, value))
+}
+
+fn secret(value: &Value) -> Result<Secret, OptionError> {
+    const EXPECTED: &str = "a non-empty passphrase, a 32-byte Buffer, or an array of them";
+    match value {
+        Value::String(s) if !s.is_empty() => Ok(Secret::Passphrase(s.clone())),
+        Value::Object(o) => {
+            let bytes = o
+                .get("base64")
+                .and_then(Value::as_str)
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .ok_or_else(|| invalid("secret", EXPECTED, value))?;
+            let key: [u8; KEY_BYTES] = bytes.as_slice().try_into().map_err(|_| OptionError {
+                option: "secret".into(),
+                message: format!("Buffer keys must be exactly {KEY_BYTES} bytes (got {} bytes)", bytes.len()),
+            })?;
+            Ok(Secret::Key(key))
+        }
+        _ => Err(invalid("secret", EXPECTED, value)),
+    }
+}
+
+/// Parses `"host:port"` (IPv6 literals in brackets: `"[fd00::1]:4000"`).
+pub fn parse_peer(entry: &str) -> Option<Peer> {
+    let (host, port) = entry.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let valid_host = !host.is_empty()
+        && (host.parse::<IpAddr>().is_ok()
+            || host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_'));
+    valid_host.then(|| Peer { host: host.to_owned(), port })
+}
+
+impl Config {
+    /// Validates the user's options (a JSON object) and fills in the defaults.
+    pub fn from_json(options: &Value) -> Result<Config, OptionError> {
+        let empty = Map::new();
+        let map = match options {
+            Value::Object(map) => map,
+            Value::Null => &empty,
+            other => return Err(invalid("options", "an object", other)),
+        };
+        if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(OptionError {
+                option: unknown.clone(),
+                message: format!("is not an option of this store (known options: {})", KNOWN.join(", ")),
+            });
+        }
+        let mut c = Config::default();
+        let get = |name: &str| map.get(name).filter(|v| !v.is_null());
+
+        if let Some(v) = get("use") {
+            c.family = match v.as_str() {
+                Some("v4") => Family::V4,
+                Some("v6") => Family::V6,
+                _ => return Err(invalid("use", "\"v4\" or \"v6\"", v)),
+            };
+        }
+        if c.family == Family::V6 {
+            c.multicast = Some(IpAddr::V6(DEFAULT_GROUP_V6));
+        }
+        if let Some(v) = get("multicast") {
+            let expected = match c.family {
+                Family::V4 => "an IPv4 multicast address (224.0.0.0/4) or false",
+                Family::V6 => "an IPv6 multicast address (ff00::/8) or false",
+            };
+            c.multicast = match v {
+                Value::Bool(false) => None,
+                Value::String(s) => match (c.family, s.parse::<IpAddr>()) {
+                    (Family::V4, Ok(ip @ IpAddr::V4(a))) if a.is_multicast() => Some(ip),
+                    (Family::V6, Ok(ip @ IpAddr::V6(a))) if a.is_multicast() => Some(ip),
+                    _ => return Err(invalid("multicast", expected, v)),
+                },
+                _ => return Err(invalid("multicast", expected, v)),
+            };
+        }
+        if let Some(v) = get("multicastPort") {
+            c.multicast_port = integer("multicastPort", v, 1, 65535)? as u16;
+        }
+        if let Some(v) = get("ipv4") {
+            let s = string("ipv4", v, "an IPv4 address string")?;
+            c.ipv4 = Some(s.parse().map_err(|_| invalid("ipv4", "an IPv4 address string", v))?);
+        }
+        if let Some(v) = get("ipv6") {
+            let s = string("ipv6", v, "an IPv6 address string")?;
+            c.ipv6 = Some(s.parse().map_err(|_| invalid("ipv6", "an IPv6 address string", v))?);
+        }
+        if let Some(v) = get("multicastTTL") {
+            c.multicast_ttl = integer("multicastTTL", v, 0, 255)? as u32;
+        }
+        if let Some(v) = get("sessionTTL") {
+            c.session_ttl_secs = v
+                .as_f64()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s * 1000.0 < u64::MAX as f64)
+                .ok_or_else(|| invalid("sessionTTL", "a positive number of seconds", v))?;
+        }
+        if let Some(v) = get("useSessionTTL") {
+            if boolean("useSessionTTL", v)? {
+                c.session_ttl_ms = Some((c.session_ttl_secs * 1000.0).round().max(1.0) as u64);
+            }
+        }
+        let graceful = [get("gracefullShutdown"), get("gracefulShutdown")];
+        let [legacy, alias] = [("gracefullShutdown", graceful[0]), ("gracefulShutdown", graceful[1])]
+            .map(|(name, v)| v.map(|v| boolean(name, v)).transpose());
+        match (legacy?, alias?) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(OptionError {
+                    option: "gracefulShutdown".into(),
+                    message: "is an alias of \"gracefullShutdown\"; they were given different values".into(),
+                })
+            }
+            (Some(value), _) | (None, Some(value)) => c.graceful_shutdown = value,
+            (None, None) => {}
+        }
+        if let Some(v) = get("secret") {
+            c.secrets = match v {
+                Value::Array(ring) if !ring.is_empty() => ring.iter().map(secret).collect::<Result<_, _>>()?,
+                Value::Array(_) => return Err(invalid("secret", "a non-empty array of keys", v)),
+                single => vec![secret(single)?],
+            };
+        }
+        if let Some(v) = get("cluster") {
+            let name = string("cluster", v, "a non-empty string of at most 64 bytes")?;
+            if name.is_empty() || name.len() > 64 {
+                return Err(invalid("cluster", "a non-empty string of at most 64 bytes", v));
+            }
+            c.cluster = name.to_owned();
+        }
+        if let Some(v) = get("peers") {
+            let expected = "an array of \"host:port\" strings";
+            let list = v.as_array().ok_or_else(|| invalid("peers", expected, v))?;
+            c.peers = list
+                .iter()
+                .map(|p| p.as_str().and_then(parse_peer).ok_or_else(|| invalid("peers", expected, p)))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = get("maxSessionBytes") {
+            c.max_session_bytes = integer("maxSessionBytes", v, 1, 1 << 30)? as usize;
+        }
+        if let Some(v) = get("heartbeatInterval") {
+            c.heartbeat_interval_ms = integer("heartbeatInterval", v, 10, 60_000)?;
+        }
+        if let Some(v) = get("failureTimeout") {
+            c.failure_timeout_ms = integer("failureTimeout", v, 20, 3_600_000)?;
+        }
+        if c.failure_timeout_ms < 2 * c.heartbeat_interval_ms {
+            return Err(OptionError {
+                option: "failureTimeout".into(),
+                message: format!(
+                    "must be at least twice heartbeatInterval ({} ms) (got {} ms)",
+                    c.heartbeat_interval_ms, c.failure_timeout_ms
+                ),
+            });
+        }
+        Ok(c)
+    }
+
+    /// The normalized options as the user sees them (`store.options`); secrets are not shown.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "use": match self.family { Family::V4 => "v4", Family::V6 => "v6" },
+            "multicast": self.multicast.map_or(Value::Bool(false), |ip| Value::String(ip.to_string())),
+            "multicastPort": self.multicast_port,
+            "ipv4": self.ipv4.map(|ip| ip.to_string()),
+            "ipv6": self.ipv6.map(|ip| ip.to_string()),
+            "multicastTTL": self.multicast_ttl,
+            "useSessionTTL": self.session_ttl_ms.is_some(),
+            "sessionTTL": self.session_ttl_secs,
+            "gracefullShutdown": self.graceful_shutdown,
+            "secret": if self.secrets.is_empty() { Value::Null } else { json!(format!("<{} key(s)>", self.secrets.len())) },
+            "cluster": self.cluster,
+            "peers": self.peers.iter().map(|p| format!("{}:{}", p.host, p.port)).collect::<Vec<_>>(),
+            "maxSessionBytes": self.max_session_bytes,
+            "heartbeatInterval": self.heartbeat_interval_ms,
+            "failureTimeout": self.failure_timeout_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(options: Value) -> OptionError {
+        Config::from_json(&options).expect_err("options should be rejected")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_json(&json!({})).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.multicast, Some(IpAddr::V4(DEFAULT_GROUP_V4)));
+        let v6 = Config::from_json(&json!({ "use": "v6" })).unwrap();
+        assert_eq!(v6.multicast, Some(IpAddr::V6(DEFAULT_GROUP_V6)));
+    }
+
+    #[test]
+    fn every_error_names_its_option() {
+        let cases = [
+            (json!({ "use": "v5" }), "use"),
+            (json!({ "multicast": "10.0.0.1" }), "multicast"),
+            (json!({ "use": "v6", "multicast": "228.0.0.5" }), "multicast"),
+            (json!({ "multicastPort": 70000 }), "multicastPort"),
+            (json!({ "ipv4": "::1" }), "ipv4"),
+            (json!({ "ipv6": "1.2.3.4" }), "ipv6"),
+            (json!({ "multicastTTL": 256 }), "multicastTTL"),
+            (json!({ "useSessionTTL": "yes" }), "useSessionTTL"),
+            (json!({ "sessionTTL": 0 }), "sessionTTL"),
+            (json!({ "gracefullShutdown": "no" }), "gracefullShutdown"),
+            (json!({ "gracefullShutdown": true, "gracefulShutdown": false }), "gracefulShutdown"),
+            (json!({ "secret": "" }), "secret"),
+            (json!({ "secret": { "base64": "AAAA" } }), "secret"),
+            (json!({ "secret": [] }), "secret"),
+            (json!({ "cluster": "" }), "cluster"),
+            (json!({ "peers": ["nohost"] }), "peers"),
+            (json!({ "peers": ["h:99999"] }), "peers"),
+            (json!({ "maxSessionBytes": 1.5 }), "maxSessionBytes"),
+            (json!({ "heartbeatInterval": 0 }), "heartbeatInterval"),
+            (json!({ "heartbeatInterval": 500, "failureTimeout": 900 }), "failureTimeout"),
+            (json!({ "multicastTtl": 1 }), "multicastTtl"),
+        ];
+        for (options, name) in cases {
+            let e = err(options.clone());
+            assert_eq!(e.option, name, "{options}");
+            assert!(e.to_string().contains(&format!("\"{name}\"")), "{e}");
+        }
+    }
+
+    #[test]
+    fn accepts_every_valid_option() {
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let c = Config::from_json(&json!({
+            "use": "v4", "multicast": "239.1.2.3", "multicastPort": 4001, "ipv4": "127.0.0.1",
+            "multicastTTL": 0, "useSessionTTL": true, "sessionTTL": 0.05, "gracefulShutdown": false,
+            "secret": ["pass", { "base64": key }], "cluster": "shop", "peers": ["a.svc:4000", "[fd00::1]:5"],
+            "maxSessionBytes": 1000, "heartbeatInterval": 100, "failureTimeout": 600,
+        }))
+        .unwrap();
+        assert_eq!(c.session_ttl_ms, Some(50));
+        assert!(!c.graceful_shutdown);
+        assert_eq!(c.secrets, vec![Secret::Passphrase("pass".into()), Secret::Key([7; 32])]);
+        assert_eq!(c.peers[1], Peer { host: "fd00::1".into(), port: 5 });
+        assert_eq!(Config::from_json(&json!({ "multicast": false })).unwrap().multicast, None);
+        assert_eq!(c.to_json()["secret"], "<2 key(s)>");
+    }
+}

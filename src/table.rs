@@ -1,0 +1,486 @@
+//! The session table: a last-writer-wins map keyed by sid (DESIGN §2).
+//!
+//! Each sid holds two registers, each merged by version independently:
+//! - the data register (the session JSON, or a tombstone after `destroy`), written by `set`;
+//! - the cookie register (cookie JSON and absolute expiry), written by `set` and by `touch`.
+//!
+//! A `touch` therefore never reverts data written later by another node, and a `set` older than
+//! a `touch` keeps the touched cookie. `clear` is a watermark: every write at or below it is void.
+//! Merging is commutative and idempotent, so replicas that saw the same ops in any order agree.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use indexmap::IndexMap;
+use parking_lot::RwLock;
+use serde_json::value::RawValue;
+
+use crate::clock::Version;
+
+/// A session with neither cookie expiry nor `useSessionTTL` lives this long after its last write.
+pub const DEFAULT_LIFETIME_MS: u64 = 86_400_000;
+/// A tombstone outlives the destroyed session's expiry, and lives at least this long, so that no
+/// late or replayed write brings the session back.
+pub const TOMBSTONE_MIN_RETENTION_MS: u64 = 3_600_000;
+
+/// One replicated write. Local calls produce these; remote ones arrive in messages.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Set { sid: Arc<str>, doc: Arc<str>, expires_at: u64, version: Version },
+    Touch { sid: Arc<str>, cookie: Option<Arc<str>>, expires_at: u64, version: Version },
+    Destroy { sid: Arc<str>, version: Version },
+    Clear { version: Version },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    /// Nothing written yet (only a touch arrived), or voided by a clear.
+    Absent,
+    /// The session JSON exactly as `get` serves it (the newest cookie already in place).
+    Live(Arc<str>),
+    /// Destroyed: a tombstone.
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub data: Data,
+    pub data_version: Version,
+    pub cookie_version: Version,
+    /// The touched cookie JSON, kept while the touch is newer than the data (a later-arriving
+    /// older `set` must get it spliced in too). `None` when the data's own cookie is current.
+    pub cookie: Option<Arc<str>>,
+    /// Absolute expiry, epoch ms, from the cookie register.
+    pub expires_at: u64,
+}
+
+impl Entry {
+    fn absent() -> Self {
+        Entry {
+            data: Data::Absent,
+            data_version: Version::ZERO,
+            cookie_version: Version::ZERO,
+            cookie: None,
+            expires_at: 0,
+        }
+    }
+
+    pub fn is_visible(&self, now: u64) -> bool {
+        matches!(self.data, Data::Live(_)) && self.expires_at > now
+    }
+
+    /// When the sweeper may forget this entry.
+    fn purge_at(&self) -> u64 {
+        match self.data {
+            Data::Deleted => self
+                .expires_at
+                .max(self.data_version.millis() + TOMBSTONE_MIN_RETENTION_MS),
+            _ => self.expires_at,
+        }
+    }
+
+    fn newest_version(&self) -> Version {
+        self.data_version.max(self.cookie_version)
+    }
+}
+
+/// Absolute expiry of a session written `now` (DESIGN §2): the cookie's own expiry; with
+/// `session_ttl_ms` (useSessionTTL) the earlier of that and now + TTL; otherwise one day.
+pub fn expiry(cookie_expires: Option<u64>, now: u64, session_ttl_ms: Option<u64>) -> u64 {
+    match (cookie_expires, session_ttl_ms) {
+        (Some(cookie), Some(ttl)) => cookie.min(now.saturating_add(ttl)),
+        (None, Some(ttl)) => now.saturating_add(ttl),
+        (Some(cookie), None) => cookie,
+        (None, None) => now.saturating_add(DEFAULT_LIFETIME_MS),
+    }
+}
+
+/// Replaces the top-level `cookie` of a session JSON object, keeping every other member as is.
+/// Returns `None` when `doc` is not a JSON object (it is then served unchanged).
+pub fn splice_cookie(doc: &str, cookie: &str) -> Option<String> {
+    let mut members: IndexMap<String, &RawValue> = serde_json::from_str(doc).ok()?;
+    let cookie: &RawValue = serde_json::from_str(cookie).ok()?;
+    members.insert("cookie".to_owned(), cookie);
+    serde_json::to_string(&members).ok()
+}
+
+/// Counts for `stats()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    pub sessions: usize,
+    pub tombstones: usize,
+    pub session_bytes: usize,
+    pub entries: usize,
+}
+
+#[derive(Default)]
+pub struct Table {
+    entries: DashMap<Box<str>, Entry>,
+    clear_mark: RwLock<Version>,
+}
+
+impl Table {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The session JSON if it exists and has not expired at `now`.
+    pub fn get(&self, sid: &str, now: u64) -> Option<Arc<str>> {
+        let entry = self.entries.get(sid)?;
+        match &entry.data {
+            Data::Live(doc) if entry.expires_at > now => Some(doc.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn is_visible(&self, sid: &str, now: u64) -> bool {
+        self.entries.get(sid).is_some_and(|e| e.is_visible(now))
+    }
+
+    pub fn clear_mark(&self) -> Version {
+        *self.clear_mark.read()
+    }
+
+    /// Merges one write. Returns whether it changed anything (false for duplicates and for
+    /// writes superseded by newer ones).
+    pub fn apply(&self, op: &Op) -> bool {
+        match op {
+            Op::Clear { version } => self.apply_clear(*version),
+            Op::Set { sid, doc, expires_at, version } => self.merge(sid, *version, |entry| {
+                let mut changed = false;
+                if *version > entry.cookie_version {
+                    entry.cookie_version = *version;
+                    entry.cookie = None;
+                    entry.expires_at = *expires_at;
+                    changed = true;
+                }
+                if *version > entry.data_version {
+                    entry.data_version = *version;
+                    let served = match &entry.cookie {
+                        Some(cookie) => splice_cookie(doc, cookie).map(Arc::from),
+                        None => None,
+                    };
+                    entry.data = Data::Live(served.unwrap_or_else(|| doc.clone()));
+                    changed = true;
+                }
+                changed
+            }),
+            Op::Touch { sid, cookie, expires_at, version } => self.merge(sid, *version, |entry| {
+                if *version <= entry.cookie_version {
+                    return false;
+                }
+                entry.cookie_version = *version;
+                entry.expires_at = *expires_at;
+                entry.cookie = cookie.clone();
+                if let (Data::Live(doc), Some(cookie)) = (&entry.data, cookie) {
+                    if let Some(spliced) = splice_cookie(doc, cookie) {
+                        entry.data = Data::Live(spliced.into());
+                    }
+                }
+                true
+            }),
+            Op::Destroy { sid, version } => self.merge(sid, *version, |entry| {
+                if *version <= entry.data_version {
+                    return false;
+                }
+                entry.data_version = *version;
+                entry.data = Data::Deleted;
+                true
+            }),
+        }
+    }
+
+    fn merge(&self, sid: &str, version: Version, update: impl FnOnce(&mut Entry) -> bool) -> bool {
+        // Writes at or below the clear watermark were erased by that clear.
+        if version <= *self.clear_mark.read() {
+            return false;
+        }
+        if let Some(mut entry) = self.entries.get_mut(sid) {
+            return update(&mut entry);
+        }
+        let mut entry = self.entries.entry(sid.into()).or_insert_with(Entry::absent);
+        update(&mut entry)
+    }
+
+    fn apply_clear(&self, version: Version) -> bool {
+        {
+            let mut mark = self.clear_mark.write();
+            if version <= *mark {
+                return false;
+            }
+            *mark = version;
+        }
+        self.entries.retain(|_, entry| {
+            if entry.data_version <= version {
+                entry.data = Data::Absent;
+            }
+            entry.newest_version() > version
+        });
+        true
+    }
+
+    /// Every visible session as one JSON object keyed by sid (the shape of MemoryStore's `all`).
+    pub fn all_json(&self, now: u64) -> String {
+        let mut out = String::from("{");
+        for item in self.entries.iter() {
+            let entry = item.value();
+            if let (Data::Live(doc), true) = (&entry.data, entry.expires_at > now) {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(&**item.key()).unwrap_or_default());
+                out.push(':');
+                out.push_str(doc);
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    pub fn length(&self, now: u64) -> usize {
+        self.entries.iter().filter(|e| e.is_visible(now)).count()
+    }
+
+    pub fn counts(&self, now: u64) -> TableCounts {
+        let mut counts = TableCounts { entries: self.entries.len(), ..TableCounts::default() };
+        for item in self.entries.iter() {
+            match &item.data {
+                Data::Live(doc) if item.expires_at > now => {
+                    counts.sessions += 1;
+                    counts.session_bytes += doc.len();
+                }
+                Data::Deleted => counts.tombstones += 1,
+                _ => {}
+            }
+        }
+        counts
+    }
+
+    /// Forgets expired sessions and tombstones past their retention. Returns how many.
+    pub fn sweep(&self, now: u64) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, entry| entry.purge_at() > now);
+        before.saturating_sub(self.entries.len())
+    }
+
+    /// A copy of one entry (state transfer, anti-entropy, tests).
+    pub fn entry(&self, sid: &str) -> Option<Entry> {
+        self.entries.get(sid).map(|e| e.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn v(hlc: u64, node: u64) -> Version {
+        Version { hlc, node }
+    }
+
+    fn set(sid: &str, doc: &str, expires_at: u64, version: Version) -> Op {
+        Op::Set { sid: sid.into(), doc: doc.into(), expires_at, version }
+    }
+
+    fn touch(sid: &str, cookie: &str, expires_at: u64, version: Version) -> Op {
+        Op::Touch { sid: sid.into(), cookie: Some(cookie.into()), expires_at, version }
+    }
+
+    fn destroy(sid: &str, version: Version) -> Op {
+        Op::Destroy { sid: sid.into(), version }
+    }
+
+    fn doc(table: &Table, sid: &str) -> Option<String> {
+        table.get(sid, NOW).map(|d| d.to_string())
+    }
+
+    #[test]
+    fn set_get_and_newer_set_wins() {
+        let t = Table::new();
+        assert!(t.apply(&set("a", r#"{"n":1}"#, NOW + 10, v(1, 1))));
+        assert!(t.apply(&set("a", r#"{"n":2}"#, NOW + 10, v(2, 1))));
+        assert!(!t.apply(&set("a", r#"{"n":0}"#, NOW + 10, v(1, 9))), "older write must lose");
+        assert_eq!(doc(&t, "a").as_deref(), Some(r#"{"n":2}"#));
+        assert!(!t.apply(&set("a", r#"{"n":2}"#, NOW + 10, v(2, 1))), "duplicate is a no-op");
+    }
+
+    #[test]
+    fn expiry_is_millisecond_precise() {
+        let t = Table::new();
+        t.apply(&set("a", "{}", NOW + 5, v(1, 1)));
+        assert!(t.get("a", NOW + 4).is_some());
+        assert!(t.get("a", NOW + 5).is_none(), "expires_at <= now is expired");
+        assert_eq!(t.length(NOW + 4), 1);
+        assert_eq!(t.length(NOW + 5), 0);
+        assert_eq!(t.all_json(NOW + 5), "{}");
+    }
+
+    #[test]
+    fn touch_replaces_cookie_and_expiry_but_not_data() {
+        let t = Table::new();
+        t.apply(&set("a", r#"{"cookie":{"maxAge":1},"user":"ann"}"#, NOW + 10, v(1, 1)));
+        assert!(t.apply(&touch("a", r#"{"maxAge":2}"#, NOW + 1000, v(2, 1))));
+        assert_eq!(doc(&t, "a").as_deref(), Some(r#"{"cookie":{"maxAge":2},"user":"ann"}"#));
+        assert!(t.is_visible("a", NOW + 500));
+    }
+
+    #[test]
+    fn older_set_arriving_after_touch_keeps_touched_cookie() {
+        let t = Table::new();
+        t.apply(&touch("a", r#"{"maxAge":2}"#, NOW + 1000, v(3, 2)));
+        assert!(doc(&t, "a").is_none(), "a touch alone creates no visible session");
+        t.apply(&set("a", r#"{"cookie":{"maxAge":1},"user":"bob"}"#, NOW + 10, v(2, 1)));
+        assert_eq!(doc(&t, "a").as_deref(), Some(r#"{"cookie":{"maxAge":2},"user":"bob"}"#));
+        assert_eq!(t.entry("a").unwrap().expires_at, NOW + 1000);
+    }
+
+    #[test]
+    fn newer_set_arriving_after_touch_wins_entirely() {
+        let t = Table::new();
+        t.apply(&set("a", r#"{"cookie":{"maxAge":1},"n":1}"#, NOW + 10, v(1, 1)));
+        t.apply(&touch("a", r#"{"maxAge":2}"#, NOW + 1000, v(2, 1)));
+        t.apply(&set("a", r#"{"cookie":{"maxAge":3},"n":2}"#, NOW + 20, v(3, 2)));
+        assert_eq!(doc(&t, "a").as_deref(), Some(r#"{"cookie":{"maxAge":3},"n":2}"#));
+        assert_eq!(t.entry("a").unwrap().cookie, None);
+    }
+
+    #[test]
+    fn destroy_leaves_a_tombstone_that_beats_older_writes() {
+        let t = Table::new();
+        t.apply(&set("a", "{}", NOW + 10_000, v(1, 1)));
+        assert!(t.apply(&destroy("a", v(2, 1))));
+        assert!(!t.apply(&set("a", r#"{"late":true}"#, NOW + 10_000, v(1, 0))));
+        t.apply(&set("a", r#"{"late":true}"#, NOW + 10_000, v(1, 5)));
+        assert!(doc(&t, "a").is_none());
+        assert_eq!(t.counts(NOW).tombstones, 1);
+        // A write after the destroy is a new session.
+        t.apply(&set("a", r#"{"again":1}"#, NOW + 10_000, v(3, 1)));
+        assert_eq!(doc(&t, "a").as_deref(), Some(r#"{"again":1}"#));
+    }
+
+    #[test]
+    fn tombstone_outlives_session_expiry_then_is_swept() {
+        let t = Table::new();
+        let destroyed_at = v(NOW << 16, 1);
+        t.apply(&set("a", "{}", NOW + 7_200_000, v(1, 1)));
+        t.apply(&destroy("a", destroyed_at));
+        assert_eq!(t.sweep(NOW + 7_199_999), 0);
+        assert_eq!(t.sweep(NOW + 7_200_000), 1);
+        t.apply(&destroy("b", destroyed_at));
+        assert_eq!(t.sweep(NOW + TOMBSTONE_MIN_RETENTION_MS - 1), 0);
+        assert_eq!(t.sweep(NOW + TOMBSTONE_MIN_RETENTION_MS), 1);
+    }
+
+    #[test]
+    fn sweep_purges_expired_sessions_only() {
+        let t = Table::new();
+        t.apply(&set("old", "{}", NOW, v(1, 1)));
+        t.apply(&set("new", "{}", NOW + 1, v(1, 1)));
+        assert_eq!(t.sweep(NOW), 1);
+        assert!(t.entry("old").is_none());
+        assert!(t.is_visible("new", NOW));
+    }
+
+    #[test]
+    fn clear_voids_older_writes_in_any_order() {
+        let t = Table::new();
+        t.apply(&set("a", "{}", NOW + 10, v(1, 1)));
+        t.apply(&set("b", "{}", NOW + 10, v(5, 1)));
+        assert!(t.apply(&Op::Clear { version: v(3, 2) }));
+        assert!(doc(&t, "a").is_none());
+        assert!(doc(&t, "b").is_some(), "writes newer than the clear survive");
+        assert!(!t.apply(&set("c", "{}", NOW + 10, v(2, 1))), "late write older than the clear");
+        assert_eq!(t.length(NOW), 1);
+        assert!(!t.apply(&Op::Clear { version: v(2, 2) }), "an older clear changes nothing");
+    }
+
+    #[test]
+    fn splice_keeps_member_order_and_rejects_non_objects() {
+        assert_eq!(
+            splice_cookie(r#"{"a":1,"cookie":null,"b":[1,2]}"#, r#"{"x":1}"#).as_deref(),
+            Some(r#"{"a":1,"cookie":{"x":1},"b":[1,2]}"#)
+        );
+        assert_eq!(splice_cookie(r#"{"a":1}"#, "true").as_deref(), Some(r#"{"a":1,"cookie":true}"#));
+        assert_eq!(splice_cookie("[1]", "{}"), None);
+        assert_eq!(splice_cookie("{}", "{bad"), None);
+    }
+
+    #[test]
+    fn expiry_rules() {
+        assert_eq!(expiry(Some(NOW + 5), NOW, None), NOW + 5);
+        assert_eq!(expiry(None, NOW, None), NOW + DEFAULT_LIFETIME_MS);
+        assert_eq!(expiry(None, NOW, Some(50)), NOW + 50);
+        assert_eq!(expiry(Some(NOW + 10), NOW, Some(50)), NOW + 10);
+        assert_eq!(expiry(Some(NOW + 90), NOW, Some(50)), NOW + 50);
+    }
+
+    /// Random writes to a few sids from a few nodes, applied in two random orders with
+    /// duplicates: both replicas must end identical (commutative, idempotent merge).
+    mod convergence {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn op_strategy() -> impl Strategy<Value = Op> {
+            let sid = prop::sample::select(vec!["a", "b", "c"]);
+            let version = (1u64..40, 1u64..4).prop_map(|(hlc, node)| Version { hlc, node });
+            let expires = NOW..NOW + 100;
+            prop_oneof![
+                (sid.clone(), 0u32..5, expires.clone(), version.clone()).prop_map(|(sid, n, exp, v)| {
+                    set(sid, &format!(r#"{{"cookie":{{"c":{n}}},"n":{n}}}"#), exp, v)
+                }),
+                (sid.clone(), 0u32..5, expires, version.clone())
+                    .prop_map(|(sid, n, exp, v)| touch(sid, &format!(r#"{{"c":{n}}}"#), exp, v)),
+                (sid, version.clone()).prop_map(|(sid, v)| destroy(sid, v)),
+                version.prop_map(|version| Op::Clear { version }),
+            ]
+        }
+
+        fn unique(mut op: Op, index: u64) -> Op {
+            let (Op::Set { version, .. } | Op::Touch { version, .. } | Op::Destroy { version, .. } | Op::Clear { version }) = &mut op;
+            version.hlc = version.hlc * 64 + index;
+            op
+        }
+
+        fn snapshot(t: &Table) -> Vec<(String, Option<String>, u64)> {
+            ["a", "b", "c"]
+                .iter()
+                .map(|sid| {
+                    let e = t.entry(sid);
+                    let exp = e.as_ref().filter(|e| e.is_visible(0)).map_or(0, |e| e.expires_at);
+                    (sid.to_string(), t.get(sid, 0).map(|d| d.to_string()), exp)
+                })
+                .collect()
+        }
+
+        proptest! {
+            #[test]
+            fn any_order_converges(
+                ops in prop::collection::vec(op_strategy(), 1..40),
+                order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+            ) {
+                // Every write has its own version, as clock ticks guarantee.
+                let ops: Vec<Op> = ops.into_iter().enumerate().map(|(i, op)| unique(op, i as u64)).collect();
+                let forward = Table::new();
+                for op in &ops { forward.apply(op); }
+                let mut shuffled: Vec<&Op> = ops.iter().chain(ops.iter().take(5)).collect();
+                let mut seed = order;
+                for i in (1..shuffled.len()).rev() {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    shuffled.swap(i, (seed >> 33) as usize % (i + 1));
+                }
+                let other = Table::new();
+                for op in shuffled { other.apply(op); }
+                prop_assert_eq!(snapshot(&forward), snapshot(&other));
+            }
+        }
+    }
+
+    #[test]
+    fn all_json_escapes_sids() {
+        let t = Table::new();
+        t.apply(&set("a\"b", r#"{"n":1}"#, NOW + 10, v(1, 1)));
+        let all: serde_json::Value = serde_json::from_str(&t.all_json(NOW)).unwrap();
+        assert_eq!(all["a\"b"]["n"], 1);
+    }
+}
