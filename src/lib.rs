@@ -7,6 +7,7 @@ pub mod clock;
 pub mod engine;
 pub mod options;
 pub mod table;
+pub mod wire;
 
 #[cfg(feature = "node")]
 mod node {

@@ -1,0 +1,637 @@
+//! Binary wire format, version 1 (documented in README "Wire format").
+//!
+//! Every datagram and every TCP frame is one packet:
+//!
+//! ```text
+//! offset size
+//!  0     2    magic "SM"
+//!  2     1    wire version (1)
+//!  3     1    kind (see `Kind`)
+//!  4     4    cluster id: FNV-1a of the cluster name (fast drop of foreign clusters)
+//!  8     8    sender node id
+//! 16     8    sender incarnation (ms at start)
+//! 24     …    body (per kind, big-endian integers, u16/u32 length-prefixed strings)
+//! end-4  4    CRC-32 of everything before it
+//! ```
+//!
+//! Decoding never panics: every length is checked against what is left, and every error is a
+//! `DecodeError` the caller counts and drops.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use crate::clock::Version;
+use crate::table::{Data, Entry, Op};
+
+pub const MAGIC: [u8; 2] = *b"SM";
+pub const WIRE_VERSION: u8 = 1;
+pub const HEADER_BYTES: usize = 24;
+pub const TRAILER_BYTES: usize = 4;
+/// Budget of one UDP datagram (DESIGN §3): never rely on IP fragmentation.
+pub const MAX_DATAGRAM: usize = 1400;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Join = 1,
+    Greeting = 2,
+    Heartbeat = 3,
+    Leave = 4,
+    Data = 5,
+    Nak = 6,
+    Gone = 7,
+    SyncRequest = 8,
+    SyncChunk = 9,
+    SyncEnd = 10,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        use Kind::*;
+        [Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd]
+            .into_iter()
+            .find(|k| *k as u8 == b)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub cluster: u32,
+    pub node: u64,
+    pub incarnation: u64,
+}
+
+/// How to reach a node: its unicast UDP address and its TCP port (same IP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub addr: SocketAddr,
+    pub tcp_port: u16,
+}
+
+/// Reliable payload carried in a sequenced `Data` datagram.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// Whole ops, as many as fit in one datagram.
+    Ops(Vec<Op>),
+    /// One piece of an op too large for a datagram; pieces use consecutive sequence numbers
+    /// starting at `first_seq`.
+    Fragment { first_seq: u64, index: u16, count: u16, bytes: Vec<u8> },
+}
+
+/// What a sync request asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncMode {
+    /// State transfer: every entry.
+    Full,
+    /// Anti-entropy: entries of the buckets whose digest differs from these.
+    Digest(Vec<u64>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Join(NodeInfo),
+    Greeting { info: NodeInfo, high_seq: u64 },
+    Heartbeat { info: NodeInfo, high_seq: u64 },
+    Leave,
+    Data { seq: u64, payload: Payload },
+    /// "Resend these sequence numbers of yours" (inclusive ranges), unicast to the sender.
+    Nak { ranges: Vec<(u64, u64)> },
+    /// "Sequence numbers below `oldest` are no longer buffered": the receiver must sync.
+    Gone { oldest: u64 },
+    SyncRequest(SyncMode),
+    SyncChunk { clear_mark: Version, entries: Vec<(Arc<str>, Entry)> },
+    /// End of a sync; `high_seq` is the sender's sequence number when its snapshot began.
+    SyncEnd { high_seq: u64 },
+}
+
+impl Message {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Join(_) => Kind::Join,
+            Message::Greeting { .. } => Kind::Greeting,
+            Message::Heartbeat { .. } => Kind::Heartbeat,
+            Message::Leave => Kind::Leave,
+            Message::Data { .. } => Kind::Data,
+            Message::Nak { .. } => Kind::Nak,
+            Message::Gone { .. } => Kind::Gone,
+            Message::SyncRequest(_) => Kind::SyncRequest,
+            Message::SyncChunk { .. } => Kind::SyncChunk,
+            Message::SyncEnd { .. } => Kind::SyncEnd,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Truncated,
+    BadMagic,
+    BadVersion,
+    BadKind,
+    BadChecksum,
+    ForeignCluster,
+    Malformed,
+}
+
+impl DecodeError {
+    /// The `stats()` drop reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DecodeError::Truncated => "truncated",
+            DecodeError::BadMagic => "badMagic",
+            DecodeError::BadVersion => "badVersion",
+            DecodeError::BadKind => "badKind",
+            DecodeError::BadChecksum => "badChecksum",
+            DecodeError::ForeignCluster => "foreignCluster",
+            DecodeError::Malformed => "malformed",
+        }
+    }
+}
+
+/// FNV-1a of the cluster name: a cheap, stable cluster id for the header.
+pub fn cluster_id(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes32(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn version(&mut self, v: Version) {
+        self.u64(v.hlc);
+        self.u64(v.node);
+    }
+    fn node_info(&mut self, info: &NodeInfo) {
+        match info.addr.ip() {
+            IpAddr::V4(ip) => {
+                self.u8(4);
+                self.0.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                self.u8(6);
+                self.0.extend_from_slice(&ip.octets());
+            }
+        }
+        self.u16(info.addr.port());
+        self.u16(info.tcp_port);
+    }
+    fn op(&mut self, op: &Op) {
+        match op {
+            Op::Set { sid, doc, expires_at, version } => {
+                self.u8(1);
+                self.version(*version);
+                self.bytes32(sid.as_bytes());
+                self.u64(*expires_at);
+                self.bytes32(doc.as_bytes());
+            }
+            Op::Touch { sid, cookie, expires_at, version } => {
+                self.u8(2);
+                self.version(*version);
+                self.bytes32(sid.as_bytes());
+                self.u64(*expires_at);
+                self.optional(cookie.as_deref());
+            }
+            Op::Destroy { sid, version } => {
+                self.u8(3);
+                self.version(*version);
+                self.bytes32(sid.as_bytes());
+            }
+            Op::Clear { version } => {
+                self.u8(4);
+                self.version(*version);
+            }
+        }
+    }
+    fn optional(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.u8(1);
+                self.bytes32(s.as_bytes());
+            }
+            None => self.u8(0),
+        }
+    }
+    fn entry(&mut self, sid: &str, e: &Entry) {
+        self.bytes32(sid.as_bytes());
+        match &e.data {
+            Data::Absent => self.u8(0),
+            Data::Live(doc) => {
+                self.u8(1);
+                self.bytes32(doc.as_bytes());
+            }
+            Data::Deleted => self.u8(2),
+        }
+        self.version(e.data_version);
+        self.version(e.cookie_version);
+        self.optional(e.cookie.as_deref());
+        self.u64(e.expires_at);
+    }
+}
+
+/// Encoded size of one op (to pack datagrams without encoding twice).
+pub fn op_len(op: &Op) -> usize {
+    let version = 1 + 16;
+    match op {
+        Op::Set { sid, doc, .. } => version + 4 + sid.len() + 8 + 4 + doc.len(),
+        Op::Touch { sid, cookie, .. } => version + 4 + sid.len() + 8 + 1 + cookie.as_ref().map_or(0, |c| 4 + c.len()),
+        Op::Destroy { sid, .. } => version + 4 + sid.len(),
+        Op::Clear { .. } => version,
+    }
+}
+
+/// Bytes a `Data` datagram spends besides its ops: header, seq, payload tag, count, trailer.
+pub const DATA_OVERHEAD: usize = HEADER_BYTES + 8 + 1 + 2 + TRAILER_BYTES;
+/// Bytes a `Data` fragment datagram spends besides its piece.
+pub const FRAGMENT_OVERHEAD: usize = HEADER_BYTES + 8 + 1 + 8 + 2 + 2 + 4 + TRAILER_BYTES;
+
+/// Encodes one op alone (the bytes that fragments carry).
+pub fn encode_op(op: &Op) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(op_len(op)));
+    w.op(op);
+    w.0
+}
+
+pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(256));
+    w.0.extend_from_slice(&MAGIC);
+    w.u8(WIRE_VERSION);
+    w.u8(msg.kind() as u8);
+    w.u32(header.cluster);
+    w.u64(header.node);
+    w.u64(header.incarnation);
+    match msg {
+        Message::Join(info) => w.node_info(info),
+        Message::Greeting { info, high_seq } | Message::Heartbeat { info, high_seq } => {
+            w.node_info(info);
+            w.u64(*high_seq);
+        }
+        Message::Leave => {}
+        Message::Data { seq, payload } => {
+            w.u64(*seq);
+            match payload {
+                Payload::Ops(ops) => {
+                    w.u8(0);
+                    w.u16(ops.len() as u16);
+                    ops.iter().for_each(|op| w.op(op));
+                }
+                Payload::Fragment { first_seq, index, count, bytes } => {
+                    w.u8(1);
+                    w.u64(*first_seq);
+                    w.u16(*index);
+                    w.u16(*count);
+                    w.bytes32(bytes);
+                }
+            }
+        }
+        Message::Nak { ranges } => {
+            w.u16(ranges.len() as u16);
+            for (from, to) in ranges {
+                w.u64(*from);
+                w.u64(*to);
+            }
+        }
+        Message::Gone { oldest } => w.u64(*oldest),
+        Message::SyncRequest(SyncMode::Full) => w.u8(0),
+        Message::SyncRequest(SyncMode::Digest(buckets)) => {
+            w.u8(1);
+            w.u32(buckets.len() as u32);
+            buckets.iter().for_each(|b| w.u64(*b));
+        }
+        Message::SyncChunk { clear_mark, entries } => {
+            w.version(*clear_mark);
+            w.u32(entries.len() as u32);
+            entries.iter().for_each(|(sid, e)| w.entry(sid, e));
+        }
+        Message::SyncEnd { high_seq } => w.u64(*high_seq),
+    }
+    let crc = crc32fast::hash(&w.0);
+    w.u32(crc);
+    w.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default()))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default()))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()))
+    }
+    fn bytes32(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn str32(&mut self) -> Result<Arc<str>, DecodeError> {
+        std::str::from_utf8(self.bytes32()?).map(Arc::from).map_err(|_| DecodeError::Malformed)
+    }
+    fn version(&mut self) -> Result<Version, DecodeError> {
+        Ok(Version { hlc: self.u64()?, node: self.u64()? })
+    }
+    fn optional(&mut self) -> Result<Option<Arc<str>>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str32()?)),
+            _ => Err(DecodeError::Malformed),
+        }
+    }
+    fn node_info(&mut self) -> Result<NodeInfo, DecodeError> {
+        let ip = match self.u8()? {
+            4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(self.take(4)?).unwrap_or_default())),
+            6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(self.take(16)?).unwrap_or_default())),
+            _ => return Err(DecodeError::Malformed),
+        };
+        let port = self.u16()?;
+        Ok(NodeInfo { addr: SocketAddr::new(ip, port), tcp_port: self.u16()? })
+    }
+    fn op(&mut self) -> Result<Op, DecodeError> {
+        let tag = self.u8()?;
+        let version = self.version()?;
+        Ok(match tag {
+            1 => Op::Set { sid: self.str32()?, expires_at: self.u64()?, doc: self.str32()?, version },
+            2 => Op::Touch { sid: self.str32()?, expires_at: self.u64()?, cookie: self.optional()?, version },
+            3 => Op::Destroy { sid: self.str32()?, version },
+            4 => Op::Clear { version },
+            _ => return Err(DecodeError::Malformed),
+        })
+    }
+    fn entry(&mut self) -> Result<(Arc<str>, Entry), DecodeError> {
+        let sid = self.str32()?;
+        let data = match self.u8()? {
+            0 => Data::Absent,
+            1 => Data::Live(self.str32()?),
+            2 => Data::Deleted,
+            _ => return Err(DecodeError::Malformed),
+        };
+        let entry = Entry {
+            data,
+            data_version: self.version()?,
+            cookie_version: self.version()?,
+            cookie: self.optional()?,
+            expires_at: self.u64()?,
+        };
+        Ok((sid, entry))
+    }
+    /// A count of items, each at least `min_bytes` long: rejects counts the input cannot hold,
+    /// so a forged count never makes us reserve memory.
+    fn count(&self, n: usize, min_bytes: usize) -> Result<usize, DecodeError> {
+        if n.saturating_mul(min_bytes) > self.0.len() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(n)
+    }
+}
+
+/// Reads the header without checking the checksum (to route or drop early).
+pub fn peek_header(packet: &[u8]) -> Result<(Kind, Header), DecodeError> {
+    if packet.len() < HEADER_BYTES + TRAILER_BYTES {
+        return Err(DecodeError::Truncated);
+    }
+    if packet[0..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if packet[2] != WIRE_VERSION {
+        return Err(DecodeError::BadVersion);
+    }
+    let kind = Kind::from_u8(packet[3]).ok_or(DecodeError::BadKind)?;
+    let mut r = Reader(&packet[4..HEADER_BYTES]);
+    let header = Header { cluster: r.u32()?, node: r.u64()?, incarnation: r.u64()? };
+    Ok((kind, header))
+}
+
+/// Decodes one packet of cluster `cluster`.
+pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeError> {
+    let (kind, header) = peek_header(packet)?;
+    let (body, trailer) = packet.split_at(packet.len() - TRAILER_BYTES);
+    if crc32fast::hash(body) != u32::from_be_bytes(trailer.try_into().unwrap_or_default()) {
+        return Err(DecodeError::BadChecksum);
+    }
+    if header.cluster != cluster {
+        return Err(DecodeError::ForeignCluster);
+    }
+    let mut r = Reader(&body[HEADER_BYTES..]);
+    let msg = match kind {
+        Kind::Join => Message::Join(r.node_info()?),
+        Kind::Greeting => Message::Greeting { info: r.node_info()?, high_seq: r.u64()? },
+        Kind::Heartbeat => Message::Heartbeat { info: r.node_info()?, high_seq: r.u64()? },
+        Kind::Leave => Message::Leave,
+        Kind::Data => {
+            let seq = r.u64()?;
+            let payload = match r.u8()? {
+                0 => {
+                    let n = r.u16()? as usize;
+                    let n = r.count(n, 17)?;
+                    Payload::Ops((0..n).map(|_| r.op()).collect::<Result<_, _>>()?)
+                }
+                1 => {
+                    let first_seq = r.u64()?;
+                    let index = r.u16()?;
+                    let count = r.u16()?;
+                    if count == 0 || index >= count || seq != first_seq.wrapping_add(index as u64) {
+                        return Err(DecodeError::Malformed);
+                    }
+                    Payload::Fragment { first_seq, index, count, bytes: r.bytes32()?.to_vec() }
+                }
+                _ => return Err(DecodeError::Malformed),
+            };
+            Message::Data { seq, payload }
+        }
+        Kind::Nak => {
+            let n = r.u16()? as usize;
+            let n = r.count(n, 16)?;
+            let ranges = (0..n).map(|_| Ok((r.u64()?, r.u64()?))).collect::<Result<Vec<_>, _>>()?;
+            if ranges.iter().any(|(from, to)| from > to) {
+                return Err(DecodeError::Malformed);
+            }
+            Message::Nak { ranges }
+        }
+        Kind::Gone => Message::Gone { oldest: r.u64()? },
+        Kind::SyncRequest => match r.u8()? {
+            0 => Message::SyncRequest(SyncMode::Full),
+            1 => {
+                let n = r.u32()? as usize;
+                let n = r.count(n, 8)?;
+                Message::SyncRequest(SyncMode::Digest((0..n).map(|_| r.u64()).collect::<Result<_, _>>()?))
+            }
+            _ => return Err(DecodeError::Malformed),
+        },
+        Kind::SyncChunk => {
+            let clear_mark = r.version()?;
+            let n = r.u32()? as usize;
+            let n = r.count(n, 4 + 1 + 32 + 1 + 8)?;
+            Message::SyncChunk { clear_mark, entries: (0..n).map(|_| r.entry()).collect::<Result<_, _>>()? }
+        }
+        Kind::SyncEnd => Message::SyncEnd { high_seq: r.u64()? },
+    };
+    if !r.0.is_empty() {
+        return Err(DecodeError::Malformed);
+    }
+    Ok((header, msg))
+}
+
+/// Decodes the bytes of one reassembled fragmented op.
+pub fn decode_op(bytes: &[u8]) -> Result<Op, DecodeError> {
+    let mut r = Reader(bytes);
+    let op = r.op()?;
+    if !r.0.is_empty() {
+        return Err(DecodeError::Malformed);
+    }
+    Ok(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CLUSTER: u32 = 0xC1;
+    const HEADER: Header = Header { cluster: CLUSTER, node: 42, incarnation: 7 };
+
+    fn v(hlc: u64) -> Version {
+        Version { hlc, node: 3 }
+    }
+
+    fn info() -> NodeInfo {
+        NodeInfo { addr: "127.0.0.1:5000".parse().unwrap(), tcp_port: 5001 }
+    }
+
+    fn samples() -> Vec<Message> {
+        let ops = vec![
+            Op::Set { sid: "a".into(), doc: r#"{"n":1}"#.into(), expires_at: 9, version: v(1) },
+            Op::Touch { sid: "a".into(), cookie: Some("{}".into()), expires_at: 10, version: v(2) },
+            Op::Touch { sid: "b".into(), cookie: None, expires_at: 10, version: v(2) },
+            Op::Destroy { sid: "é".into(), version: v(3) },
+            Op::Clear { version: v(4) },
+        ];
+        let entry = Entry {
+            data: Data::Live("{}".into()),
+            data_version: v(1),
+            cookie_version: v(2),
+            cookie: Some("{}".into()),
+            expires_at: 5,
+        };
+        vec![
+            Message::Join(info()),
+            Message::Greeting { info: NodeInfo { addr: "[fd00::1]:9".parse().unwrap(), tcp_port: 1 }, high_seq: 3 },
+            Message::Heartbeat { info: info(), high_seq: 99 },
+            Message::Leave,
+            Message::Data { seq: 5, payload: Payload::Ops(ops) },
+            Message::Data { seq: 6, payload: Payload::Fragment { first_seq: 5, index: 1, count: 3, bytes: vec![1, 2] } },
+            Message::Nak { ranges: vec![(1, 4), (9, 9)] },
+            Message::Gone { oldest: 17 },
+            Message::SyncRequest(SyncMode::Full),
+            Message::SyncRequest(SyncMode::Digest(vec![1, 2, 3])),
+            Message::SyncChunk { clear_mark: v(1), entries: vec![("s".into(), entry)] },
+            Message::SyncEnd { high_seq: 12 },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for msg in samples() {
+            let bytes = encode(&HEADER, &msg);
+            assert_eq!(decode(&bytes, CLUSTER), Ok((HEADER, msg)));
+        }
+    }
+
+    #[test]
+    fn op_len_matches_encoding() {
+        if let Message::Data { payload: Payload::Ops(ops), .. } = &samples()[4] {
+            for op in ops {
+                assert_eq!(encode_op(op).len(), op_len(op));
+                assert_eq!(decode_op(&encode_op(op)).as_ref(), Ok(op));
+            }
+        }
+        let data = encode(&HEADER, &Message::Data { seq: 1, payload: Payload::Ops(vec![]) });
+        assert_eq!(data.len(), DATA_OVERHEAD);
+        let piece = Payload::Fragment { first_seq: 1, index: 0, count: 1, bytes: vec![] };
+        assert_eq!(encode(&HEADER, &Message::Data { seq: 1, payload: piece }).len(), FRAGMENT_OVERHEAD);
+    }
+
+    #[test]
+    fn rejects_with_a_reason() {
+        let good = encode(&HEADER, &Message::Leave);
+        assert_eq!(decode(&good[..10], CLUSTER), Err(DecodeError::Truncated));
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(decode(&bad, CLUSTER), Err(DecodeError::BadMagic));
+        let mut bad = good.clone();
+        bad[2] = 9;
+        assert_eq!(decode(&bad, CLUSTER), Err(DecodeError::BadVersion));
+        let mut bad = good.clone();
+        bad[3] = 200;
+        assert_eq!(decode(&bad, CLUSTER), Err(DecodeError::BadKind));
+        let mut bad = good.clone();
+        bad[12] ^= 1;
+        assert_eq!(decode(&bad, CLUSTER), Err(DecodeError::BadChecksum));
+        assert_eq!(decode(&good, CLUSTER + 1), Err(DecodeError::ForeignCluster));
+    }
+
+    #[test]
+    fn forged_counts_do_not_allocate() {
+        // A Data datagram claiming 65535 ops in a few bytes.
+        let mut w = Writer(Vec::new());
+        w.0.extend_from_slice(&MAGIC);
+        w.u8(WIRE_VERSION);
+        w.u8(Kind::Data as u8);
+        w.u32(CLUSTER);
+        w.u64(1);
+        w.u64(1);
+        w.u64(1);
+        w.u8(0);
+        w.u16(u16::MAX);
+        let crc = crc32fast::hash(&w.0);
+        w.u32(crc);
+        assert_eq!(decode(&w.0, CLUSTER), Err(DecodeError::Truncated));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode(&bytes, CLUSTER);
+            let _ = decode_op(&bytes);
+        }
+
+        #[test]
+        fn corrupted_packets_never_panic(index in 0usize..12, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut bytes = encode(&HEADER, &samples()[index]);
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            prop_assert!(decode(&bytes, CLUSTER).is_err());
+        }
+    }
+}

@@ -1,0 +1,188 @@
+"use strict";
+const assert = require("node:assert/strict");
+const {
+  MulticastStore,
+  SAFE_OPTIONS,
+  uniqueCluster,
+  makeLogger,
+  createStore,
+  closeStores,
+  sessionData,
+  sleepUntil,
+  assertBefore,
+  assertTypeErrorNaming,
+} = require("./helpers");
+
+// Options that are valid and send nothing anywhere: a bad option is added on top of these.
+const QUIET = Object.freeze({ ...SAFE_OPTIONS, multicast: false, logger: makeLogger() });
+
+/** Asserts that constructing with QUIET + `bad` throws a TypeError naming `option`. */
+function rejects(option, bad) {
+  const options = { ...QUIET, ...bad };
+  const label = `${option} with ${describeValue(bad)}`;
+  assertTypeErrorNaming(() => {
+    const store = new MulticastStore(options);
+    store.close(); // accepted by mistake: release it before failing
+  }, option, label);
+}
+
+function describeValue(value) {
+  return JSON.stringify(value, (_, v) => (v && v.type === "Buffer" ? `<Buffer ${v.data.length} bytes>` : v));
+}
+
+describe("options", () => {
+  afterEach(closeStores);
+
+  describe("invalid options throw a TypeError naming the option", () => {
+    const CASES = {
+      use: [{ use: "v5" }, { use: 4 }],
+      multicast: [{ multicast: "10.0.0.1", ipv4: "127.0.0.1" }, { multicast: 42 }, { multicast: "not-an-address" }],
+      multicastPort: [{ multicastPort: 70000 }, { multicastPort: 0 }, { multicastPort: "4000" }, { multicastPort: 4000.5 }],
+      ipv4: [{ ipv4: "not-an-ip" }, { ipv4: "::1" }],
+      ipv6: [{ ipv6: "1.2.3.4" }, { use: "v6", ipv6: "1.2.3.4" }],
+      multicastTTL: [{ multicastTTL: 256 }, { multicastTTL: -1 }],
+      useSessionTTL: [{ useSessionTTL: "yes" }],
+      sessionTTL: [{ sessionTTL: 0 }, { sessionTTL: -5 }, { sessionTTL: "10" }],
+      gracefullShutdown: [{ gracefullShutdown: "no" }],
+      gracefulShutdown: [{ gracefullShutdown: true, gracefulShutdown: false }, { gracefulShutdown: "no" }],
+      logger: [{ logger: {} }, { logger: "console" }, { logger: { info() {}, warn() {} } }],
+      secret: [{ secret: "" }, { secret: Buffer.alloc(5, 1) }, { secret: [] }, { secret: 12345 }],
+      cluster: [{ cluster: "" }, { cluster: 12 }],
+      peers: [{ peers: "a:1" }, { peers: ["nohost"] }, { peers: ["h:99999"] }],
+      maxSessionBytes: [{ maxSessionBytes: 0 }, { maxSessionBytes: 1.5 }],
+      heartbeatInterval: [{ heartbeatInterval: 0 }],
+      failureTimeout: [{ heartbeatInterval: 500, failureTimeout: 900 }],
+      multicastTtl: [{ multicastTtl: 1 }],
+    };
+
+    for (const [option, cases] of Object.entries(CASES)) {
+      it(option, () => {
+        for (const bad of cases) rejects(option, bad);
+      });
+    }
+
+    it("options that are not an object", () => {
+      for (const bad of ["x", 42, [], null, true]) {
+        assert.throws(() => new MulticastStore(bad).close(), TypeError, `options = ${JSON.stringify(bad)}`);
+      }
+    });
+  });
+
+  describe("valid options", () => {
+    it("accepts every option with a valid value", () => {
+      const cluster = uniqueCluster();
+      const store = createStore({
+        use: "v4",
+        multicast: "239.255.77.77",
+        multicastPort: 45_677,
+        ipv4: "127.0.0.1",
+        multicastTTL: 0,
+        useSessionTTL: true,
+        sessionTTL: 60,
+        gracefullShutdown: false,
+        logger: makeLogger(),
+        secret: "correct horse battery staple",
+        cluster,
+        peers: ["127.0.0.1:45678", "localhost:45679"],
+        maxSessionBytes: 4096,
+        heartbeatInterval: 200,
+        failureTimeout: 1000,
+      });
+      const o = store.options;
+      assert.equal(o.use, "v4");
+      assert.equal(o.multicast, "239.255.77.77");
+      assert.equal(o.multicastPort, 45_677);
+      assert.equal(o.ipv4, "127.0.0.1");
+      assert.equal(o.multicastTTL, 0);
+      assert.equal(o.useSessionTTL, true);
+      assert.equal(o.sessionTTL, 60);
+      assert.equal(o.cluster, cluster);
+      assert.deepEqual(o.peers, ["127.0.0.1:45678", "localhost:45679"]);
+      assert.equal(o.maxSessionBytes, 4096);
+      assert.equal(o.heartbeatInterval, 200);
+      assert.equal(o.failureTimeout, 1000);
+    });
+
+    it("accepts gracefulShutdown (the alias) and equal values of both spellings", () => {
+      createStore({ gracefulShutdown: false });
+      createStore({ gracefullShutdown: false, gracefulShutdown: false });
+    });
+
+    it("accepts a 32-byte Buffer secret and a key ring", () => {
+      createStore({ secret: Buffer.alloc(32, 7) });
+      createStore({ secret: [Buffer.alloc(32, 8), "an older passphrase", new Uint8Array(32).fill(9)] });
+    });
+
+    it("does not echo the secret in store.options", () => {
+      const passphrase = "do-not-leak-this-passphrase";
+      const store = createStore({ secret: passphrase });
+      assert.ok(!JSON.stringify(store.options).includes(passphrase), "store.options contains the secret");
+    });
+
+    it("accepts IPv6 on loopback", () => {
+      const store = createStore({ use: "v6", ipv6: "::1", multicast: false });
+      assert.equal(store.options.use, "v6");
+      assert.equal(store.options.ipv6, "::1");
+    });
+
+    it("store.options shows the defaults", () => {
+      // multicast: false so that the default TTL (1) is never used to send anything.
+      const store = createStore({ ipv4: "127.0.0.1", multicast: false, multicastTTL: undefined, cluster: undefined });
+      const o = store.options;
+      assert.equal(o.use, "v4");
+      assert.equal(o.multicast, false);
+      assert.equal(o.multicastPort, 4000);
+      assert.equal(o.multicastTTL, 1);
+      assert.equal(o.useSessionTTL, false);
+      assert.equal(o.sessionTTL, 5000);
+      assert.equal(o.cluster, "default");
+      assert.equal(o.maxSessionBytes, 1_048_576);
+      assert.equal(o.heartbeatInterval, 500);
+      assert.equal(o.failureTimeout, 3000);
+    });
+
+    it("the default group is 228.0.0.5 (v4) and a transient site-scope group (v6)", () => {
+      assert.equal(createStore().options.multicast, "228.0.0.5");
+      const v6 = createStore({ use: "v6", ipv6: "::1" }).options.multicast;
+      assert.match(String(v6), /^ff15:/i);
+    });
+  });
+
+  describe("useSessionTTL", () => {
+    it("expires a session without a cookie sessionTTL seconds after set", async () => {
+      const store = createStore({ useSessionTTL: true, sessionTTL: 0.05 });
+      const t0 = Date.now();
+      await store.set("sid", { user: "alice" });
+      await sleepUntil(t0 + 10);
+      assertBefore(t0 + 50, "still readable");
+      assert.deepEqual(await store.get("sid"), { user: "alice" });
+      await sleepUntil(t0 + 120);
+      assert.ok((await store.get("sid")) == null, "session outlived sessionTTL");
+      assert.equal(await store.length(), 0);
+    });
+
+    it("uses cookie.expires when it is earlier than sessionTTL", async () => {
+      const store = createStore({ useSessionTTL: true, sessionTTL: 0.3 });
+      const t0 = Date.now();
+      await store.set("cookie-first", sessionData({}, { expiresAt: t0 + 30 }));
+      await store.set("ttl-first", sessionData({}, { expiresAt: t0 + 60_000 }));
+      await sleepUntil(t0 + 80);
+      assertBefore(t0 + 300, "ttl-first still readable");
+      assert.ok((await store.get("cookie-first")) == null, "cookie.expires (earlier) was ignored");
+      assert.ok((await store.get("ttl-first")) != null);
+      await sleepUntil(t0 + 400);
+      assert.ok((await store.get("ttl-first")) == null, "sessionTTL (earlier) was ignored");
+    });
+
+    it("restarts the sessionTTL on touch", async () => {
+      const store = createStore({ useSessionTTL: true, sessionTTL: 0.1 });
+      const t0 = Date.now();
+      await store.set("sid", { n: 1 });
+      await sleepUntil(t0 + 60);
+      assertBefore(t0 + 100, "touch before expiry");
+      await store.touch("sid", { n: 1 });
+      await sleepUntil(t0 + 130);
+      assert.deepEqual(await store.get("sid"), { n: 1 }, "touch did not restart sessionTTL");
+    });
+  });
+});
