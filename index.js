@@ -45,18 +45,68 @@ module.exports = function expressSessionMulticast(session) {
       super();
       const { engineOptions, logger } = normalizeOptions(options);
       this.logger = logger;
+      this._closed = null;
+      this._isReady = false;
+      this._readyKeepAlive = null;
+      this._ready = new Promise((resolve) => (this._resolveReady = resolve));
       const NativeEngine = loadEngine();
       try {
-        this._engine = new NativeEngine(JSON.stringify(engineOptions));
+        this._engine = new NativeEngine(JSON.stringify(engineOptions), (json) => this._onEngineEvent(json));
       } catch (err) {
         // The engine rejects invalid options with status InvalidArg: surface them as TypeError.
         if (err && err.code === "InvalidArg") throw new TypeError(err.message);
         throw err;
       }
       this.options = JSON.parse(this._engine.config());
-      this._closed = null;
-      this._ready = Promise.resolve();
+      this._onSignal = null;
+      if (this.options.gracefullShutdown && this.options.multicast !== false) this._handleSignals();
       process.nextTick(() => this.emit("connect"));
+    }
+
+    // Engine events arrive as JSON from the engine's threads, on this thread's event loop.
+    _onEngineEvent(json) {
+      if (this._closed) return;
+      const event = JSON.parse(json);
+      switch (event.event) {
+        case "member":
+          this.emit("member", { type: event.type, node: event.node });
+          break;
+        case "ready":
+          this._markReady();
+          break;
+        case "log": {
+          const log = this.logger[event.level];
+          if (typeof log === "function") log.call(this.logger, `express-session-multicast: ${event.message}`);
+          break;
+        }
+        case "error": {
+          const err = storeError(event.code, event.message.replace(/^express-session-multicast: /, ""));
+          // An unhandled 'error' event would crash the app: log it instead when nobody listens.
+          if (this.listenerCount("error") > 0) this.emit("error", err);
+          else this.logger.error(err.message);
+          break;
+        }
+        case "disconnect":
+          this.emit("disconnect");
+          break;
+      }
+    }
+
+    _markReady() {
+      this._isReady = true;
+      clearInterval(this._readyKeepAlive);
+      this._resolveReady();
+    }
+
+    // On SIGINT/SIGTERM: announce the leave, then let the signal do what it would have done
+    // without us: end the process if no other handler is left, or leave it to the app's handlers.
+    _handleSignals() {
+      this._onSignal = (signal) => {
+        this.close();
+        if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+      };
+      process.once("SIGINT", this._onSignal);
+      process.once("SIGTERM", this._onSignal);
     }
 
     get(sid, callback) {
@@ -127,15 +177,24 @@ module.exports = function expressSessionMulticast(session) {
       );
     }
 
+    /** Resolves once the node has joined and received the cluster's sessions, or found itself alone. */
     ready() {
+      // The store never keeps the process alive by itself, but whoever awaits ready() expects
+      // the process to wait for it (a short, bounded join).
+      if (!this._isReady && !this._readyKeepAlive) this._readyKeepAlive = setInterval(() => {}, 1 << 30);
       return this._ready;
     }
 
     /** Leaves the cluster and releases every socket and thread. Idempotent. */
     close() {
       if (!this._closed) {
+        if (this._onSignal) {
+          process.removeListener("SIGINT", this._onSignal);
+          process.removeListener("SIGTERM", this._onSignal);
+        }
         this._engine.close();
         this._closed = Promise.resolve();
+        this._markReady();
         process.nextTick(() => this.emit("disconnect"));
       }
       return this._closed;

@@ -1,5 +1,5 @@
-//! The engine behind one store: the session table, the clock that versions local writes, and the
-//! background runtime (sweeper now; membership and replication run here too).
+//! The engine behind one store: the session table, the clock that versions local writes, the
+//! cluster node that replicates them, and the background runtime all of it runs on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::json;
+use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::clock::{now_ms, Clock};
+use crate::cluster::Cluster;
+use crate::events::{Event, EventSink, Level};
 use crate::options::Config;
 use crate::table::{expiry, Op, Table};
+use crate::wire::{self, Header};
 
 /// How often expired sessions and old tombstones are purged from memory.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
@@ -29,34 +33,65 @@ struct Counters {
 
 pub struct Engine {
     config: Config,
-    node_id: u64,
-    incarnation: u64,
-    clock: Clock,
+    header: Header,
+    clock: Arc<Clock>,
     table: Arc<Table>,
     counters: Arc<Counters>,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// Local writes on their way to the cluster; `None` when the node is not networked.
+    outbox: Option<UnboundedSender<Op>>,
+    /// Taken by `close()`: dropping it stops every thread and releases the event callback.
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Engine {
-    pub fn start(config: Config) -> std::io::Result<Engine> {
+    /// Starts the engine. Only a runtime that cannot start is an error: a network that cannot
+    /// start is reported through `events` (error, then disconnect) and the store works locally.
+    pub fn start(config: Config, events: EventSink) -> std::io::Result<Engine> {
         let node_id = rand::random::<u64>() | 1;
+        let header = Header { cluster: wire::cluster_id(&config.cluster), node: node_id, incarnation: now_ms() };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("session-multicast")
             .enable_all()
             .build()?;
-        let engine = Engine {
-            config,
-            node_id,
-            incarnation: now_ms(),
-            clock: Clock::new(node_id),
-            table: Arc::new(Table::new()),
-            counters: Arc::default(),
-            runtime: Mutex::new(None),
-        };
-        runtime.spawn(sweep_forever(engine.table.clone(), engine.counters.clone()));
-        *engine.runtime.lock() = Some(runtime);
-        Ok(engine)
+        let clock = Arc::new(Clock::new(node_id));
+        let table = Arc::new(Table::new());
+        let counters = Arc::<Counters>::default();
+        runtime.spawn(sweep_forever(table.clone(), counters.clone()));
+
+        let (mut outbox, mut cluster) = (None, None);
+        if config.multicast.is_some() {
+            if config.secrets.is_empty() {
+                events(Event::Log {
+                    level: Level::Warn,
+                    message: format!(
+                        "cluster \"{}\" is unauthenticated: without the \"secret\" option anyone on the network can read and inject sessions",
+                        config.cluster
+                    ),
+                });
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _runtime = runtime.enter();
+            match Cluster::start(config.clone(), header, table.clone(), clock.clone(), events.clone(), rx) {
+                Ok(started) => {
+                    outbox = Some(tx);
+                    cluster = Some(started);
+                }
+                Err(e) => {
+                    events(Event::Error { code: "ERR_NETWORK", message: format!("express-session-multicast: cannot join the cluster: {e}") });
+                    events(Event::Disconnect);
+                    events(Event::Ready);
+                }
+            }
+        } else {
+            events(Event::Ready);
+        }
+        Ok(Engine { config, header, clock, table, counters, outbox, running: Mutex::new(Some(Running { runtime, cluster })) })
     }
 
     pub fn config(&self) -> &Config {
@@ -112,38 +147,60 @@ impl Engine {
 
     pub fn stats(&self) -> serde_json::Value {
         let counts = self.table.counts(now_ms());
-        json!({
+        let mut stats = json!({
             "sessions": counts.sessions,
             "tombstones": counts.tombstones,
             "sessionBytes": counts.session_bytes,
             "entries": counts.entries,
             "purged": self.counters.purged.load(Ordering::Relaxed),
             "rejectedTooLarge": self.counters.too_large.load(Ordering::Relaxed),
-            "members": 1,
-        })
+        });
+        let cluster = self.cluster();
+        stats["members"] = json!(1 + cluster.as_ref().map_or(0, |c| c.reachable_members()));
+        if let (Some(cluster), Some(map)) = (cluster, stats.as_object_mut()) {
+            if let Some(net) = cluster.stats.to_json().as_object() {
+                map.extend(net.clone());
+            }
+        }
+        stats
     }
 
+    /// This node first, then every member it knows of.
     pub fn members(&self) -> serde_json::Value {
-        let address = match (self.config.ipv4, self.config.ipv6) {
-            (Some(ip), _) => Some(ip.to_string()),
-            (None, Some(ip)) => Some(ip.to_string()),
-            (None, None) => None,
+        let cluster = self.cluster();
+        let (address, port, tcp_port) = match &cluster {
+            Some(c) => (Some(c.me().addr.ip().to_string()), Some(c.me().addr.port()), Some(c.me().tcp_port)),
+            None => (self.config.ipv4.map(|ip| ip.to_string()), None, None),
         };
-        json!([{
-            "id": format!("{:016x}", self.node_id),
+        let mut members = vec![json!({
+            "id": format!("{:016x}", self.header.node),
             "address": address,
-            "incarnation": self.incarnation,
+            "port": port,
+            "tcpPort": tcp_port,
+            "incarnation": self.header.incarnation,
             "state": "alive",
             "self": true,
-            "lastHeard": now_ms(),
-        }])
+            "lastHeard": null,
+        })];
+        if let Some(cluster) = &cluster {
+            members.extend(cluster.members_json());
+        }
+        serde_json::Value::Array(members)
     }
 
-    /// Stops every background task and thread. Idempotent.
+    /// Announces the leave, then stops every background task and thread. Idempotent.
     pub fn close(&self) {
-        if let Some(runtime) = self.runtime.lock().take() {
+        if let Some(Running { runtime, cluster }) = self.running.lock().take() {
+            if let Some(cluster) = &cluster {
+                let leave = async { tokio::time::timeout(Duration::from_millis(200), cluster.leave()).await };
+                let _ = runtime.block_on(leave);
+            }
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
+    }
+
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.running.lock().as_ref().and_then(|r| r.cluster.clone())
     }
 
     fn check_size(&self, bytes: usize) -> Result<(), WriteError> {
@@ -156,6 +213,10 @@ impl Engine {
 
     fn write(&self, op: Op) {
         self.table.apply(&op);
+        if let Some(outbox) = &self.outbox {
+            // Fails only once the runtime is gone (closed): nothing left to replicate to.
+            let _ = outbox.send(op);
+        }
     }
 }
 
@@ -180,7 +241,7 @@ mod tests {
     use super::*;
 
     fn engine(config: Config) -> Engine {
-        Engine::start(config).unwrap()
+        Engine::start(Config { multicast: None, ..config }, crate::events::discard()).unwrap()
     }
 
     #[test]

@@ -4,17 +4,29 @@
 //! feature adds the thin napi surface below, driven by `index.js`.
 
 pub mod clock;
+pub mod cluster;
 pub mod engine;
+pub mod events;
+pub mod fragment;
+pub mod membership;
 pub mod options;
+pub mod reliable;
 pub mod table;
+pub mod transfer;
+pub mod transport;
 pub mod wire;
 
 #[cfg(feature = "node")]
 mod node {
+    use std::sync::Arc;
+
+    use napi::bindgen_prelude::Function;
+    use napi::threadsafe_function::ThreadsafeFunctionCallMode;
     use napi::{Error, Result, Status};
     use napi_derive::napi;
 
     use crate::engine::{Engine, WriteError};
+    use crate::events::EventSink;
     use crate::options::Config;
 
     /// Status codes of write calls, mirrored in index.js.
@@ -41,13 +53,23 @@ mod node {
     #[napi]
     impl NativeEngine {
         /// Validates the options (JSON) and starts the engine. Invalid options fail with status
-        /// `InvalidArg`, which index.js rethrows as a TypeError.
+        /// `InvalidArg`, which index.js rethrows as a TypeError. `on_event` receives every
+        /// engine event as JSON; it is weak, so it never keeps Node alive.
         #[napi(constructor, catch_unwind)]
-        pub fn new(options_json: String) -> Result<Self> {
+        pub fn new(options_json: String, on_event: Function<String, ()>) -> Result<Self> {
             let options: serde_json::Value = serde_json::from_str(&options_json)
                 .map_err(|e| Error::new(Status::InvalidArg, format!("express-session-multicast: options: {e}")))?;
             let config = Config::from_json(&options).map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
-            let engine = Engine::start(config).map_err(|e| {
+            let callback = on_event
+                .build_threadsafe_function::<String>()
+                .weak::<true>()
+                .callee_handled::<false>()
+                .build()?;
+            let events: EventSink = Arc::new(move |event| {
+                // Fails only while Node is shutting down, when nobody listens any more.
+                let _ = callback.call(event.to_json(), ThreadsafeFunctionCallMode::NonBlocking);
+            });
+            let engine = Engine::start(config, events).map_err(|e| {
                 Error::new(Status::GenericFailure, format!("express-session-multicast: cannot start the engine: {e}"))
             })?;
             Ok(NativeEngine { engine })

@@ -55,7 +55,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn absent() -> Self {
+    pub fn absent() -> Self {
         Entry {
             data: Data::Absent,
             data_version: Version::ZERO,
@@ -79,7 +79,7 @@ impl Entry {
         }
     }
 
-    fn newest_version(&self) -> Version {
+    pub fn newest_version(&self) -> Version {
         self.data_version.max(self.cookie_version)
     }
 }
@@ -146,60 +146,67 @@ impl Table {
     pub fn apply(&self, op: &Op) -> bool {
         match op {
             Op::Clear { version } => self.apply_clear(*version),
-            Op::Set { sid, doc, expires_at, version } => self.merge(sid, *version, |entry| {
-                let mut changed = false;
-                if *version > entry.cookie_version {
-                    entry.cookie_version = *version;
-                    entry.cookie = None;
-                    entry.expires_at = *expires_at;
-                    changed = true;
-                }
-                if *version > entry.data_version {
-                    entry.data_version = *version;
-                    let served = match &entry.cookie {
-                        Some(cookie) => splice_cookie(doc, cookie).map(Arc::from),
-                        None => None,
-                    };
-                    entry.data = Data::Live(served.unwrap_or_else(|| doc.clone()));
-                    changed = true;
-                }
-                changed
-            }),
-            Op::Touch { sid, cookie, expires_at, version } => self.merge(sid, *version, |entry| {
-                if *version <= entry.cookie_version {
-                    return false;
-                }
-                entry.cookie_version = *version;
-                entry.expires_at = *expires_at;
-                entry.cookie = cookie.clone();
-                if let (Data::Live(doc), Some(cookie)) = (&entry.data, cookie) {
+            Op::Set { sid, doc, expires_at, version } => self.merge(
+                sid,
+                &Entry {
+                    data: Data::Live(doc.clone()),
+                    data_version: *version,
+                    cookie_version: *version,
+                    cookie: None,
+                    expires_at: *expires_at,
+                },
+            ),
+            Op::Touch { sid, cookie, expires_at, version } => self.merge(
+                sid,
+                &Entry { cookie_version: *version, cookie: cookie.clone(), expires_at: *expires_at, ..Entry::absent() },
+            ),
+            Op::Destroy { sid, version } => {
+                self.merge(sid, &Entry { data: Data::Deleted, data_version: *version, ..Entry::absent() })
+            }
+        }
+    }
+
+    /// Merges an entry register by register: each side keeps the newer version. Writes at or
+    /// below the clear watermark were erased by that clear and are ignored.
+    pub fn merge(&self, sid: &str, incoming: &Entry) -> bool {
+        let mark = *self.clear_mark.read();
+        let takes_data = incoming.data_version > mark;
+        let takes_cookie = incoming.cookie_version > mark;
+        if !takes_data && !takes_cookie {
+            return false;
+        }
+        let update = |entry: &mut Entry| {
+            let data_newer = takes_data && incoming.data_version > entry.data_version;
+            let cookie_newer = takes_cookie && incoming.cookie_version > entry.cookie_version;
+            if data_newer {
+                entry.data = incoming.data.clone();
+                entry.data_version = incoming.data_version;
+            }
+            if cookie_newer {
+                entry.cookie_version = incoming.cookie_version;
+                entry.cookie = incoming.cookie.clone();
+                entry.expires_at = incoming.expires_at;
+            }
+            // A cookie touched after the data was written replaces the data's own cookie.
+            if (data_newer || cookie_newer) && entry.cookie_version > entry.data_version {
+                if let (Data::Live(doc), Some(cookie)) = (&entry.data, &entry.cookie) {
                     if let Some(spliced) = splice_cookie(doc, cookie) {
                         entry.data = Data::Live(spliced.into());
                     }
                 }
-                true
-            }),
-            Op::Destroy { sid, version } => self.merge(sid, *version, |entry| {
-                if *version <= entry.data_version {
-                    return false;
-                }
-                entry.data_version = *version;
-                entry.data = Data::Deleted;
-                true
-            }),
-        }
-    }
-
-    fn merge(&self, sid: &str, version: Version, update: impl FnOnce(&mut Entry) -> bool) -> bool {
-        // Writes at or below the clear watermark were erased by that clear.
-        if version <= *self.clear_mark.read() {
-            return false;
-        }
+            }
+            data_newer || cookie_newer
+        };
         if let Some(mut entry) = self.entries.get_mut(sid) {
             return update(&mut entry);
         }
         let mut entry = self.entries.entry(sid.into()).or_insert_with(Entry::absent);
         update(&mut entry)
+    }
+
+    /// Raises the clear watermark to `mark` (state transfer, anti-entropy).
+    pub fn merge_clear_mark(&self, mark: Version) -> bool {
+        mark != Version::ZERO && self.apply_clear(mark)
     }
 
     fn apply_clear(&self, version: Version) -> bool {
@@ -266,6 +273,81 @@ impl Table {
     /// A copy of one entry (state transfer, anti-entropy, tests).
     pub fn entry(&self, sid: &str) -> Option<Entry> {
         self.entries.get(sid).map(|e| e.clone())
+    }
+
+    /// Entries not yet purgeable at `now` (only those in `buckets` of `bucket_count` when given),
+    /// handed to `visit` in batches of about `batch_bytes`, without holding a lock across calls.
+    pub fn snapshot(
+        &self,
+        now: u64,
+        buckets: Option<(&[bool], usize)>,
+        batch_bytes: usize,
+        mut visit: impl FnMut(Vec<(Arc<str>, Entry)>),
+    ) {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for item in self.entries.iter() {
+            if item.purge_at() <= now {
+                continue;
+            }
+            if let Some((wanted, count)) = buckets {
+                if !wanted[bucket_of(item.key(), count)] {
+                    continue;
+                }
+            }
+            size += item.key().len() + item.approx_bytes();
+            batch.push((Arc::from(&**item.key()), item.value().clone()));
+            if size >= batch_bytes {
+                visit(std::mem::take(&mut batch));
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            visit(batch);
+        }
+    }
+
+    /// Order-independent digest of the table in `count` buckets by sid: two replicas with the
+    /// same entries have the same digests, whatever order they merged them in.
+    pub fn digest(&self, now: u64, count: usize) -> Vec<u64> {
+        let mut digest = vec![0u64; count];
+        for item in self.entries.iter() {
+            if item.purge_at() > now {
+                let bucket = bucket_of(item.key(), count);
+                digest[bucket] = digest[bucket].wrapping_add(item.fingerprint(item.key()));
+            }
+        }
+        digest
+    }
+}
+
+fn hash_of(value: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    // Fixed keys: digests must agree across processes.
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+}
+
+pub fn bucket_of(sid: &str, count: usize) -> usize {
+    (hash_of(sid) % count as u64) as usize
+}
+
+impl Entry {
+    fn approx_bytes(&self) -> usize {
+        let doc = match &self.data {
+            Data::Live(doc) => doc.len(),
+            _ => 0,
+        };
+        64 + doc + self.cookie.as_ref().map_or(0, |c| c.len())
+    }
+
+    /// Identifies the entry's state: sid, register versions and expiry.
+    fn fingerprint(&self, sid: &str) -> u64 {
+        let state = match self.data {
+            Data::Absent => 0u8,
+            Data::Live(_) => 1,
+            Data::Deleted => 2,
+        };
+        hash_of((sid, state, self.data_version, self.cookie_version, self.expires_at))
     }
 }
 
@@ -474,6 +556,41 @@ mod tests {
                 prop_assert_eq!(snapshot(&forward), snapshot(&other));
             }
         }
+    }
+
+    #[test]
+    fn replicas_merging_entries_agree_and_digests_match() {
+        let a = Table::new();
+        let b = Table::new();
+        a.apply(&set("x", r#"{"cookie":{},"n":1}"#, NOW + 10, v(1, 1)));
+        a.apply(&touch("x", r#"{"t":1}"#, NOW + 20, v(3, 1)));
+        b.apply(&set("x", r#"{"cookie":{},"n":2}"#, NOW + 10, v(2, 2)));
+        b.apply(&destroy("y", v(NOW << 16, 2)));
+        assert_ne!(a.digest(NOW, 16), b.digest(NOW, 16));
+        let mut from_a = Vec::new();
+        a.snapshot(NOW, None, 1, |batch| from_a.extend(batch));
+        let mut from_b = Vec::new();
+        b.snapshot(NOW, None, 1 << 20, |batch| from_b.extend(batch));
+        from_a.iter().for_each(|(sid, e)| { b.merge(sid, e); });
+        from_b.iter().for_each(|(sid, e)| { a.merge(sid, e); });
+        assert_eq!(a.digest(NOW, 16), b.digest(NOW, 16));
+        assert_eq!(doc(&a, "x").as_deref(), Some(r#"{"cookie":{"t":1},"n":2}"#));
+        assert_eq!(doc(&b, "x"), doc(&a, "x"));
+        assert_eq!(a.counts(NOW).tombstones, 1);
+    }
+
+    #[test]
+    fn snapshot_filters_buckets() {
+        let t = Table::new();
+        for i in 0..50 {
+            t.apply(&set(&format!("s{i}"), "{}", NOW + 10, v(1, 1)));
+        }
+        let mut wanted = vec![false; 4];
+        wanted[2] = true;
+        let mut seen = Vec::new();
+        t.snapshot(NOW, Some((&wanted, 4)), 1 << 20, |batch| seen.extend(batch));
+        assert!(!seen.is_empty() && seen.len() < 50);
+        assert!(seen.iter().all(|(sid, _)| bucket_of(sid, 4) == 2));
     }
 
     #[test]

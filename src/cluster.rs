@@ -1,0 +1,637 @@
+//! A running cluster node: joins, replicates local writes, applies remote ones, repairs losses.
+//!
+//! Tasks (all on the engine's tokio runtime, never on the JS thread):
+//! - `send_loop`: drains local writes, packs them into sequenced `Data` datagrams (fragmenting
+//!   large ops), keeps each in the retransmit buffer and multicasts it;
+//! - `receive_loop` (group socket and unicast socket): decodes, routes, applies;
+//! - `tick_loop`: heartbeats with our high-water mark, failure detection, NAKs for gaps,
+//!   anti-entropy syncs when a gap cannot be repaired, and periodically as a safety net;
+//! - `accept_loop`: serves state transfers and anti-entropy syncs over TCP;
+//! - `bootstrap`: join announcement, discovery window, initial state transfer, then `Ready`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::clock::{now_ms, Clock};
+use crate::events::{Event, EventSink, Level};
+use crate::fragment::{self, Reassembler};
+use crate::membership::{Change, Member, MemberState, Members};
+use crate::options::Config;
+use crate::reliable::{Receipt, ReceiveWindow, SendBuffer};
+use crate::table::{Op, Table};
+use crate::transfer::{self, SyncContext};
+use crate::transport::{self, Sockets};
+use crate::wire::{self, Header, Message, NodeInfo, Payload, DATA_OVERHEAD, MAX_DATAGRAM};
+
+/// Retransmit buffer bounds: datagrams and bytes kept per sender.
+const RETRANSMIT_DATAGRAMS: usize = 65_536;
+const RETRANSMIT_BYTES: usize = 64 << 20;
+/// A gap is NAKed after a random delay in [NAK_DELAY, 2 × NAK_DELAY): long enough for a merely
+/// reordered datagram to arrive, short enough to keep replication latency low on loss.
+const NAK_DELAY: Duration = Duration::from_millis(5);
+/// Most sequence numbers asked for in one NAK, and most datagrams resent for one NAK.
+const NAK_MAX_SEQS: u64 = 512;
+const RESEND_LIMIT: usize = 512;
+/// Safety-net anti-entropy: one digest sync with a random member this often.
+const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(15);
+/// Partial fragmented messages are dropped after this long.
+const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Datagrams sent back to back before yielding, so a burst doesn't overflow receivers' buffers.
+const BURST: usize = 32;
+
+/// Network counters for `stats()`.
+#[derive(Default)]
+pub struct NetStats {
+    pub datagrams_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub datagrams_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub retransmissions: AtomicU64,
+    pub naks_sent: AtomicU64,
+    pub naks_received: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub own_loopback: AtomicU64,
+    pub state_transfers: AtomicU64,
+    pub anti_entropy_syncs: AtomicU64,
+    pub sync_entries_received: AtomicU64,
+    drops: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl NetStats {
+    fn drop(&self, reason: &'static str) {
+        *self.drops.lock().entry(reason).or_default() += 1;
+    }
+
+    pub fn to_json(&self) -> Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "datagramsSent": get(&self.datagrams_sent),
+            "bytesSent": get(&self.bytes_sent),
+            "datagramsReceived": get(&self.datagrams_received),
+            "bytesReceived": get(&self.bytes_received),
+            "retransmissions": get(&self.retransmissions),
+            "naksSent": get(&self.naks_sent),
+            "naksReceived": get(&self.naks_received),
+            "duplicates": get(&self.duplicates),
+            "ownLoopback": get(&self.own_loopback),
+            "stateTransfers": get(&self.state_transfers),
+            "antiEntropySyncs": get(&self.anti_entropy_syncs),
+            "syncEntriesReceived": get(&self.sync_entries_received),
+            "dropped": *self.drops.lock(),
+        })
+    }
+}
+
+/// What we have of one sender's stream.
+struct Inbound {
+    incarnation: u64,
+    window: ReceiveWindow,
+    /// Where to send NAKs: the sender's unicast address.
+    reply_to: SocketAddr,
+    /// Its history before we heard it is unknown: sync once to be sure.
+    sync_wanted: bool,
+}
+
+struct State {
+    members: Members,
+    send: SendBuffer,
+    inbound: HashMap<u64, Inbound>,
+    reassembler: Reassembler,
+    /// Peers with a sync in progress (never two at once with the same peer).
+    syncing: HashSet<u64>,
+    next_anti_entropy: Instant,
+}
+
+pub struct Cluster {
+    config: Config,
+    header: Header,
+    me: NodeInfo,
+    group_addr: Option<SocketAddr>,
+    unicast: UdpSocket,
+    sync: SyncContext,
+    state: Mutex<State>,
+    pub stats: NetStats,
+    events: EventSink,
+    ready: AtomicBool,
+}
+
+impl Cluster {
+    /// Opens the sockets and starts every task. Must run inside the engine's runtime.
+    pub fn start(
+        config: Config,
+        header: Header,
+        table: Arc<Table>,
+        clock: Arc<Clock>,
+        events: EventSink,
+        outbox: UnboundedReceiver<Op>,
+    ) -> std::io::Result<Arc<Cluster>> {
+        let Sockets { group, group_addr, unicast, tcp, me } = transport::open(&config)?;
+        let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
+        let failure_timeout = Duration::from_millis(config.failure_timeout_ms);
+        let max_frame = config.max_session_bytes * 2 + (1 << 20);
+        let reassembly_budget = (config.max_session_bytes * 4).max(16 << 20);
+        let cluster = Arc::new(Cluster {
+            header,
+            me,
+            group_addr,
+            unicast,
+            sync: SyncContext { table, clock, header, cluster: header.cluster, max_frame },
+            state: Mutex::new(State {
+                members: Members::new(heartbeat, failure_timeout),
+                send: SendBuffer::new(RETRANSMIT_DATAGRAMS, RETRANSMIT_BYTES),
+                inbound: HashMap::new(),
+                reassembler: Reassembler::new(reassembly_budget, REASSEMBLY_TIMEOUT),
+                syncing: HashSet::new(),
+                next_anti_entropy: Instant::now() + ANTI_ENTROPY_INTERVAL,
+            }),
+            stats: NetStats::default(),
+            events,
+            ready: AtomicBool::new(false),
+            config,
+        });
+        if let Some(group) = group {
+            tokio::spawn(cluster.clone().receive_loop(Some(group)));
+        }
+        tokio::spawn(cluster.clone().receive_loop(None));
+        tokio::spawn(cluster.clone().send_loop(outbox));
+        tokio::spawn(cluster.clone().tick_loop());
+        tokio::spawn(cluster.clone().accept_loop(tcp));
+        tokio::spawn(cluster.clone().bootstrap());
+        Ok(cluster)
+    }
+
+    pub fn me(&self) -> NodeInfo {
+        self.me
+    }
+
+    pub fn members_json(&self) -> Vec<Value> {
+        self.state.lock().members.all().map(Member::to_json).collect()
+    }
+
+    pub fn reachable_members(&self) -> usize {
+        self.state.lock().members.reachable().count()
+    }
+
+    fn log(&self, level: Level, message: String) {
+        (self.events)(Event::Log { level, message });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Sending
+
+    async fn send_to(&self, bytes: &[u8], to: SocketAddr) {
+        match self.unicast.send_to(bytes, to).await {
+            Ok(_) => {
+                self.stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            // Lost datagrams are repaired like any loss; count the cause.
+            Err(_) => self.stats.drop("sendError"),
+        }
+    }
+
+    /// To every node: the group (and, later, unicast peers).
+    async fn broadcast(&self, bytes: &[u8]) {
+        if let Some(group) = self.group_addr {
+            self.send_to(bytes, group).await;
+        }
+    }
+
+    async fn broadcast_message(&self, msg: &Message) {
+        self.broadcast(&wire::encode(&self.header, msg)).await;
+    }
+
+    /// Announces our leave (graceful shutdown). Sent twice: a lost leave costs a failureTimeout.
+    pub async fn leave(&self) {
+        for _ in 0..2 {
+            self.broadcast_message(&Message::Leave).await;
+        }
+    }
+
+    async fn send_loop(self: Arc<Self>, mut outbox: UnboundedReceiver<Op>) {
+        let mut batch = Vec::with_capacity(256);
+        while outbox.recv_many(&mut batch, 4096).await > 0 {
+            self.send_ops(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Packs ops into as few datagrams as possible; an op too large for one is fragmented.
+    async fn send_ops(&self, ops: Vec<Op>) {
+        let mut pending = Vec::new();
+        let mut size = DATA_OVERHEAD;
+        let mut sent = 0;
+        for op in ops {
+            let len = wire::op_len(&op);
+            if DATA_OVERHEAD + len > MAX_DATAGRAM {
+                sent += self.send_fragmented(&op).await;
+                continue;
+            }
+            if size + len > MAX_DATAGRAM || pending.len() == u16::MAX as usize {
+                self.send_data(Payload::Ops(std::mem::take(&mut pending))).await;
+                size = DATA_OVERHEAD;
+                sent += 1;
+                if sent % BURST == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            size += len;
+            pending.push(op);
+        }
+        if !pending.is_empty() {
+            self.send_data(Payload::Ops(pending)).await;
+        }
+    }
+
+    async fn send_data(&self, payload: Payload) {
+        let bytes = {
+            let mut state = self.state.lock();
+            let seq = state.send.next_seq();
+            let bytes: Arc<[u8]> = wire::encode(&self.header, &Message::Data { seq, payload }).into();
+            state.send.keep(seq, bytes.clone());
+            bytes
+        };
+        self.broadcast(&bytes).await;
+    }
+
+    async fn send_fragmented(&self, op: &Op) -> usize {
+        let encoded = wire::encode_op(op);
+        let Some(pieces) = fragment::split(&encoded) else {
+            self.stats.drop("opTooLarge");
+            return 0;
+        };
+        let count = pieces.len() as u16;
+        // Consecutive sequence numbers, allocated together.
+        let datagrams: Vec<Arc<[u8]>> = {
+            let mut state = self.state.lock();
+            let mut first_seq = 0;
+            pieces
+                .iter()
+                .enumerate()
+                .map(|(index, piece)| {
+                    let seq = state.send.next_seq();
+                    if index == 0 {
+                        first_seq = seq;
+                    }
+                    let payload = Payload::Fragment { first_seq, index: index as u16, count, bytes: piece.to_vec() };
+                    let bytes: Arc<[u8]> = wire::encode(&self.header, &Message::Data { seq, payload }).into();
+                    state.send.keep(seq, bytes.clone());
+                    bytes
+                })
+                .collect()
+        };
+        for (i, bytes) in datagrams.iter().enumerate() {
+            self.broadcast(bytes).await;
+            if (i + 1) % BURST == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        datagrams.len()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Receiving
+
+    async fn receive_loop(self: Arc<Self>, group: Option<UdpSocket>) {
+        let socket = group.as_ref().unwrap_or(&self.unicast);
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, from)) => self.on_datagram(&buf[..n], from).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    async fn on_datagram(&self, bytes: &[u8], from: SocketAddr) {
+        self.stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let (header, msg) = match wire::decode(bytes, self.header.cluster) {
+            Ok(decoded) => decoded,
+            Err(e) => return self.stats.drop(e.reason()),
+        };
+        if header.node == self.header.node {
+            self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let now = Instant::now();
+        match msg {
+            Message::Join(info) => {
+                self.heard(&header, Some(info), now);
+                // A new node: its stream starts at 1, and it wants to hear from us at once.
+                self.open_inbound(&header, 1, info.addr, false);
+                let high_seq = self.state.lock().send.high_seq();
+                let greeting = wire::encode(&self.header, &Message::Greeting { info: self.me, high_seq });
+                self.send_to(&greeting, info.addr).await;
+            }
+            Message::Greeting { info, high_seq } => {
+                self.heard(&header, Some(info), now);
+                self.open_inbound(&header, high_seq + 1, info.addr, false);
+            }
+            Message::Heartbeat { info, high_seq } => {
+                self.heard(&header, Some(info), now);
+                // Heard first by heartbeat: we missed its join or our greeting, so sync once.
+                if !self.open_inbound(&header, high_seq + 1, info.addr, true) {
+                    if let Some(inbound) = self.state.lock().inbound.get_mut(&header.node) {
+                        inbound.window.note_high(high_seq, now);
+                    }
+                }
+            }
+            Message::Leave => {
+                let change = self.state.lock().members.left(header.node, header.incarnation);
+                self.forget_stream(header.node);
+                self.report(change);
+            }
+            Message::Data { seq, payload } => {
+                self.heard(&header, None, now);
+                self.open_inbound(&header, seq, from, true);
+                let receipt = match self.state.lock().inbound.get_mut(&header.node) {
+                    Some(inbound) if inbound.incarnation == header.incarnation => inbound.window.receive(seq, now),
+                    _ => return self.stats.drop("staleIncarnation"),
+                };
+                if receipt == Receipt::Duplicate {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.apply_payload(&header, payload, now);
+            }
+            Message::Nak { ranges } => {
+                self.stats.naks_received.fetch_add(1, Ordering::Relaxed);
+                let (datagrams, gone, oldest) = {
+                    let state = self.state.lock();
+                    let (datagrams, gone) = state.send.resend(&ranges, RESEND_LIMIT);
+                    (datagrams, gone, state.send.oldest())
+                };
+                for (i, d) in datagrams.iter().enumerate() {
+                    self.send_to(d, from).await;
+                    if (i + 1) % BURST == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                self.stats.retransmissions.fetch_add(datagrams.len() as u64, Ordering::Relaxed);
+                if gone {
+                    self.send_to(&wire::encode(&self.header, &Message::Gone { oldest }), from).await;
+                }
+            }
+            Message::Gone { oldest } => {
+                if let Some(inbound) = self.state.lock().inbound.get_mut(&header.node) {
+                    inbound.window.gone(oldest);
+                }
+            }
+            Message::SyncRequest(_) | Message::SyncChunk { .. } | Message::SyncEnd { .. } => {
+                self.stats.drop("unexpectedKind")
+            }
+        }
+    }
+
+    fn apply_payload(&self, header: &Header, payload: Payload, now: Instant) {
+        match payload {
+            Payload::Ops(ops) => ops.iter().for_each(|op| self.apply_remote(op)),
+            Payload::Fragment { first_seq, index, count, bytes } => {
+                let added = self.state.lock().reassembler.add(
+                    header.node,
+                    header.incarnation,
+                    first_seq,
+                    index,
+                    count,
+                    bytes,
+                    now,
+                );
+                match added {
+                    Ok(Some(message)) => match wire::decode_op(&message) {
+                        Ok(op) => self.apply_remote(&op),
+                        Err(e) => self.stats.drop(e.reason()),
+                    },
+                    Ok(None) => {}
+                    Err(e) => self.stats.drop(e.reason()),
+                }
+            }
+        }
+    }
+
+    fn apply_remote(&self, op: &Op) {
+        let version = match op {
+            Op::Set { version, .. } | Op::Touch { version, .. } | Op::Destroy { version, .. } | Op::Clear { version } => {
+                *version
+            }
+        };
+        self.sync.clock.observe(version);
+        self.sync.table.apply(op);
+    }
+
+    /// Starts tracking a sender's stream at `first_seq` unless we already do (same incarnation).
+    /// Returns whether a new stream was opened.
+    fn open_inbound(&self, header: &Header, first_seq: u64, reply_to: SocketAddr, sync_wanted: bool) -> bool {
+        let mut state = self.state.lock();
+        if let Some(existing) = state.inbound.get(&header.node) {
+            if existing.incarnation == header.incarnation {
+                return false;
+            }
+        }
+        let window = ReceiveWindow::new(first_seq);
+        state.inbound.insert(
+            header.node,
+            Inbound { incarnation: header.incarnation, window, reply_to, sync_wanted },
+        );
+        true
+    }
+
+    fn forget_stream(&self, node: u64) {
+        let mut state = self.state.lock();
+        state.inbound.remove(&node);
+        state.reassembler.forget(node);
+    }
+
+    fn heard(&self, header: &Header, info: Option<NodeInfo>, now: Instant) {
+        let change = self.state.lock().members.heard(header.node, header.incarnation, info, now, now_ms());
+        self.report(change);
+    }
+
+    fn report(&self, change: Option<(Change, Member)>) {
+        let Some((change, member)) = change else { return };
+        let level = match change {
+            Change::Suspect => Level::Debug,
+            Change::Dead => Level::Warn,
+            _ => Level::Info,
+        };
+        self.log(
+            level,
+            format!("member {:016x} at {} {}", member.id, member.info.addr, change.name()),
+        );
+        (self.events)(Event::Member { change, node: member.to_json() });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Periodic work
+
+    async fn tick_loop(self: Arc<Self>) {
+        let heartbeat = Duration::from_millis(self.config.heartbeat_interval_ms);
+        let tick = (heartbeat / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_heartbeat = Instant::now();
+        loop {
+            ticker.tick().await;
+            let now = Instant::now();
+            if now >= next_heartbeat {
+                next_heartbeat = now + heartbeat;
+                let high_seq = self.state.lock().send.high_seq();
+                self.broadcast_message(&Message::Heartbeat { info: self.me, high_seq }).await;
+            }
+            self.check_members(now);
+            self.send_naks(now).await;
+            self.start_syncs(now);
+        }
+    }
+
+    fn check_members(&self, now: Instant) {
+        let changes = self.state.lock().members.check(now);
+        for (change, member) in changes {
+            if change == Change::Dead {
+                // If it comes back (a partition healed), it is heard anew and synced.
+                self.forget_stream(member.id);
+            }
+            self.report(Some((change, member)));
+        }
+        let expired = self.state.lock().reassembler.expire(now);
+        for _ in 0..expired {
+            self.stats.drop("fragmentTimeout");
+        }
+    }
+
+    async fn send_naks(&self, now: Instant) {
+        let naks: Vec<(SocketAddr, Vec<(u64, u64)>)> = {
+            let mut state = self.state.lock();
+            state
+                .inbound
+                .values_mut()
+                .filter_map(|i| {
+                    let ranges = i.window.due_naks(now, NAK_DELAY, NAK_MAX_SEQS);
+                    (!ranges.is_empty()).then_some((i.reply_to, ranges))
+                })
+                .collect()
+        };
+        for (to, ranges) in naks {
+            self.stats.naks_sent.fetch_add(1, Ordering::Relaxed);
+            self.send_to(&wire::encode(&self.header, &Message::Nak { ranges }), to).await;
+        }
+    }
+
+    /// Anti-entropy with every sender whose gap can't be repaired from buffers, and with one
+    /// random member every ANTI_ENTROPY_INTERVAL.
+    fn start_syncs(self: &Arc<Self>, now: Instant) {
+        let mut peers = Vec::new();
+        {
+            let mut state = self.state.lock();
+            let State { inbound, members, syncing, next_anti_entropy, .. } = &mut *state;
+            for (node, i) in inbound.iter_mut() {
+                if (i.sync_wanted || i.window.needs_sync()) && !syncing.contains(node) {
+                    if let Some(member) = members.get(*node).filter(|m| m.state == MemberState::Alive) {
+                        i.sync_wanted = false;
+                        peers.push((*node, member.info));
+                    }
+                }
+            }
+            if now >= *next_anti_entropy {
+                *next_anti_entropy = now + ANTI_ENTROPY_INTERVAL;
+                let candidates: Vec<&Member> = members.reachable().filter(|m| !syncing.contains(&m.id)).collect();
+                if !candidates.is_empty() {
+                    let pick = candidates[rand::rng().random_range(0..candidates.len())];
+                    if !peers.iter().any(|(id, _)| *id == pick.id) {
+                        peers.push((pick.id, pick.info));
+                    }
+                }
+            }
+            syncing.extend(peers.iter().map(|(id, _)| *id));
+        }
+        for (node, info) in peers {
+            tokio::spawn(self.clone().anti_entropy(node, info));
+        }
+    }
+
+    async fn anti_entropy(self: Arc<Self>, node: u64, info: NodeInfo) {
+        let peer = SocketAddr::new(info.addr.ip(), info.tcp_port);
+        let result = transfer::pull(&self.sync, peer, false).await;
+        let mut state = self.state.lock();
+        state.syncing.remove(&node);
+        match result {
+            Ok(pulled) => {
+                self.stats.anti_entropy_syncs.fetch_add(1, Ordering::Relaxed);
+                self.stats.sync_entries_received.fetch_add(pulled.entries as u64, Ordering::Relaxed);
+                if let Some(inbound) = state.inbound.get_mut(&node) {
+                    inbound.window.synced(pulled.high_seq);
+                }
+            }
+            Err(e) => {
+                drop(state);
+                self.stats.drop("syncFailed");
+                self.log(Level::Debug, format!("anti-entropy with {peer} failed: {e}"));
+            }
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                let high_seq = cluster.state.lock().send.high_seq();
+                if transfer::serve(&cluster.sync, stream, high_seq).await.is_err() {
+                    cluster.stats.drop("syncServeFailed");
+                }
+            });
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Joining
+
+    async fn bootstrap(self: Arc<Self>) {
+        let heartbeat = Duration::from_millis(self.config.heartbeat_interval_ms);
+        let discovery = (heartbeat * 2).max(Duration::from_millis(300));
+        let deadline = Instant::now() + discovery;
+        // Repeat the join a few times in the window: one lost datagram must not split the cluster.
+        while Instant::now() < deadline && self.reachable_members() == 0 {
+            self.broadcast_message(&Message::Join(self.me)).await;
+            tokio::time::sleep((discovery / 4).min(Duration::from_millis(100))).await;
+        }
+        let mut donors: Vec<Member> = self.state.lock().members.reachable().cloned().collect();
+        donors.sort_by_key(|m| m.id);
+        for donor in donors {
+            let peer = SocketAddr::new(donor.info.addr.ip(), donor.info.tcp_port);
+            let started = Instant::now();
+            match transfer::pull(&self.sync, peer, true).await {
+                Ok(pulled) => {
+                    self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
+                    if let Some(inbound) = self.state.lock().inbound.get_mut(&donor.id) {
+                        inbound.window.synced(pulled.high_seq);
+                    }
+                    self.log(
+                        Level::Info,
+                        format!(
+                            "state transfer from {peer}: {} entries, {} bytes in {} ms",
+                            pulled.entries,
+                            pulled.bytes,
+                            started.elapsed().as_millis()
+                        ),
+                    );
+                    break;
+                }
+                Err(e) => self.log(Level::Warn, format!("state transfer from {peer} failed: {e}; trying another member")),
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+        (self.events)(Event::Ready);
+    }
+}
