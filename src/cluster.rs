@@ -43,6 +43,9 @@ const NAK_MAX_SEQS: u64 = 512;
 const RESEND_LIMIT: usize = 512;
 /// Safety-net anti-entropy: one digest sync with a random member this often.
 const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(15);
+/// At most one anti-entropy sync with the same peer this often, so a peer whose heartbeats
+/// claim more than its syncs deliver cannot keep us syncing in a loop.
+const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Partial fragmented messages are dropped after this long.
 const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams sent back to back before yielding, so a burst doesn't overflow receivers' buffers.
@@ -99,6 +102,8 @@ struct Inbound {
     reply_to: SocketAddr,
     /// Its history before we heard it is unknown: sync once to be sure.
     sync_wanted: bool,
+    /// No sync with this sender before then.
+    next_sync: Instant,
 }
 
 struct State {
@@ -175,6 +180,11 @@ impl Cluster {
 
     pub fn members_json(&self) -> Vec<Value> {
         self.state.lock().members.all().map(Member::to_json).collect()
+    }
+
+    /// Joined and finished the initial state transfer (or found no one).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     pub fn reachable_members(&self) -> usize {
@@ -312,6 +322,9 @@ impl Cluster {
     }
 
     async fn on_datagram(&self, bytes: &[u8], from: SocketAddr) {
+        if self.config.inbound_loss > 0.0 && rand::rng().random_bool(self.config.inbound_loss) {
+            return;
+        }
         self.stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let (header, msg) = match wire::decode(bytes, self.header.cluster) {
@@ -439,7 +452,7 @@ impl Cluster {
         let window = ReceiveWindow::new(first_seq);
         state.inbound.insert(
             header.node,
-            Inbound { incarnation: header.incarnation, window, reply_to, sync_wanted },
+            Inbound { incarnation: header.incarnation, window, reply_to, sync_wanted, next_sync: Instant::now() },
         );
         true
     }
@@ -533,9 +546,10 @@ impl Cluster {
             let mut state = self.state.lock();
             let State { inbound, members, syncing, next_anti_entropy, .. } = &mut *state;
             for (node, i) in inbound.iter_mut() {
-                if (i.sync_wanted || i.window.needs_sync()) && !syncing.contains(node) {
+                if (i.sync_wanted || i.window.needs_sync()) && now >= i.next_sync && !syncing.contains(node) {
                     if let Some(member) = members.get(*node).filter(|m| m.state == MemberState::Alive) {
                         i.sync_wanted = false;
+                        i.next_sync = now + MIN_SYNC_INTERVAL;
                         peers.push((*node, member.info));
                     }
                 }

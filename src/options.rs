@@ -59,6 +59,9 @@ pub struct Config {
     pub max_session_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub failure_timeout_ms: u64,
+    /// Test hook, not a user option: the fraction of received datagrams dropped on purpose, so
+    /// engine tests can prove that reliable delivery repairs loss.
+    pub inbound_loss: f64,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             max_session_bytes: 1 << 20,
             heartbeat_interval_ms: 500,
             failure_timeout_ms: 3000,
+            inbound_loss: 0.0,
         }
     }
 }
