@@ -286,7 +286,7 @@ declare namespace expressSessionMulticast {
         [option: string]: unknown;
     }
 
-    /** `store.stats()`: counters and gauges. Further numeric counters may be present. */
+    /** `store.stats()`: counters and gauges. The network counters are present while the node is networked. */
     interface MulticastStoreStats {
         /** Live (unexpired) sessions held by this node. */
         sessions: number;
@@ -294,15 +294,45 @@ declare namespace expressSessionMulticast {
         tombstones: number;
         /** Total size, in bytes, of the stored sessions. */
         sessionBytes: number;
-        [counter: string]: number;
+        /** Entries in memory: sessions, tombstones and expired sessions not yet purged. */
+        entries: number;
+        /** Expired sessions and old tombstones purged from memory so far. */
+        purged: number;
+        /** Writes refused with ERR_SESSION_TOO_LARGE. */
+        rejectedTooLarge: number;
+        /** Reachable members, this node included. */
+        members: number;
+        /** Joined and finished the initial state transfer (or found itself alone). */
+        ready: boolean;
+        datagramsSent?: number;
+        bytesSent?: number;
+        datagramsReceived?: number;
+        bytesReceived?: number;
+        /** Datagrams sent again in answer to NAKs. */
+        retransmissions?: number;
+        naksSent?: number;
+        naksReceived?: number;
+        /** Datagrams received twice (retransmissions that were not needed). */
+        duplicates?: number;
+        /** This node's own multicast datagrams looped back to it (multicast works locally). */
+        ownLoopback?: number;
+        stateTransfers?: number;
+        antiEntropySyncs?: number;
+        syncEntriesReceived?: number;
+        /** Input dropped, by reason (truncated, badChecksum, foreignCluster, …). */
+        dropped?: Record<string, number>;
     }
 
     /** A node of the cluster, as seen by this node. */
     interface Member {
         /** Node id. */
         id: string;
-        /** Announced address. */
-        address: string;
+        /** Announced address (`null` for this node when it is not networked). */
+        address: string | null;
+        /** Unicast UDP port (`null` when not networked). */
+        port: number | null;
+        /** TCP port for state transfer and anti-entropy (`null` when not networked). */
+        tcpPort: number | null;
         /** Incarnation number: a restarted node is a new incarnation. */
         incarnation: number;
         state: "alive" | "suspect" | "dead" | "left";

@@ -541,6 +541,10 @@ impl Cluster {
     /// Anti-entropy with every sender whose gap can't be repaired from buffers, and with one
     /// random member every ANTI_ENTROPY_INTERVAL.
     fn start_syncs(self: &Arc<Self>, now: Instant) {
+        // The initial state transfer covers everything until then: don't pull the table twice.
+        if !self.is_ready() {
+            return;
+        }
         let mut peers = Vec::new();
         {
             let mut state = self.state.lock();
@@ -630,6 +634,7 @@ impl Cluster {
                     self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
                     if let Some(inbound) = self.state.lock().inbound.get_mut(&donor.id) {
                         inbound.window.synced(pulled.high_seq);
+                        inbound.sync_wanted = false;
                     }
                     self.log(
                         Level::Info,

@@ -275,7 +275,8 @@ impl Config {
                 .collect::<Result<_, _>>()?;
         }
         if let Some(v) = get("maxSessionBytes") {
-            c.max_session_bytes = integer("maxSessionBytes", v, 1, 1 << 30)? as usize;
+            // A session must fit one fragmented message (65,535 datagrams).
+            c.max_session_bytes = integer("maxSessionBytes", v, 1, 1 << 26)? as usize;
         }
         if let Some(v) = get("heartbeatInterval") {
             c.heartbeat_interval_ms = integer("heartbeatInterval", v, 10, 60_000)?;
