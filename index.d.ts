@@ -349,7 +349,7 @@ declare namespace expressSessionMulticast {
     }
 
     /** `code` of the errors returned by store operations. */
-    type StoreErrorCode = "ERR_SESSION_TOO_LARGE" | "ERR_STORE_CLOSED";
+    type StoreErrorCode = "ERR_SESSION_TOO_LARGE" | "ERR_STORE_CLOSED" | "ERR_NETWORK";
 
     /** An error returned by a store operation. */
     interface StoreError extends Error {

@@ -365,6 +365,11 @@ impl Cluster {
             }
             Message::Data { seq, payload } => {
                 self.heard(&header, None, now);
+                // Streams are tracked for members only, so forged sender ids cost no memory;
+                // a member heard first by its data is synced once for what came before.
+                if self.state.lock().members.get(header.node).is_none() {
+                    return self.stats.drop("unknownSender");
+                }
                 self.open_inbound(&header, seq, from, true);
                 let receipt = match self.state.lock().inbound.get_mut(&header.node) {
                     Some(inbound) if inbound.incarnation == header.incarnation => inbound.window.receive(seq, now),
@@ -495,7 +500,8 @@ impl Cluster {
             ticker.tick().await;
             let now = Instant::now();
             if now >= next_heartbeat {
-                next_heartbeat = now + heartbeat;
+                // A steady cadence: ticks only decide how late a heartbeat may be, not how often.
+                next_heartbeat = (next_heartbeat + heartbeat).max(now);
                 let high_seq = self.state.lock().send.high_seq();
                 self.broadcast_message(&Message::Heartbeat { info: self.me, high_seq }).await;
             }
@@ -632,10 +638,16 @@ impl Cluster {
             match transfer::pull(&self.sync, peer, true).await {
                 Ok(pulled) => {
                     self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
-                    if let Some(inbound) = self.state.lock().inbound.get_mut(&donor.id) {
-                        inbound.window.synced(pulled.high_seq);
-                        inbound.sync_wanted = false;
+                    let mut state = self.state.lock();
+                    // The donor's snapshot may miss writes other members sent just before they
+                    // greeted us: a digest sync with each of them closes that window.
+                    for (node, inbound) in state.inbound.iter_mut() {
+                        inbound.sync_wanted = *node != donor.id;
                     }
+                    if let Some(inbound) = state.inbound.get_mut(&donor.id) {
+                        inbound.window.synced(pulled.high_seq);
+                    }
+                    drop(state);
                     self.log(
                         Level::Info,
                         format!(

@@ -66,15 +66,15 @@ impl Engine {
 
         let (mut outbox, mut cluster) = (None, None);
         if config.multicast.is_some() {
-            if config.secrets.is_empty() {
-                events(Event::Log {
-                    level: Level::Warn,
-                    message: format!(
-                        "cluster \"{}\" is unauthenticated: without the \"secret\" option anyone on the network can read and inject sessions",
-                        config.cluster
-                    ),
-                });
-            }
+            // Sealing with `secret` is not built yet: every cluster is unauthenticated for now.
+            let reason = if config.secrets.is_empty() { "without the \"secret\" option" } else { "\"secret\" is accepted but sealing is not built yet, so" };
+            events(Event::Log {
+                level: Level::Warn,
+                message: format!(
+                    "cluster \"{}\" is unauthenticated: {reason} anyone on the network can read and inject sessions",
+                    config.cluster
+                ),
+            });
             let (tx, rx) = mpsc::unbounded_channel();
             let _runtime = runtime.enter();
             match Cluster::start(config.clone(), header, table.clone(), clock.clone(), events.clone(), rx) {

@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 
 use crate::wire::NodeInfo;
 
+/// Most members tracked (dead and left ones included until forgotten).
+pub const MAX_MEMBERS: usize = 4096;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
     Alive,
@@ -96,8 +99,8 @@ impl Members {
     pub fn new(heartbeat: Duration, failure_timeout: Duration) -> Self {
         Members {
             members: HashMap::new(),
-            // Two missed heartbeats make a node suspect, never later than failureTimeout.
-            suspect_after: (heartbeat * 2).min(failure_timeout),
+            // Two missed heartbeats (not one lost) make a node suspect, never later than failureTimeout.
+            suspect_after: (heartbeat * 5 / 2).min(failure_timeout),
             dead_after: failure_timeout,
             forget_after: failure_timeout * 20,
         }
@@ -129,8 +132,12 @@ impl Members {
             m.state = MemberState::Alive;
             return Some((Change::Alive, m.clone()));
         }
-        // An unknown node must tell us where it is before it becomes a member.
+        // An unknown node must tell us where it is before it becomes a member, and the table is
+        // bounded: a flood of forged ids cannot grow it without limit.
         let info = info?;
+        if self.members.len() >= MAX_MEMBERS {
+            return None;
+        }
         let member = Member { id, incarnation, info, state: MemberState::Alive, last_heard: now, last_heard_ms: now_ms };
         self.members.insert(id, member.clone());
         Some((Change::Join, member))
@@ -203,7 +210,8 @@ mod tests {
         assert_eq!(m.heard(1, 10, Some(info(5000)), t0, 0).unwrap().0, Change::Join);
         assert_eq!(m.heard(1, 10, None, t0, 0), None, "already alive");
         assert!(m.check(t0 + HB).is_empty());
-        let suspect = m.check(t0 + HB * 2);
+        assert!(m.check(t0 + HB * 2).is_empty(), "one lost heartbeat is not suspicious");
+        let suspect = m.check(t0 + HB * 5 / 2);
         assert_eq!(suspect[0].0, Change::Suspect);
         let dead = m.check(t0 + FAIL);
         assert_eq!(dead[0].0, Change::Dead);

@@ -321,14 +321,26 @@ impl Table {
     }
 }
 
-fn hash_of(value: impl std::hash::Hash) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    // Fixed keys: digests must agree across processes.
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+/// FNV-1a, 64 bits: digests must agree across processes, builds and toolchains.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(mut self, bytes: &[u8]) -> Self {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+    fn u64(self, v: u64) -> Self {
+        self.bytes(&v.to_be_bytes())
+    }
 }
 
 pub fn bucket_of(sid: &str, count: usize) -> usize {
-    (hash_of(sid) % count as u64) as usize
+    (Fnv::new().bytes(sid.as_bytes()).0 % count as u64) as usize
 }
 
 impl Entry {
@@ -347,7 +359,9 @@ impl Entry {
             Data::Live(_) => 1,
             Data::Deleted => 2,
         };
-        hash_of((sid, state, self.data_version, self.cookie_version, self.expires_at))
+        let v = |h: Fnv, v: Version| h.u64(v.hlc).u64(v.node);
+        let h = Fnv::new().bytes(sid.as_bytes()).bytes(&[0xff, state]);
+        v(v(h, self.data_version), self.cookie_version).u64(self.expires_at).0
     }
 }
 

@@ -48,8 +48,10 @@ pub struct Pulled {
 }
 
 async fn write_frame(stream: &mut TcpStream, packet: &[u8]) -> io::Result<()> {
-    stream.write_all(&(packet.len() as u32).to_be_bytes()).await?;
-    stream.write_all(packet).await
+    let mut frame = Vec::with_capacity(4 + packet.len());
+    frame.extend_from_slice(&(packet.len() as u32).to_be_bytes());
+    frame.extend_from_slice(packet);
+    stream.write_all(&frame).await
 }
 
 async fn read_frame(stream: &mut TcpStream, max_frame: usize) -> io::Result<Vec<u8>> {

@@ -10,7 +10,7 @@
 //!  4     4    cluster id: FNV-1a of the cluster name (fast drop of foreign clusters)
 //!  8     8    sender node id
 //! 16     8    sender incarnation (ms at start)
-//! 24     …    body (per kind, big-endian integers, u16/u32 length-prefixed strings)
+//! 24     …    body (per kind: big-endian integers, strings and bytes behind a u32 length)
 //! end-4  4    CRC-32 of everything before it
 //! ```
 //!
