@@ -127,6 +127,8 @@ pub struct Cluster {
     pub stats: NetStats,
     events: EventSink,
     ready: AtomicBool,
+    /// Wakes the bootstrap as soon as a member is found.
+    member_found: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -161,6 +163,7 @@ impl Cluster {
             stats: NetStats::default(),
             events,
             ready: AtomicBool::new(false),
+            member_found: tokio::sync::Notify::new(),
             config,
         });
         if let Some(group) = group {
@@ -475,6 +478,9 @@ impl Cluster {
 
     fn report(&self, change: Option<(Change, Member)>) {
         let Some((change, member)) = change else { return };
+        if change == Change::Join {
+            self.member_found.notify_one();
+        }
         let level = match change {
             Change::Suspect => Level::Debug,
             Change::Dead => Level::Warn,
@@ -628,7 +634,8 @@ impl Cluster {
         // Repeat the join a few times in the window: one lost datagram must not split the cluster.
         while Instant::now() < deadline && self.reachable_members() == 0 {
             self.broadcast_message(&Message::Join(self.me)).await;
-            tokio::time::sleep((discovery / 4).min(Duration::from_millis(100))).await;
+            let step = (discovery / 4).min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(step, self.member_found.notified()).await;
         }
         let mut donors: Vec<Member> = self.state.lock().members.reachable().cloned().collect();
         donors.sort_by_key(|m| m.id);
