@@ -32,8 +32,8 @@ use crate::transfer::{self, SyncContext};
 use crate::transport::{self, Sockets};
 use crate::wire::{self, Header, Message, NodeInfo, Payload, DATA_OVERHEAD, MAX_DATAGRAM};
 
-/// Retransmit buffer bounds: datagrams and bytes kept per sender.
-const RETRANSMIT_DATAGRAMS: usize = 65_536;
+/// Retransmit buffer bound in bytes (the bound in datagrams is `TestHooks::retransmit_datagrams`,
+/// 65,536 outside tests).
 const RETRANSMIT_BYTES: usize = 64 << 20;
 /// A gap is NAKed after a random delay in [NAK_DELAY, 2 × NAK_DELAY): long enough for a merely
 /// reordered datagram to arrive, short enough to keep replication latency low on loss.
@@ -154,7 +154,7 @@ impl Cluster {
             sync: SyncContext { table, clock, header, cluster: header.cluster, max_frame },
             state: Mutex::new(State {
                 members: Members::new(heartbeat, failure_timeout),
-                send: SendBuffer::new(RETRANSMIT_DATAGRAMS, RETRANSMIT_BYTES),
+                send: SendBuffer::new(config.hooks.retransmit_datagrams, RETRANSMIT_BYTES),
                 inbound: HashMap::new(),
                 reassembler: Reassembler::new(reassembly_budget, REASSEMBLY_TIMEOUT),
                 syncing: HashSet::new(),
@@ -325,7 +325,8 @@ impl Cluster {
     }
 
     async fn on_datagram(&self, bytes: &[u8], from: SocketAddr) {
-        if self.config.inbound_loss > 0.0 && rand::rng().random_bool(self.config.inbound_loss) {
+        let loss = self.config.hooks.inbound_loss;
+        if loss > 0.0 && rand::rng().random_bool(loss) {
             return;
         }
         self.stats.datagrams_received.fetch_add(1, Ordering::Relaxed);

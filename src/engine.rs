@@ -245,24 +245,46 @@ mod tests {
         Engine::start(Config { multicast: None, ..config }, crate::events::discard()).unwrap()
     }
 
-    /// Three engines on loopback, each dropping 20% of the datagrams it receives: every write
-    /// still reaches every node (NAK repair, then anti-entropy for what buffers no longer hold).
-    #[test]
-    fn every_write_arrives_despite_loss() {
-        let port = 30_000 + (std::process::id() % 20_000) as u16;
+    fn loopback_cluster(name: &str, nodes: usize, hooks: crate::options::TestHooks) -> Vec<Engine> {
+        let port = 20_000 + (std::process::id() as u16 % 20_000) + name.len() as u16 * 7;
         let config = Config {
             ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
             multicast_ttl: 0,
             multicast_port: port,
-            cluster: format!("loss-{port}"),
+            cluster: format!("{name}-{}", std::process::id()),
             heartbeat_interval_ms: 50,
             failure_timeout_ms: 1000,
-            inbound_loss: 0.2,
+            hooks,
             ..Config::default()
         };
-        let nodes: Vec<Engine> =
-            (0..3).map(|_| Engine::start(config.clone(), crate::events::discard()).unwrap()).collect();
+        let nodes = (0..nodes).map(|_| Engine::start(config.clone(), crate::events::discard()).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(400));
+        nodes
+    }
+
+    fn wait_for_convergence(nodes: &[Engine], sessions: usize) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let digest = |n: &Engine| n.table.digest(now_ms(), 64);
+        let converged = || nodes.iter().all(|n| n.length() == sessions && digest(n) == digest(&nodes[0]));
+        while !converged() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    fn stat(nodes: &[Engine], name: &str) -> u64 {
+        nodes.iter().map(|n| n.stats()[name].as_u64().unwrap_or(0)).sum()
+    }
+
+    /// Three engines on loopback, each dropping 20% of the datagrams it receives: every write
+    /// still reaches every node, repaired by NAKs and retransmissions.
+    #[test]
+    fn every_write_arrives_despite_loss() {
+        let hooks = crate::options::TestHooks { inbound_loss: 0.2, ..Default::default() };
+        let nodes = loopback_cluster("loss", 3, hooks);
         let expires = Some(now_ms() + 600_000);
         for i in 0..3_000 {
             let writer = &nodes[i % 3];
@@ -272,19 +294,27 @@ mod tests {
             }
         }
         nodes[1].destroy("s42");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let converged = || nodes.iter().all(|n| n.length() == 2_999 && n.table.digest(now_ms(), 64) == nodes[0].table.digest(now_ms(), 64));
-        while !converged() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(wait_for_convergence(&nodes, 2_999), "stats: {}", nodes[0].stats());
         for n in &nodes {
-            assert_eq!(n.length(), 2_999, "stats: {}", n.stats());
             assert_eq!(n.get("s42"), None);
             assert_eq!(n.get("s7").as_deref(), Some(r#"{"n":7,"cookie":{"t":7}}"#), "the touch replicated too");
         }
-        assert!(converged());
-        let repaired: u64 = nodes.iter().map(|n| n.stats()["retransmissions"].as_u64().unwrap()).sum();
-        assert!(repaired > 0, "loss must have been repaired by retransmission");
+        assert!(stat(&nodes, "retransmissions") > 0, "loss must have been repaired by retransmission");
+        nodes.iter().for_each(Engine::close);
+    }
+
+    /// With a retransmit buffer of 16 datagrams, most gaps can no longer be repaired from it: the
+    /// sender answers `Gone` and the receiver repairs by anti-entropy over TCP.
+    #[test]
+    fn gaps_beyond_the_retransmit_buffer_are_repaired_by_anti_entropy() {
+        let hooks = crate::options::TestHooks { inbound_loss: 0.3, retransmit_datagrams: 16 };
+        let nodes = loopback_cluster("gone", 2, hooks);
+        let expires = Some(now_ms() + 600_000);
+        for i in 0..2_000 {
+            nodes[0].set(&format!("s{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000)), expires).unwrap();
+        }
+        assert!(wait_for_convergence(&nodes, 2_000), "stats: {}", nodes[1].stats());
+        assert!(stat(&nodes, "antiEntropySyncs") > 0, "stats: {}", nodes[1].stats());
         nodes.iter().for_each(Engine::close);
     }
 

@@ -59,9 +59,23 @@ pub struct Config {
     pub max_session_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub failure_timeout_ms: u64,
-    /// Test hook, not a user option: the fraction of received datagrams dropped on purpose, so
-    /// engine tests can prove that reliable delivery repairs loss.
+    /// Not user options: knobs for engine tests.
+    pub hooks: TestHooks,
+}
+
+/// Knobs that let engine tests reach the repair paths; never set from JS.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestHooks {
+    /// Fraction of received datagrams dropped on purpose.
     pub inbound_loss: f64,
+    /// Datagrams kept for retransmission (a small buffer forces anti-entropy repairs).
+    pub retransmit_datagrams: usize,
+}
+
+impl Default for TestHooks {
+    fn default() -> Self {
+        TestHooks { inbound_loss: 0.0, retransmit_datagrams: 65_536 }
+    }
 }
 
 impl Default for Config {
@@ -82,7 +96,7 @@ impl Default for Config {
             max_session_bytes: 1 << 20,
             heartbeat_interval_ms: 500,
             failure_timeout_ms: 3000,
-            inbound_loss: 0.0,
+            hooks: TestHooks::default(),
         }
     }
 }
