@@ -24,6 +24,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::clock::{now_ms, Clock};
 use crate::events::{Event, EventSink, Level};
 use crate::fragment::{self, Reassembler};
+use crate::link::Link;
 use crate::membership::{Change, Member, MemberState, Members};
 use crate::options::Config;
 use crate::reliable::{Receipt, ReceiveWindow, SendBuffer};
@@ -118,7 +119,7 @@ struct State {
 
 pub struct Cluster {
     config: Config,
-    header: Header,
+    link: Arc<Link>,
     me: NodeInfo,
     group_addr: Option<SocketAddr>,
     unicast: UdpSocket,
@@ -135,7 +136,7 @@ impl Cluster {
     /// Opens the sockets and starts every task. Must run inside the engine's runtime.
     pub fn start(
         config: Config,
-        header: Header,
+        link: Arc<Link>,
         table: Arc<Table>,
         clock: Arc<Clock>,
         events: EventSink,
@@ -147,11 +148,11 @@ impl Cluster {
         let max_frame = config.max_session_bytes * 2 + (1 << 20);
         let reassembly_budget = (config.max_session_bytes * 4).max(16 << 20);
         let cluster = Arc::new(Cluster {
-            header,
             me,
             group_addr,
             unicast,
-            sync: SyncContext { table, clock, header, cluster: header.cluster, max_frame },
+            sync: SyncContext { table, clock, link: link.clone(), max_frame },
+            link,
             state: Mutex::new(State {
                 members: Members::new(heartbeat, failure_timeout),
                 send: SendBuffer::new(config.hooks.retransmit_datagrams, RETRANSMIT_BYTES),
@@ -220,7 +221,7 @@ impl Cluster {
     }
 
     async fn broadcast_message(&self, msg: &Message) {
-        self.broadcast(&wire::encode(&self.header, msg)).await;
+        self.broadcast(&self.link.seal(msg)).await;
     }
 
     /// Announces our leave (graceful shutdown). Sent twice: a lost leave costs a failureTimeout.
@@ -265,14 +266,14 @@ impl Cluster {
     }
 
     async fn send_data(&self, payload: Payload) {
-        let bytes = {
+        let packet = {
             let mut state = self.state.lock();
             let seq = state.send.next_seq();
-            let bytes: Arc<[u8]> = wire::encode(&self.header, &Message::Data { seq, payload }).into();
-            state.send.keep(seq, bytes.clone());
-            bytes
+            let packet = self.link.encode(&Message::Data { seq, payload });
+            state.send.keep(seq, packet.as_slice().into());
+            packet
         };
-        self.broadcast(&bytes).await;
+        self.broadcast(&self.link.seal_encoded(packet)).await;
     }
 
     async fn send_fragmented(&self, op: &Op) -> usize {
@@ -283,7 +284,7 @@ impl Cluster {
         };
         let count = pieces.len() as u16;
         // Consecutive sequence numbers, allocated together.
-        let datagrams: Vec<Arc<[u8]>> = {
+        let packets: Vec<Vec<u8>> = {
             let mut state = self.state.lock();
             let mut first_seq = 0;
             pieces
@@ -295,19 +296,20 @@ impl Cluster {
                         first_seq = seq;
                     }
                     let payload = Payload::Fragment { first_seq, index: index as u16, count, bytes: piece.to_vec() };
-                    let bytes: Arc<[u8]> = wire::encode(&self.header, &Message::Data { seq, payload }).into();
-                    state.send.keep(seq, bytes.clone());
-                    bytes
+                    let packet = self.link.encode(&Message::Data { seq, payload });
+                    state.send.keep(seq, packet.as_slice().into());
+                    packet
                 })
                 .collect()
         };
-        for (i, bytes) in datagrams.iter().enumerate() {
-            self.broadcast(bytes).await;
+        let count = packets.len();
+        for (i, packet) in packets.into_iter().enumerate() {
+            self.broadcast(&self.link.seal_encoded(packet)).await;
             if (i + 1) % BURST == 0 {
                 tokio::task::yield_now().await;
             }
         }
-        datagrams.len()
+        count
     }
 
     // -----------------------------------------------------------------------------------------
@@ -331,11 +333,11 @@ impl Cluster {
         }
         self.stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let (header, msg) = match wire::decode(bytes, self.header.cluster) {
+        let (header, msg) = match self.link.open(bytes) {
             Ok(decoded) => decoded,
             Err(e) => return self.stats.drop(e.reason()),
         };
-        if header.node == self.header.node {
+        if header.node == self.link.header().node {
             self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -346,7 +348,7 @@ impl Cluster {
                 // A new node: its stream starts at 1, and it wants to hear from us at once.
                 self.open_inbound(&header, 1, info.addr, false);
                 let high_seq = self.state.lock().send.high_seq();
-                let greeting = wire::encode(&self.header, &Message::Greeting { info: self.me, high_seq });
+                let greeting = self.link.seal(&Message::Greeting { info: self.me, high_seq });
                 self.send_to(&greeting, info.addr).await;
             }
             Message::Greeting { info, high_seq } => {
@@ -393,14 +395,15 @@ impl Cluster {
                     (datagrams, gone, state.send.oldest())
                 };
                 for (i, d) in datagrams.iter().enumerate() {
-                    self.send_to(d, from).await;
+                    // Sealed anew: a packet number is never used twice.
+                    self.send_to(&self.link.seal_encoded(d.to_vec()), from).await;
                     if (i + 1) % BURST == 0 {
                         tokio::task::yield_now().await;
                     }
                 }
                 self.stats.retransmissions.fetch_add(datagrams.len() as u64, Ordering::Relaxed);
                 if gone {
-                    self.send_to(&wire::encode(&self.header, &Message::Gone { oldest }), from).await;
+                    self.send_to(&self.link.seal(&Message::Gone { oldest }), from).await;
                 }
             }
             Message::Gone { oldest } => {
@@ -547,7 +550,7 @@ impl Cluster {
         };
         for (to, ranges) in naks {
             self.stats.naks_sent.fetch_add(1, Ordering::Relaxed);
-            self.send_to(&wire::encode(&self.header, &Message::Nak { ranges }), to).await;
+            self.send_to(&self.link.seal(&Message::Nak { ranges }), to).await;
         }
     }
 

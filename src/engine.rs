@@ -11,6 +11,8 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::clock::{now_ms, Clock};
 use crate::cluster::Cluster;
+use crate::crypto::Codec;
+use crate::link::Link;
 use crate::events::{Event, EventSink, Level};
 use crate::options::Config;
 use crate::table::{expiry, Op, Table};
@@ -66,18 +68,19 @@ impl Engine {
 
         let (mut outbox, mut cluster) = (None, None);
         if config.multicast.is_some() {
-            // Sealing with `secret` is not built yet: every cluster is unauthenticated for now.
-            let reason = if config.secrets.is_empty() { "without the \"secret\" option" } else { "\"secret\" is accepted but sealing is not built yet, so" };
-            events(Event::Log {
-                level: Level::Warn,
-                message: format!(
-                    "cluster \"{}\" is unauthenticated: {reason} anyone on the network can read and inject sessions",
-                    config.cluster
-                ),
-            });
+            if config.secrets.is_empty() {
+                events(Event::Log {
+                    level: Level::Warn,
+                    message: format!(
+                        "cluster \"{}\" is unauthenticated: without the \"secret\" option anyone on the network can read and inject sessions",
+                        config.cluster
+                    ),
+                });
+            }
+            let link = Arc::new(Link::new(header, Codec::new(&config.cluster, &config.secrets)));
             let (tx, rx) = mpsc::unbounded_channel();
             let _runtime = runtime.enter();
-            match Cluster::start(config.clone(), header, table.clone(), clock.clone(), events.clone(), rx) {
+            match Cluster::start(config.clone(), link, table.clone(), clock.clone(), events.clone(), rx) {
                 Ok(started) => {
                     outbox = Some(tx);
                     cluster = Some(started);

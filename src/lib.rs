@@ -5,12 +5,15 @@
 
 pub mod clock;
 pub mod cluster;
+pub mod crypto;
 pub mod engine;
 pub mod events;
 pub mod fragment;
+pub mod link;
 pub mod membership;
 pub mod options;
 pub mod reliable;
+pub mod replay;
 pub mod table;
 pub mod transfer;
 pub mod transport;

@@ -16,8 +16,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::clock::{now_ms, Clock};
+use crate::link::Link;
 use crate::table::Table;
-use crate::wire::{self, Header, Message, SyncMode};
+use crate::wire::{Message, SyncMode};
 
 /// Buckets of the anti-entropy digest: 8 KiB of digest, and a difference in one session costs
 /// a transfer of about 1/1024 of the table.
@@ -32,8 +33,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SyncContext {
     pub table: Arc<Table>,
     pub clock: Arc<Clock>,
-    pub header: Header,
-    pub cluster: u32,
+    /// Seals and opens every frame, exactly as datagrams.
+    pub link: Arc<Link>,
     /// Largest frame accepted: one entry must fit (maxSessionBytes plus room).
     pub max_frame: usize,
 }
@@ -73,7 +74,7 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
 /// Answers one sync request on an accepted connection. `high_seq` is read before the snapshot.
 pub async fn serve(ctx: &SyncContext, mut stream: TcpStream, high_seq: u64) -> io::Result<()> {
     let frame = read_frame(&mut stream, ctx.max_frame).await?;
-    let (_, request) = wire::decode(&frame, ctx.cluster).map_err(|e| invalid(e.reason()))?;
+    let (_, request) = ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?;
     let Message::SyncRequest(mode) = request else {
         return Err(invalid("expected a sync request"));
     };
@@ -93,10 +94,10 @@ pub async fn serve(ctx: &SyncContext, mut stream: TcpStream, high_seq: u64) -> i
         batches.push(Vec::new()); // the clear watermark travels even with no entries
     }
     for entries in batches {
-        let chunk = wire::encode(&ctx.header, &Message::SyncChunk { clear_mark, entries });
+        let chunk = ctx.link.seal(&Message::SyncChunk { clear_mark, entries });
         write_frame(&mut stream, &chunk).await?;
     }
-    write_frame(&mut stream, &wire::encode(&ctx.header, &Message::SyncEnd { high_seq })).await?;
+    write_frame(&mut stream, &ctx.link.seal(&Message::SyncEnd { high_seq })).await?;
     stream.shutdown().await
 }
 
@@ -106,12 +107,12 @@ pub async fn pull(ctx: &SyncContext, peer: SocketAddr, full: bool) -> io::Result
     let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await??;
     stream.set_nodelay(true)?;
     let mode = if full { SyncMode::Full } else { SyncMode::Digest(ctx.table.digest(now_ms(), DIGEST_BUCKETS)) };
-    write_frame(&mut stream, &wire::encode(&ctx.header, &Message::SyncRequest(mode))).await?;
+    write_frame(&mut stream, &ctx.link.seal(&Message::SyncRequest(mode))).await?;
     let mut pulled = Pulled { entries: 0, bytes: 0, high_seq: 0 };
     loop {
         let frame = read_frame(&mut stream, ctx.max_frame).await?;
         pulled.bytes += frame.len();
-        match wire::decode(&frame, ctx.cluster).map_err(|e| invalid(e.reason()))?.1 {
+        match ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?.1 {
             Message::SyncChunk { clear_mark, entries } => {
                 ctx.clock.observe(clear_mark);
                 ctx.table.merge_clear_mark(clear_mark);
@@ -133,15 +134,18 @@ pub async fn pull(ctx: &SyncContext, peer: SocketAddr, full: bool) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::Codec;
+    use crate::options::Secret;
     use crate::table::Op;
+    use crate::wire::Header;
     use tokio::net::TcpListener;
 
     fn context(node: u64) -> SyncContext {
+        let codec = Codec::new("transfer", &[Secret::Key([9; 32])]);
         SyncContext {
             table: Arc::new(Table::new()),
             clock: Arc::new(Clock::new(node)),
-            header: Header { cluster: 5, node, incarnation: 1 },
-            cluster: 5,
+            link: Arc::new(Link::new(Header { cluster: 5, node, incarnation: 1 }, codec)),
             max_frame: 4 << 20,
         }
     }

@@ -1,0 +1,231 @@
+//! Sealing packets with the cluster key (DESIGN §3, README "Security").
+//!
+//! With `secret`, every packet's body is encrypted and the whole packet authenticated with
+//! XChaCha20-Poly1305: the header (which carries the key id and the packet number) and the
+//! cluster name are associated data. The nonce is node id ‖ incarnation ‖ packet number: a node
+//! never reuses a packet number within an incarnation, and ids and incarnations differ between
+//! starts, so a nonce never repeats for a key. Without `secret`, a CRC-32 keyed by the cluster
+//! name guards against corruption (not against forgery).
+//!
+//! Passphrases are stretched with Argon2id, salted with the cluster name, so every node of a
+//! cluster derives the same key; Buffer keys are used as they are.
+
+use argon2::{Algorithm, Argon2, Params, Version as ArgonVersion};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+
+use crate::options::{Secret, KEY_BYTES};
+use crate::wire::{DecodeError, HEADER_BYTES, KEY_ID_AT, PACKET_NUMBER_AT};
+
+pub const TAG_BYTES: usize = 16;
+pub const CRC_BYTES: usize = 4;
+
+struct ClusterKey {
+    id: u32,
+    cipher: XChaCha20Poly1305,
+}
+
+/// Seals and opens the packets of one cluster.
+pub struct Codec {
+    cluster_name: Vec<u8>,
+    /// Key ring: the first seals, every one opens. Empty = unsealed cluster.
+    keys: Vec<ClusterKey>,
+}
+
+/// The key bytes of a secret: Argon2id for passphrases (OWASP's minimum parameters: 19 MiB,
+/// 2 passes), salted with the cluster name.
+pub fn derive_key(secret: &Secret, cluster: &str) -> [u8; KEY_BYTES] {
+    match secret {
+        Secret::Key(key) => *key,
+        Secret::Passphrase(phrase) => {
+            let salt = Sha256::new().chain_update(b"express-session-multicast salt\0").chain_update(cluster).finalize();
+            let params = Params::new(19 * 1024, 2, 1, Some(KEY_BYTES)).expect("valid Argon2 parameters");
+            let mut key = [0u8; KEY_BYTES];
+            Argon2::new(Algorithm::Argon2id, ArgonVersion::V0x13, params)
+                .hash_password_into(phrase.as_bytes(), &salt, &mut key)
+                .expect("Argon2 accepts any passphrase and this salt");
+            key
+        }
+    }
+}
+
+/// A short public id of a key, so a receiver picks the right key of its ring (never 0, which
+/// marks unsealed packets).
+fn key_id(key: &[u8; KEY_BYTES]) -> u32 {
+    let digest = Sha256::new().chain_update(b"express-session-multicast key id\0").chain_update(key).finalize();
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]).max(1)
+}
+
+fn nonce(packet: &[u8]) -> XNonce {
+    // node id, incarnation and packet number: bytes 8..16, 16..24 and 24..32 of the header.
+    XNonce::clone_from_slice(&packet[8..32])
+}
+
+impl Codec {
+    pub fn new(cluster: &str, secrets: &[Secret]) -> Codec {
+        let keys = secrets
+            .iter()
+            .map(|secret| {
+                let key = derive_key(secret, cluster);
+                ClusterKey { id: key_id(&key), cipher: XChaCha20Poly1305::new(Key::from_slice(&key)) }
+            })
+            .collect();
+        Codec { cluster_name: cluster.as_bytes().to_vec(), keys }
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Bytes sealing adds at the end of a packet.
+    pub fn trailer_bytes(&self) -> usize {
+        if self.is_sealed() {
+            TAG_BYTES
+        } else {
+            CRC_BYTES
+        }
+    }
+
+    fn crc(&self, packet: &[u8]) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.cluster_name);
+        hasher.update(packet);
+        hasher.finalize()
+    }
+
+    /// Seals an encoded packet (header and body) under packet number `pn`.
+    pub fn seal(&self, mut packet: Vec<u8>, pn: u64) -> Vec<u8> {
+        packet[PACKET_NUMBER_AT..PACKET_NUMBER_AT + 8].copy_from_slice(&pn.to_be_bytes());
+        match self.keys.first() {
+            None => {
+                let crc = self.crc(&packet);
+                packet.extend_from_slice(&crc.to_be_bytes());
+            }
+            Some(key) => {
+                packet[KEY_ID_AT..KEY_ID_AT + 4].copy_from_slice(&key.id.to_be_bytes());
+                let mut aad = packet[..HEADER_BYTES].to_vec();
+                aad.extend_from_slice(&self.cluster_name);
+                let nonce = nonce(&packet);
+                let mut body = packet.split_off(HEADER_BYTES);
+                // Encryption in place fails only for messages beyond 256 GiB.
+                if let Ok(tag) = key.cipher.encrypt_in_place_detached(&nonce, &aad, &mut body) {
+                    packet.extend_from_slice(&body);
+                    packet.extend_from_slice(&tag);
+                }
+            }
+        }
+        packet
+    }
+
+    /// Checks a received packet and returns it without its trailer (header, then plaintext body).
+    pub fn open(&self, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(DecodeError::Truncated);
+        }
+        let key_id = u32::from_be_bytes(bytes[KEY_ID_AT..KEY_ID_AT + 4].try_into().unwrap_or_default());
+        let trailer = if key_id == 0 { CRC_BYTES } else { TAG_BYTES };
+        if bytes.len() < HEADER_BYTES + trailer {
+            return Err(DecodeError::Truncated);
+        }
+        match (self.keys.is_empty(), key_id) {
+            (true, 0) => {
+                let (packet, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
+                if self.crc(packet).to_be_bytes() != crc {
+                    return Err(DecodeError::BadChecksum);
+                }
+                Ok(packet.to_vec())
+            }
+            (true, _) => Err(DecodeError::UnexpectedSeal),
+            (false, 0) => Err(DecodeError::Unsealed),
+            (false, id) => {
+                let key = self.keys.iter().find(|k| k.id == id).ok_or(DecodeError::UnknownKey)?;
+                let (packet, tag) = bytes.split_at(bytes.len() - TAG_BYTES);
+                let mut aad = packet[..HEADER_BYTES].to_vec();
+                aad.extend_from_slice(&self.cluster_name);
+                let mut opened = packet.to_vec();
+                key.cipher
+                    .decrypt_in_place_detached(&nonce(packet), &aad, &mut opened[HEADER_BYTES..], tag.into())
+                    .map_err(|_| DecodeError::AuthFailed)?;
+                Ok(opened)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{self, Header, Message};
+
+    const HEADER: Header = Header { cluster: 1, node: 42, incarnation: 7 };
+
+    fn codec(cluster: &str, secrets: &[&str]) -> Codec {
+        let secrets: Vec<Secret> = secrets.iter().map(|s| Secret::Passphrase(s.to_string())).collect();
+        Codec::new(cluster, &secrets)
+    }
+
+    fn sealed_leave(codec: &Codec, pn: u64) -> Vec<u8> {
+        codec.seal(wire::encode(&HEADER, &Message::Gone { oldest: 9 }), pn)
+    }
+
+    #[test]
+    fn sealed_round_trip_hides_the_body() {
+        let c = codec("shop", &["correct horse"]);
+        let sealed = sealed_leave(&c, 5);
+        let opened = c.open(&sealed).unwrap();
+        assert_eq!(wire::decode(&opened, HEADER.cluster).unwrap(), (HEADER, Message::Gone { oldest: 9 }));
+        assert_eq!(wire::packet_number(&opened), 5);
+        let plain = wire::encode(&HEADER, &Message::Gone { oldest: 9 });
+        assert_ne!(&sealed[wire::HEADER_BYTES..wire::HEADER_BYTES + 8], &plain[wire::HEADER_BYTES..]);
+    }
+
+    #[test]
+    fn every_tampered_byte_is_rejected() {
+        let c = codec("shop", &["k"]);
+        let sealed = sealed_leave(&c, 5);
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x40;
+            assert!(c.open(&bad).is_err(), "byte {i} tampered but accepted");
+        }
+    }
+
+    #[test]
+    fn wrong_key_other_cluster_and_unsealed_are_rejected() {
+        let c = codec("shop", &["k"]);
+        let sealed = sealed_leave(&c, 1);
+        assert_eq!(codec("shop", &["other"]).open(&sealed), Err(DecodeError::UnknownKey));
+        // Same passphrase, other cluster: another salt, so another key.
+        assert_eq!(codec("blog", &["k"]).open(&sealed), Err(DecodeError::UnknownKey));
+        let unsealed = codec("shop", &[]);
+        assert_eq!(unsealed.open(&sealed), Err(DecodeError::UnexpectedSeal));
+        assert_eq!(c.open(&sealed_leave(&unsealed, 1)), Err(DecodeError::Unsealed));
+    }
+
+    #[test]
+    fn key_ring_seals_with_the_first_and_opens_with_all() {
+        let old = codec("shop", &["old"]);
+        let rotating = codec("shop", &["new", "old"]);
+        let new = codec("shop", &["new"]);
+        assert!(rotating.open(&sealed_leave(&old, 1)).is_ok());
+        assert!(new.open(&sealed_leave(&rotating, 1)).is_ok());
+        assert!(old.open(&sealed_leave(&rotating, 1)).is_err());
+    }
+
+    #[test]
+    fn unsealed_checksum_is_keyed_by_cluster_name() {
+        let shop = codec("shop", &[]);
+        let packet = sealed_leave(&shop, 1);
+        assert!(shop.open(&packet).is_ok());
+        assert_eq!(codec("blog", &[]).open(&packet), Err(DecodeError::BadChecksum));
+    }
+
+    #[test]
+    fn raw_keys_are_used_as_given() {
+        let key = Secret::Key([3; KEY_BYTES]);
+        assert_eq!(derive_key(&key, "any"), [3; KEY_BYTES]);
+        let a = Codec::new("shop", std::slice::from_ref(&key));
+        assert!(Codec::new("shop", &[key]).open(&sealed_leave(&a, 2)).is_ok());
+    }
+}

@@ -1,0 +1,142 @@
+//! Replay protection without synchronised clocks (DESIGN §3).
+//!
+//! Every packet a node sends carries a packet number, strictly increasing within its
+//! incarnation. A receiver keeps, per (node id, incarnation), the highest number seen and a
+//! bitmap of the `WINDOW` numbers below it: a number seen before, or older than the window, is a
+//! replay. Senders are remembered long after they die or leave (up to `MAX_SENDERS`, the least
+//! recently heard forgotten first), so replayed joins and heartbeats cannot bring them back.
+
+use std::collections::HashMap;
+
+/// Packet numbers tracked below the highest one: UDP and TCP packets of one sender interleave,
+/// so a packet may arrive a few thousand numbers late and must still be accepted.
+pub const WINDOW: u64 = 8192;
+const WORDS: usize = (WINDOW / 64) as usize;
+/// Senders remembered.
+pub const MAX_SENDERS: usize = 8192;
+
+struct Window {
+    highest: u64,
+    /// Bit `i` set = packet number `highest - i` seen.
+    seen: Box<[u64; WORDS]>,
+    last_used: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window { highest: 0, seen: Box::new([0; WORDS]), last_used: 0 }
+    }
+
+    fn bit(&mut self, back: u64) -> (&mut u64, u64) {
+        (&mut self.seen[(back / 64) as usize], 1u64 << (back % 64))
+    }
+
+    /// Marks `pn` seen; false when it was seen before or is too old.
+    fn accept(&mut self, pn: u64) -> bool {
+        if pn > self.highest {
+            self.shift(pn - self.highest);
+            self.highest = pn;
+            let (word, mask) = self.bit(0);
+            *word |= mask;
+            return true;
+        }
+        let back = self.highest - pn;
+        if back >= WINDOW {
+            return false;
+        }
+        let (word, mask) = self.bit(back);
+        let fresh = *word & mask == 0;
+        *word |= mask;
+        fresh
+    }
+
+    /// Moves the window up by `by` numbers.
+    fn shift(&mut self, by: u64) {
+        if by >= WINDOW {
+            self.seen.fill(0);
+            return;
+        }
+        let (words, bits) = ((by / 64) as usize, (by % 64) as u32);
+        for i in (0..WORDS).rev() {
+            let from = i.checked_sub(words);
+            let high = from.map_or(0, |f| self.seen[f]);
+            let low = from.and_then(|f| f.checked_sub(1)).map_or(0, |f| self.seen[f]);
+            self.seen[i] = if bits == 0 { high } else { (high << bits) | (low >> (64 - bits)) };
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct ReplayGuard {
+    windows: HashMap<(u64, u64), Window>,
+    clock: u64,
+}
+
+impl ReplayGuard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether packet `pn` of (`node`, `incarnation`) is fresh; records it. Call only for
+    /// authenticated packets, so forgeries cannot fill the table.
+    pub fn accept(&mut self, node: u64, incarnation: u64, pn: u64) -> bool {
+        self.clock += 1;
+        if !self.windows.contains_key(&(node, incarnation)) && self.windows.len() >= MAX_SENDERS {
+            if let Some(oldest) = self.windows.iter().min_by_key(|(_, w)| w.last_used).map(|(k, _)| *k) {
+                self.windows.remove(&oldest);
+            }
+        }
+        let window = self.windows.entry((node, incarnation)).or_insert_with(Window::new);
+        window.last_used = self.clock;
+        window.accept(pn)
+    }
+
+    pub fn senders(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn duplicates_and_old_numbers_are_replays() {
+        let mut g = ReplayGuard::new();
+        assert!(g.accept(1, 1, 5));
+        assert!(!g.accept(1, 1, 5));
+        assert!(g.accept(1, 1, 3), "late but inside the window");
+        assert!(!g.accept(1, 1, 3));
+        assert!(g.accept(1, 1, 5 + WINDOW));
+        assert!(!g.accept(1, 1, 5), "fell out of the window");
+        assert!(g.accept(1, 2, 5), "another incarnation has its own window");
+        assert!(g.accept(2, 1, 5), "another node too");
+    }
+
+    #[test]
+    fn table_is_bounded_and_forgets_the_least_recent() {
+        let mut g = ReplayGuard::new();
+        for node in 0..MAX_SENDERS as u64 + 10 {
+            g.accept(node, 1, 1);
+        }
+        assert_eq!(g.senders(), MAX_SENDERS);
+        assert!(g.accept(0, 1, 1), "the oldest sender was forgotten");
+    }
+
+    proptest! {
+        /// Against a model that remembers everything: accept exactly the numbers never seen that
+        /// are within the window of the highest seen so far.
+        #[test]
+        fn matches_a_model(pns in prop::collection::vec(1u64..30_000, 1..400)) {
+            let mut g = ReplayGuard::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut highest = 0;
+            for pn in pns {
+                let expected = !seen.contains(&pn) && (pn > highest || highest - pn < WINDOW);
+                prop_assert_eq!(g.accept(9, 9, pn), expected, "pn {}", pn);
+                if expected { seen.insert(pn); highest = highest.max(pn); }
+            }
+        }
+    }
+}
