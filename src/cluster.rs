@@ -51,6 +51,8 @@ const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams sent back to back before yielding, so a burst doesn't overflow receivers' buffers.
 const BURST: usize = 32;
+/// Syncs served at once; further connections are closed at once (peers retry later).
+const MAX_CONCURRENT_SYNCS: usize = 8;
 
 /// Network counters for `stats()`.
 #[derive(Default)]
@@ -391,6 +393,13 @@ impl Cluster {
                 self.stats.naks_received.fetch_add(1, Ordering::Relaxed);
                 let (datagrams, gone, oldest) = {
                     let state = self.state.lock();
+                    // Retransmissions go only to members, at the address they announced: a
+                    // forged NAK cannot turn this node into an amplifier aimed at someone else.
+                    let known = state.members.get(header.node).is_some_and(|m| m.is_reachable() && m.info.addr == from);
+                    if !known {
+                        drop(state);
+                        return self.stats.drop("nakFromStranger");
+                    }
                     let (datagrams, gone) = state.send.resend(&ranges, RESEND_LIMIT);
                     (datagrams, gone, state.send.oldest())
                 };
@@ -613,9 +622,14 @@ impl Cluster {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SYNCS));
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                self.stats.drop("syncBusy");
                 continue;
             };
             let cluster = self.clone();
@@ -624,6 +638,7 @@ impl Cluster {
                 if transfer::serve(&cluster.sync, stream, high_seq).await.is_err() {
                     cluster.stats.drop("syncServeFailed");
                 }
+                drop(slot);
             });
         }
     }

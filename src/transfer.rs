@@ -28,6 +28,8 @@ const CHUNK_BYTES: usize = 256 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A peer that sends nothing for this long is given up on.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connecting peer must send its request within this, so stalled connections free their slot.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What both ends of a sync need to know.
 pub struct SyncContext {
@@ -55,15 +57,15 @@ async fn write_frame(stream: &mut TcpStream, packet: &[u8]) -> io::Result<()> {
     stream.write_all(&frame).await
 }
 
-async fn read_frame(stream: &mut TcpStream, max_frame: usize) -> io::Result<Vec<u8>> {
+async fn read_frame(stream: &mut TcpStream, max_frame: usize, wait: Duration) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
-    timeout(IDLE_TIMEOUT, stream.read_exact(&mut len)).await??;
+    timeout(wait, stream.read_exact(&mut len)).await??;
     let len = u32::from_be_bytes(len) as usize;
     if len > max_frame {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
     }
     let mut frame = vec![0u8; len];
-    timeout(IDLE_TIMEOUT, stream.read_exact(&mut frame)).await??;
+    timeout(wait, stream.read_exact(&mut frame)).await??;
     Ok(frame)
 }
 
@@ -73,7 +75,8 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
 
 /// Answers one sync request on an accepted connection. `high_seq` is read before the snapshot.
 pub async fn serve(ctx: &SyncContext, mut stream: TcpStream, high_seq: u64) -> io::Result<()> {
-    let frame = read_frame(&mut stream, ctx.max_frame).await?;
+    // A request is a few KiB at most (a digest), whatever the frame limit for entries.
+    let frame = read_frame(&mut stream, 64 * 1024, REQUEST_TIMEOUT).await?;
     let (_, request) = ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?;
     let Message::SyncRequest(mode) = request else {
         return Err(invalid("expected a sync request"));
@@ -110,7 +113,7 @@ pub async fn pull(ctx: &SyncContext, peer: SocketAddr, full: bool) -> io::Result
     write_frame(&mut stream, &ctx.link.seal(&Message::SyncRequest(mode))).await?;
     let mut pulled = Pulled { entries: 0, bytes: 0, high_seq: 0 };
     loop {
-        let frame = read_frame(&mut stream, ctx.max_frame).await?;
+        let frame = read_frame(&mut stream, ctx.max_frame, IDLE_TIMEOUT).await?;
         pulled.bytes += frame.len();
         match ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?.1 {
             Message::SyncChunk { clear_mark, entries } => {
@@ -197,6 +200,18 @@ mod tests {
         assert!(pulled.entries >= 1 && pulled.entries < 20, "sent {} entries", pulled.entries);
         assert!(peer.table.get("new", now_ms()).is_some());
         assert_eq!(peer.table.digest(now_ms(), DIGEST_BUCKETS), donor.table.digest(now_ms(), DIGEST_BUCKETS));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stalls_is_dropped() {
+        let ctx = Arc::new(context(1));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(serve(&ctx, stream, 0).await.is_err());
+        assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1));
     }
 
     #[tokio::test]
