@@ -420,7 +420,7 @@ impl Cluster {
                     inbound.window.gone(oldest);
                 }
             }
-            Message::SyncRequest(_) | Message::SyncChunk { .. } | Message::SyncEnd { .. } => {
+            Message::SyncRequest { .. } | Message::SyncChunk { .. } | Message::SyncEnd { .. } => {
                 self.stats.drop("unexpectedKind")
             }
         }
@@ -465,10 +465,10 @@ impl Cluster {
     /// Returns whether a new stream was opened.
     fn open_inbound(&self, header: &Header, first_seq: u64, reply_to: SocketAddr, sync_wanted: bool) -> bool {
         let mut state = self.state.lock();
-        if let Some(existing) = state.inbound.get(&header.node) {
-            if existing.incarnation == header.incarnation {
-                return false;
-            }
+        // Node ids are drawn anew at each start: a stream is never replaced by another
+        // incarnation (that would be a forgery), and `Data` then drops it as stale.
+        if state.inbound.contains_key(&header.node) {
+            return false;
         }
         let window = ReceiveWindow::new(first_seq);
         state.inbound.insert(
@@ -602,11 +602,12 @@ impl Cluster {
 
     async fn anti_entropy(self: Arc<Self>, node: u64, info: NodeInfo) {
         let peer = SocketAddr::new(info.addr.ip(), info.tcp_port);
-        let result = transfer::pull(&self.sync, peer, false).await;
+        let result = transfer::pull(&self.sync, node, peer, false).await;
         let mut state = self.state.lock();
         state.syncing.remove(&node);
         match result {
             Ok(pulled) => {
+                self.link.prime_replay(&pulled.departed);
                 self.stats.anti_entropy_syncs.fetch_add(1, Ordering::Relaxed);
                 self.stats.sync_entries_received.fetch_add(pulled.entries as u64, Ordering::Relaxed);
                 if let Some(inbound) = state.inbound.get_mut(&node) {
@@ -635,11 +636,39 @@ impl Cluster {
             let cluster = self.clone();
             tokio::spawn(async move {
                 let high_seq = cluster.state.lock().send.high_seq();
-                if transfer::serve(&cluster.sync, stream, high_seq).await.is_err() {
+                if transfer::serve(&cluster.sync, stream, high_seq, cluster.departed_senders()).await.is_err() {
                     cluster.stats.drop("syncServeFailed");
                 }
                 drop(slot);
             });
+        }
+    }
+
+    /// Senders we remember that are not live members: a node that syncs from us rejects
+    /// recordings of them, even if it started after they left.
+    fn departed_senders(&self) -> Vec<(u64, u64, u64)> {
+        let state = self.state.lock();
+        let live = |node: u64, incarnation: u64| {
+            state.members.get(node).is_some_and(|m| m.incarnation == incarnation && m.is_reachable())
+        };
+        let me = self.link.header();
+        self.link
+            .replay_memory()
+            .into_iter()
+            .filter(|(node, incarnation, _)| *node != me.node && !live(*node, *incarnation))
+            .collect()
+    }
+
+    /// After the state transfer: members the donor knows to be gone were heard here only through
+    /// recordings; they leave, and their recordings are replays from now on.
+    fn forget_departed(&self, departed: &[(u64, u64, u64)]) {
+        self.link.prime_replay(departed);
+        for (node, incarnation, _) in departed {
+            let change = self.state.lock().members.left(*node, *incarnation);
+            if change.is_some() {
+                self.forget_stream(*node);
+            }
+            self.report(change);
         }
     }
 
@@ -661,8 +690,9 @@ impl Cluster {
         for donor in donors {
             let peer = SocketAddr::new(donor.info.addr.ip(), donor.info.tcp_port);
             let started = Instant::now();
-            match transfer::pull(&self.sync, peer, true).await {
+            match transfer::pull(&self.sync, donor.id, peer, true).await {
                 Ok(pulled) => {
+                    self.forget_departed(&pulled.departed);
                     self.stats.state_transfers.fetch_add(1, Ordering::Relaxed);
                     let mut state = self.state.lock();
                     // The donor's snapshot may miss writes other members sent just before they

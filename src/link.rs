@@ -43,6 +43,17 @@ impl Link {
         self.seal_encoded(self.encode(msg))
     }
 
+    pub fn replay_memory(&self) -> Vec<(u64, u64, u64)> {
+        self.replay.lock().snapshot()
+    }
+
+    pub fn prime_replay(&self, senders: &[(u64, u64, u64)]) {
+        let mut replay = self.replay.lock();
+        for (node, incarnation, highest) in senders {
+            replay.prime(*node, *incarnation, *highest);
+        }
+    }
+
     /// Checks a received packet end to end. Replays are checked only once the packet is
     /// authenticated, so forged packets cannot poison the replay windows.
     pub fn open(&self, bytes: &[u8]) -> Result<(Header, Message), DecodeError> {

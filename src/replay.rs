@@ -94,6 +94,21 @@ impl ReplayGuard {
     pub fn senders(&self) -> usize {
         self.windows.len()
     }
+
+    /// (node, incarnation, highest packet number) of every remembered sender.
+    pub fn snapshot(&self) -> Vec<(u64, u64, u64)> {
+        self.windows.iter().map(|((node, incarnation), w)| (*node, *incarnation, w.highest)).collect()
+    }
+
+    /// Learns from a peer that a sender was heard up to `highest`: every number up to it is
+    /// treated as seen, so recordings of that sender are replays here too.
+    pub fn prime(&mut self, node: u64, incarnation: u64, highest: u64) {
+        let window = self.windows.entry((node, incarnation)).or_insert_with(Window::new);
+        if highest >= window.highest {
+            window.highest = highest;
+            window.seen.fill(u64::MAX);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +137,16 @@ mod tests {
         }
         assert_eq!(g.senders(), MAX_SENDERS);
         assert!(g.accept(0, 1, 1), "the oldest sender was forgotten");
+    }
+
+    #[test]
+    fn primed_senders_reject_what_a_peer_saw() {
+        let mut g = ReplayGuard::new();
+        g.prime(3, 1, 100);
+        assert!(!g.accept(3, 1, 100));
+        assert!(!g.accept(3, 1, 42));
+        assert!(g.accept(3, 1, 101), "newer packets are still accepted");
+        assert_eq!(g.snapshot(), vec![(3, 1, 101)]);
     }
 
     proptest! {

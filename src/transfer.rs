@@ -42,12 +42,14 @@ pub struct SyncContext {
 }
 
 /// What a finished pull brought.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
     pub entries: usize,
     pub bytes: usize,
     /// The peer's sequence number when its snapshot began.
     pub high_seq: u64,
+    /// Senders the peer remembers that are not live members (see `Message::SyncEnd`).
+    pub departed: Vec<(u64, u64, u64)>,
 }
 
 async fn write_frame(stream: &mut TcpStream, packet: &[u8]) -> io::Result<()> {
@@ -73,14 +75,23 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Answers one sync request on an accepted connection. `high_seq` is read before the snapshot.
-pub async fn serve(ctx: &SyncContext, mut stream: TcpStream, high_seq: u64) -> io::Result<()> {
+/// Answers one sync request on an accepted connection. `high_seq` is read before the snapshot;
+/// `departed` goes along in `SyncEnd`.
+pub async fn serve(
+    ctx: &SyncContext,
+    mut stream: TcpStream,
+    high_seq: u64,
+    departed: Vec<(u64, u64, u64)>,
+) -> io::Result<()> {
     // A request is a few KiB at most (a digest), whatever the frame limit for entries.
     let frame = read_frame(&mut stream, 64 * 1024, REQUEST_TIMEOUT).await?;
     let (_, request) = ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?;
-    let Message::SyncRequest(mode) = request else {
+    let Message::SyncRequest { target, mode } = request else {
         return Err(invalid("expected a sync request"));
     };
+    if target != ctx.link.header().node {
+        return Err(invalid("a sync request meant for another node"));
+    }
     let now = now_ms();
     let wanted = match mode {
         SyncMode::Full => None,
@@ -100,18 +111,18 @@ pub async fn serve(ctx: &SyncContext, mut stream: TcpStream, high_seq: u64) -> i
         let chunk = ctx.link.seal(&Message::SyncChunk { clear_mark, entries });
         write_frame(&mut stream, &chunk).await?;
     }
-    write_frame(&mut stream, &ctx.link.seal(&Message::SyncEnd { high_seq })).await?;
+    write_frame(&mut stream, &ctx.link.seal(&Message::SyncEnd { high_seq, departed })).await?;
     stream.shutdown().await
 }
 
-/// Pulls a full state transfer (`digest` = None) or the differing buckets from `peer`, merging
-/// everything into the table as it arrives.
-pub async fn pull(ctx: &SyncContext, peer: SocketAddr, full: bool) -> io::Result<Pulled> {
+/// Pulls a full state transfer (`full`) or the differing buckets from node `target` at `peer`,
+/// merging everything into the table as it arrives.
+pub async fn pull(ctx: &SyncContext, target: u64, peer: SocketAddr, full: bool) -> io::Result<Pulled> {
     let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await??;
     stream.set_nodelay(true)?;
     let mode = if full { SyncMode::Full } else { SyncMode::Digest(ctx.table.digest(now_ms(), DIGEST_BUCKETS)) };
-    write_frame(&mut stream, &ctx.link.seal(&Message::SyncRequest(mode))).await?;
-    let mut pulled = Pulled { entries: 0, bytes: 0, high_seq: 0 };
+    write_frame(&mut stream, &ctx.link.seal(&Message::SyncRequest { target, mode })).await?;
+    let mut pulled = Pulled { entries: 0, bytes: 0, high_seq: 0, departed: Vec::new() };
     loop {
         let frame = read_frame(&mut stream, ctx.max_frame, IDLE_TIMEOUT).await?;
         pulled.bytes += frame.len();
@@ -125,8 +136,9 @@ pub async fn pull(ctx: &SyncContext, peer: SocketAddr, full: bool) -> io::Result
                 }
                 pulled.entries += entries.len();
             }
-            Message::SyncEnd { high_seq } => {
+            Message::SyncEnd { high_seq, departed } => {
                 pulled.high_seq = high_seq;
+                pulled.departed = departed;
                 return Ok(pulled);
             }
             _ => return Err(invalid("unexpected message in a sync")),
@@ -158,7 +170,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            serve(&ctx, stream, 77).await.unwrap();
+            serve(&ctx, stream, 77, vec![(8, 9, 10)]).await.unwrap();
         });
         addr
     }
@@ -178,9 +190,10 @@ mod tests {
         donor.table.apply(&Op::Destroy { sid: "s0".into(), version: donor.clock.tick() });
         let addr = serve_once(donor.clone()).await;
         let joiner = context(2);
-        let pulled = pull(&joiner, addr, true).await.unwrap();
+        let pulled = pull(&joiner, 1, addr, true).await.unwrap();
         assert_eq!(pulled.entries, 2_000);
         assert_eq!(pulled.high_seq, 77);
+        assert_eq!(pulled.departed, vec![(8, 9, 10)]);
         assert!(pulled.bytes > 2_000_000);
         assert_eq!(joiner.table.digest(now_ms(), 64), donor.table.digest(now_ms(), 64));
         assert_eq!(joiner.table.length(now_ms()), 1_999);
@@ -193,13 +206,29 @@ mod tests {
         fill(&donor, 1_000, 10);
         let peer = context(2);
         let addr = serve_once(donor.clone()).await;
-        pull(&peer, addr, true).await.unwrap();
+        pull(&peer, 1, addr, true).await.unwrap();
         donor.table.apply(&Op::Set { sid: "new".into(), doc: "{}".into(), expires_at: now_ms() + 60_000, version: donor.clock.tick() });
         let addr = serve_once(donor.clone()).await;
-        let pulled = pull(&peer, addr, false).await.unwrap();
+        let pulled = pull(&peer, 1, addr, false).await.unwrap();
         assert!(pulled.entries >= 1 && pulled.entries < 20, "sent {} entries", pulled.entries);
         assert!(peer.table.get("new", now_ms()).is_some());
         assert_eq!(peer.table.digest(now_ms(), DIGEST_BUCKETS), donor.table.digest(now_ms(), DIGEST_BUCKETS));
+    }
+
+    #[tokio::test]
+    async fn a_request_for_another_node_is_refused() {
+        let donor = Arc::new(context(1));
+        let addr = {
+            let donor = donor.clone();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                assert!(serve(&donor, stream, 0, Vec::new()).await.is_err());
+            });
+            addr
+        };
+        assert!(pull(&context(2), 99, addr, true).await.is_err());
     }
 
     #[tokio::test]
@@ -210,7 +239,7 @@ mod tests {
         let _silent = TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
         let started = std::time::Instant::now();
-        assert!(serve(&ctx, stream, 0).await.is_err());
+        assert!(serve(&ctx, stream, 0, Vec::new()).await.is_err());
         assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1));
     }
 
@@ -225,7 +254,7 @@ mod tests {
                 let mut results = Vec::new();
                 for _ in 0..2 {
                     let (stream, _) = listener.accept().await.unwrap();
-                    results.push(serve(&ctx, stream, 0).await.is_err());
+                    results.push(serve(&ctx, stream, 0, Vec::new()).await.is_err());
                 }
                 results
             })

@@ -105,10 +105,13 @@ pub enum Message {
     Nak { ranges: Vec<(u64, u64)> },
     /// "Sequence numbers below `oldest` are no longer buffered": the receiver must sync.
     Gone { oldest: u64 },
-    SyncRequest(SyncMode),
+    /// Sent to node `target` only: another node refuses it (a request replayed elsewhere).
+    SyncRequest { target: u64, mode: SyncMode },
     SyncChunk { clear_mark: Version, entries: Vec<(Arc<str>, Entry)> },
     /// End of a sync; `high_seq` is the sender's sequence number when its snapshot began.
-    SyncEnd { high_seq: u64 },
+    /// `departed`: (node, incarnation, highest packet number) of senders it remembers that are not
+    /// live members, so the receiver rejects replays of them too.
+    SyncEnd { high_seq: u64, departed: Vec<(u64, u64, u64)> },
 }
 
 impl Message {
@@ -121,7 +124,7 @@ impl Message {
             Message::Data { .. } => Kind::Data,
             Message::Nak { .. } => Kind::Nak,
             Message::Gone { .. } => Kind::Gone,
-            Message::SyncRequest(_) => Kind::SyncRequest,
+            Message::SyncRequest { .. } => Kind::SyncRequest,
             Message::SyncChunk { .. } => Kind::SyncChunk,
             Message::SyncEnd { .. } => Kind::SyncEnd,
         }
@@ -332,8 +335,12 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             }
         }
         Message::Gone { oldest } => w.u64(*oldest),
-        Message::SyncRequest(SyncMode::Full) => w.u8(0),
-        Message::SyncRequest(SyncMode::Digest(buckets)) => {
+        Message::SyncRequest { target, mode: SyncMode::Full } => {
+            w.u64(*target);
+            w.u8(0);
+        }
+        Message::SyncRequest { target, mode: SyncMode::Digest(buckets) } => {
+            w.u64(*target);
             w.u8(1);
             w.u32(buckets.len() as u32);
             buckets.iter().for_each(|b| w.u64(*b));
@@ -343,7 +350,15 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             w.u32(entries.len() as u32);
             entries.iter().for_each(|(sid, e)| w.entry(sid, e));
         }
-        Message::SyncEnd { high_seq } => w.u64(*high_seq),
+        Message::SyncEnd { high_seq, departed } => {
+            w.u64(*high_seq);
+            w.u32(departed.len() as u32);
+            for (node, incarnation, pn) in departed {
+                w.u64(*node);
+                w.u64(*incarnation);
+                w.u64(*pn);
+            }
+        }
     }
     w.0
 }
@@ -506,22 +521,32 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
             Message::Nak { ranges }
         }
         Kind::Gone => Message::Gone { oldest: r.u64()? },
-        Kind::SyncRequest => match r.u8()? {
-            0 => Message::SyncRequest(SyncMode::Full),
+        Kind::SyncRequest => {
+            let target = r.u64()?;
+            let mode = match r.u8()? {
+                0 => SyncMode::Full,
             1 => {
                 let n = r.u32()? as usize;
                 let n = r.count(n, 8)?;
-                Message::SyncRequest(SyncMode::Digest((0..n).map(|_| r.u64()).collect::<Result<_, _>>()?))
-            }
-            _ => return Err(DecodeError::Malformed),
-        },
+                    SyncMode::Digest((0..n).map(|_| r.u64()).collect::<Result<_, _>>()?)
+                }
+                _ => return Err(DecodeError::Malformed),
+            };
+            Message::SyncRequest { target, mode }
+        }
         Kind::SyncChunk => {
             let clear_mark = r.version()?;
             let n = r.u32()? as usize;
             let n = r.count(n, 4 + 1 + 32 + 1 + 8)?;
             Message::SyncChunk { clear_mark, entries: (0..n).map(|_| r.entry()).collect::<Result<_, _>>()? }
         }
-        Kind::SyncEnd => Message::SyncEnd { high_seq: r.u64()? },
+        Kind::SyncEnd => {
+            let high_seq = r.u64()?;
+            let n = r.u32()? as usize;
+            let n = r.count(n, 24)?;
+            let departed = (0..n).map(|_| Ok((r.u64()?, r.u64()?, r.u64()?))).collect::<Result<_, _>>()?;
+            Message::SyncEnd { high_seq, departed }
+        }
     };
     if !r.0.is_empty() {
         return Err(DecodeError::Malformed);
@@ -579,10 +604,10 @@ mod tests {
             Message::Data { seq: 6, payload: Payload::Fragment { first_seq: 5, index: 1, count: 3, bytes: vec![1, 2] } },
             Message::Nak { ranges: vec![(1, 4), (9, 9)] },
             Message::Gone { oldest: 17 },
-            Message::SyncRequest(SyncMode::Full),
-            Message::SyncRequest(SyncMode::Digest(vec![1, 2, 3])),
+            Message::SyncRequest { target: 4, mode: SyncMode::Full },
+            Message::SyncRequest { target: 5, mode: SyncMode::Digest(vec![1, 2, 3]) },
             Message::SyncChunk { clear_mark: v(1), entries: vec![("s".into(), entry)] },
-            Message::SyncEnd { high_seq: 12 },
+            Message::SyncEnd { high_seq: 12, departed: vec![(1, 2, 3)] },
         ]
     }
 

@@ -2,6 +2,9 @@
 // One cluster node in its own process, driven by test/cluster/harness.js over the IPC channel of
 // child_process.fork(). Usage: fork(__filename, [JSON.stringify(storeOptions)]).
 //
+// Options travel as JSON: a Buffer in them (JSON form { type: "Buffer", data }) is revived, so
+// `secret` can be a Buffer or a key ring holding Buffers.
+//
 // Parent → child: { id, cmd, args }          Child → parent: { id, result } | { id, error }
 // Child → parent, unsolicited:
 //   { type: "started", pid, self, options }  the store exists (self = its own member entry)
@@ -21,6 +24,11 @@ function bulkSession(prefix, i, bytesEach, expires) {
     i,
     data: seed.repeat(Math.ceil(bytesEach / seed.length)).slice(0, bytesEach),
   };
+}
+
+/** JSON.parse reviver turning the JSON form of a Buffer back into a Buffer. */
+function reviveBuffers(key, value) {
+  return value && value.type === "Buffer" && Array.isArray(value.data) ? Buffer.from(value.data) : value;
 }
 
 function serializeError(err) {
@@ -44,7 +52,7 @@ function main() {
   let store;
   try {
     const MulticastStore = require("../..")(session);
-    store = new MulticastStore({ ...JSON.parse(process.argv[2] || "{}"), logger });
+    store = new MulticastStore({ ...JSON.parse(process.argv[2] || "{}", reviveBuffers), logger });
   } catch (err) {
     send({ type: "fatal", error: serializeError(err) });
     process.exitCode = 1;
@@ -68,6 +76,8 @@ function main() {
     ready: () => store.ready(),
     close: () => store.close(),
     ping: () => process.pid,
+    /** process.memoryUsage() of this node's process (rss, heapUsed…, in bytes). */
+    memory: () => process.memoryUsage(),
     /** Stores `count` sessions of `bytesEach` bytes of data; resolves with { count, expires }. */
     async bulkSet(prefix, count, bytesEach, expires = new Date(Date.now() + 3_600_000).toISOString()) {
       for (let i = 0; i < count; i++) await store.set(`${prefix}${i}`, bulkSession(prefix, i, bytesEach, expires));
