@@ -17,7 +17,7 @@ declare class MulticastStoreBase extends Store {
      */
     constructor(options?: expressSessionMulticast.MulticastStoreOptions);
 
-    /** The options after validation, with every default filled in (`logger` and `secret` excluded). */
+    /** The options after validation, with every default filled in (`logger` excluded; `secret` shown only as a key count). */
     readonly options: Readonly<expressSessionMulticast.MulticastStoreNormalizedOptions>;
 
     /** The logger in use (`options.logger`, or `console`). */
@@ -132,8 +132,8 @@ declare namespace expressSessionMulticast {
         readonly prototype: MulticastStore;
     }
 
-    /** A cluster key: a passphrase string or raw key bytes. */
-    type SecretKey = string | Buffer;
+    /** A cluster key: a passphrase string, or 32 raw key bytes (e.g. `crypto.randomBytes(32)`). */
+    type SecretKey = string | Buffer | Uint8Array;
 
     /**
      * Any logger with `info`, `warn` and `error` (and optionally `debug`, `trace`):
@@ -275,6 +275,8 @@ declare namespace expressSessionMulticast {
         /** Seconds. */
         sessionTTL: number;
         gracefullShutdown: boolean;
+        /** `"<n key(s)>"` when `secret` is set (the keys themselves are never shown), else `null`. */
+        secret: string | null;
         cluster: string;
         peers: string[];
         /** Bytes. */
