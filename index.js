@@ -59,7 +59,8 @@ module.exports = function expressSessionMulticast(session) {
       }
       this.options = JSON.parse(this._engine.config());
       this._onSignal = null;
-      if (this.options.gracefullShutdown && this.options.multicast !== false) this._handleSignals();
+      const networked = this.options.multicast !== false || this.options.peers.length > 0;
+      if (this.options.gracefullShutdown && networked) this._handleSignals();
       process.nextTick(() => this.emit("connect"));
     }
 

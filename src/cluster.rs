@@ -47,6 +47,8 @@ const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(15);
 /// At most one anti-entropy sync with the same peer this often, so a peer whose heartbeats
 /// claim more than its syncs deliver cannot keep us syncing in a loop.
 const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Peer names are resolved again this often (a Kubernetes headless service gains and loses pods).
+const PEER_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Partial fragmented messages are dropped after this long.
 const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams sent back to back before yielding, so a burst doesn't overflow receivers' buffers.
@@ -116,6 +118,8 @@ struct State {
     reassembler: Reassembler,
     /// Peers with a sync in progress (never two at once with the same peer).
     syncing: HashSet<u64>,
+    /// Members heard through the multicast group: they need no unicast copies.
+    via_group: HashSet<u64>,
     next_anti_entropy: Instant,
 }
 
@@ -124,6 +128,8 @@ pub struct Cluster {
     link: Arc<Link>,
     me: NodeInfo,
     group_addr: Option<SocketAddr>,
+    /// Addresses the configured `peers` resolve to (their cluster port).
+    peers: Mutex<Vec<SocketAddr>>,
     unicast: UdpSocket,
     sync: SyncContext,
     state: Mutex<State>,
@@ -144,7 +150,7 @@ impl Cluster {
         events: EventSink,
         outbox: UnboundedReceiver<Op>,
     ) -> std::io::Result<Arc<Cluster>> {
-        let Sockets { group, group_addr, unicast, tcp, me } = transport::open(&config)?;
+        let Sockets { group, group_addr, listen, unicast, tcp, me } = transport::open(&config)?;
         let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
         let failure_timeout = Duration::from_millis(config.failure_timeout_ms);
         let max_frame = config.max_session_bytes * 2 + (1 << 20);
@@ -152,6 +158,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             me,
             group_addr,
+            peers: Mutex::new(Vec::new()),
             unicast,
             sync: SyncContext { table, clock, link: link.clone(), max_frame },
             link,
@@ -161,6 +168,7 @@ impl Cluster {
                 inbound: HashMap::new(),
                 reassembler: Reassembler::new(reassembly_budget, REASSEMBLY_TIMEOUT),
                 syncing: HashSet::new(),
+                via_group: HashSet::new(),
                 next_anti_entropy: Instant::now() + ANTI_ENTROPY_INTERVAL,
             }),
             stats: NetStats::default(),
@@ -170,9 +178,12 @@ impl Cluster {
             config,
         });
         if let Some(group) = group {
-            tokio::spawn(cluster.clone().receive_loop(Some(group)));
+            tokio::spawn(cluster.clone().receive_loop(Some(group), true));
         }
-        tokio::spawn(cluster.clone().receive_loop(None));
+        if let Some(listen) = listen {
+            tokio::spawn(cluster.clone().receive_loop(Some(listen), false));
+        }
+        tokio::spawn(cluster.clone().receive_loop(None, false));
         tokio::spawn(cluster.clone().send_loop(outbox));
         tokio::spawn(cluster.clone().tick_loop());
         tokio::spawn(cluster.clone().accept_loop(tcp));
@@ -215,10 +226,64 @@ impl Cluster {
         }
     }
 
-    /// To every node: the group (and, later, unicast peers).
+    /// To every node: the group, plus unicast copies for whoever multicast does not reach.
     async fn broadcast(&self, bytes: &[u8]) {
         if let Some(group) = self.group_addr {
             self.send_to(bytes, group).await;
+        }
+        for to in self.unicast_targets() {
+            self.send_to(bytes, to).await;
+        }
+    }
+
+    /// Members not heard through the group (dead ones too, so a healed partition finds us), and
+    /// configured peers that are no known member yet (discovery).
+    fn unicast_targets(&self) -> Vec<SocketAddr> {
+        if self.config.peers.is_empty() && self.group_addr.is_some() {
+            return Vec::new();
+        }
+        let state = self.state.lock();
+        let mut targets: Vec<SocketAddr> = state
+            .members
+            .all()
+            .filter(|m| m.state != MemberState::Left && !state.via_group.contains(&m.id))
+            .map(|m| m.info.addr)
+            .collect();
+        let known: HashSet<SocketAddr> = state
+            .members
+            .all()
+            .filter(|m| m.is_reachable())
+            .map(|m| SocketAddr::new(m.info.addr.ip(), m.info.listen_port))
+            .collect();
+        let me = SocketAddr::new(self.me.addr.ip(), self.me.listen_port);
+        targets.extend(self.peers.lock().iter().filter(|p| **p != me && !known.contains(p)));
+        targets
+    }
+
+    /// Resolves the configured peers now; returns how many addresses they gave.
+    async fn resolve_peers(&self) -> usize {
+        let mut resolved = Vec::new();
+        for peer in &self.config.peers {
+            match tokio::net::lookup_host((peer.host.as_str(), peer.port)).await {
+                Ok(addrs) => resolved.extend(addrs.filter(|a| a.is_ipv4() == self.me.addr.is_ipv4())),
+                Err(e) => self.log(Level::Debug, format!("peer {}:{} does not resolve: {e}", peer.host, peer.port)),
+            }
+        }
+        resolved.sort();
+        resolved.dedup();
+        let count = resolved.len();
+        let mut peers = self.peers.lock();
+        if *peers != resolved {
+            self.log(Level::Debug, format!("peers resolve to {resolved:?}"));
+            *peers = resolved;
+        }
+        count
+    }
+
+    async fn resolve_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(PEER_RESOLVE_INTERVAL).await;
+            self.resolve_peers().await;
         }
     }
 
@@ -317,18 +382,19 @@ impl Cluster {
     // -----------------------------------------------------------------------------------------
     // Receiving
 
-    async fn receive_loop(self: Arc<Self>, group: Option<UdpSocket>) {
-        let socket = group.as_ref().unwrap_or(&self.unicast);
+    /// Receives on `socket` (the unicast socket when `None`); `via_group`: it is the group's.
+    async fn receive_loop(self: Arc<Self>, socket: Option<UdpSocket>, via_group: bool) {
+        let socket = socket.as_ref().unwrap_or(&self.unicast);
         let mut buf = vec![0u8; 65_536];
         loop {
             match socket.recv_from(&mut buf).await {
-                Ok((n, from)) => self.on_datagram(&buf[..n], from).await,
+                Ok((n, from)) => self.on_datagram(&buf[..n], from, via_group).await,
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
     }
 
-    async fn on_datagram(&self, bytes: &[u8], from: SocketAddr) {
+    async fn on_datagram(&self, bytes: &[u8], from: SocketAddr, via_group: bool) {
         let loss = self.config.hooks.inbound_loss;
         if loss > 0.0 && rand::rng().random_bool(loss) {
             return;
@@ -342,6 +408,9 @@ impl Cluster {
         if header.node == self.link.header().node {
             self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        if via_group {
+            self.state.lock().via_group.insert(header.node);
         }
         let now = Instant::now();
         match msg {
@@ -481,6 +550,7 @@ impl Cluster {
     fn forget_stream(&self, node: u64) {
         let mut state = self.state.lock();
         state.inbound.remove(&node);
+        state.via_group.remove(&node);
         state.reassembler.forget(node);
     }
 
@@ -675,7 +745,35 @@ impl Cluster {
     // -----------------------------------------------------------------------------------------
     // Joining
 
+    /// "Multicast does not get through" is the first thing that goes wrong in a multicast
+    /// cluster: say once what to check when the group was silent through the discovery window.
+    fn hint_if_multicast_is_silent(&self, discovery: Duration) {
+        let Some(group) = self.group_addr else { return };
+        let heard_group = !self.state.lock().via_group.is_empty();
+        if heard_group || self.stats.own_loopback.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        self.log(
+            Level::Warn,
+            format!(
+                "multicast: in {} ms this node heard neither its own datagrams nor any other node on {group}. \
+                 Check that the firewall lets UDP port {} through, that multicastTTL ({}) covers the hops between \
+                 hosts, that the interface ({}) is the one that reaches the other nodes, and IGMP snooping on the \
+                 switches. Where multicast is not available (most clouds, Kubernetes), list the nodes in the \
+                 \"peers\" option, or run `npx express-session-multicast doctor`.",
+                discovery.as_millis(),
+                group.port(),
+                self.config.multicast_ttl,
+                self.me.addr.ip(),
+            ),
+        );
+    }
+
     async fn bootstrap(self: Arc<Self>) {
+        if !self.config.peers.is_empty() {
+            self.resolve_peers().await;
+            tokio::spawn(self.clone().resolve_loop());
+        }
         let heartbeat = Duration::from_millis(self.config.heartbeat_interval_ms);
         let discovery = (heartbeat * 2).max(Duration::from_millis(300));
         let deadline = Instant::now() + discovery;
@@ -685,6 +783,7 @@ impl Cluster {
             let step = (discovery / 4).min(Duration::from_millis(100));
             let _ = tokio::time::timeout(step, self.member_found.notified()).await;
         }
+        self.hint_if_multicast_is_silent(discovery);
         let mut donors: Vec<Member> = self.state.lock().members.reachable().cloned().collect();
         donors.sort_by_key(|m| m.id);
         for donor in donors {

@@ -67,7 +67,7 @@ impl Engine {
         runtime.spawn(sweep_forever(table.clone(), counters.clone()));
 
         let (mut outbox, mut cluster) = (None, None);
-        if config.multicast.is_some() {
+        if config.multicast.is_some() || !config.peers.is_empty() {
             if config.secrets.is_empty() {
                 events(Event::Log {
                     level: Level::Warn,
@@ -318,6 +318,46 @@ mod tests {
         }
         assert!(wait_for_convergence(&nodes, 2_000), "stats: {}", nodes[1].stats());
         assert!(stat(&nodes, "antiEntropySyncs") > 0, "stats: {}", nodes[1].stats());
+        nodes.iter().for_each(Engine::close);
+    }
+
+    /// No multicast at all: three nodes on their own ports, each listing all three in `peers`.
+    /// The third starts late (a peer down at start), joins through the peers list and gets the
+    /// state; writes from every node reach every node, with 10% loss.
+    #[test]
+    fn unicast_peers_replicate_without_multicast() {
+        let base = 40_000 + (std::process::id() % 10_000) as u16;
+        let ports = [base, base + 1, base + 2];
+        let peers: Vec<crate::options::Peer> =
+            ports.iter().map(|port| crate::options::Peer { host: "localhost".into(), port: *port }).collect();
+        let node = |port: u16| {
+            let config = Config {
+                ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
+                multicast: None,
+                multicast_port: port,
+                peers: peers.clone(),
+                cluster: format!("peers-{base}"),
+                heartbeat_interval_ms: 50,
+                failure_timeout_ms: 1000,
+                hooks: crate::options::TestHooks { inbound_loss: 0.1, ..Default::default() },
+                ..Config::default()
+            };
+            Engine::start(config, crate::events::discard()).unwrap()
+        };
+        let mut nodes = vec![node(ports[0]), node(ports[1])];
+        std::thread::sleep(Duration::from_millis(400));
+        let expires = Some(now_ms() + 600_000);
+        for i in 0..500 {
+            nodes[i % 2].set(&format!("s{i}"), format!(r#"{{"n":{i}}}"#), expires).unwrap();
+        }
+        nodes.push(node(ports[2]));
+        std::thread::sleep(Duration::from_millis(600));
+        for i in 500..1_000 {
+            nodes[i % 3].set(&format!("s{i}"), format!(r#"{{"n":{i}}}"#), expires).unwrap();
+        }
+        assert!(wait_for_convergence(&nodes, 1_000), "stats: {}", nodes[2].stats());
+        assert_eq!(nodes[2].stats()["stateTransfers"], 1);
+        assert_eq!(nodes[0].stats()["members"], 3);
         nodes.iter().for_each(Engine::close);
     }
 

@@ -200,7 +200,7 @@ mod tests {
     const FAIL: Duration = Duration::from_millis(600);
 
     fn info(port: u16) -> NodeInfo {
-        NodeInfo { addr: ([127, 0, 0, 1], port).into(), tcp_port: port + 1 }
+        NodeInfo { addr: ([127, 0, 0, 1], port).into(), tcp_port: port + 1, listen_port: 4000 }
     }
 
     #[test]

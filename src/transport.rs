@@ -1,6 +1,7 @@
-//! Sockets of one node: the shared multicast group port, the node's own unicast UDP port (it
-//! sends everything from there, so replies find it), and its TCP port for state transfer and
-//! anti-entropy. The unicast and TCP ports are ephemeral and announced in join messages.
+//! Sockets of one node: the cluster port (`multicastPort`: the multicast group's port, where
+//! unicast `peers` reach the node too), the node's own unicast UDP port (it sends everything from
+//! there, so replies find it), and its TCP port for state transfer and anti-entropy. The unicast
+//! and TCP ports are ephemeral and announced in join messages.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,9 +17,12 @@ use crate::wire::NodeInfo;
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 pub struct Sockets {
-    /// Receives the group's datagrams; `None` without multicast.
+    /// Receives the group's datagrams (and nothing else); `None` without multicast.
     pub group: Option<UdpSocket>,
     pub group_addr: Option<SocketAddr>,
+    /// The cluster port on the interface address, where configured `peers` reach a node that
+    /// does not know them yet; `None` without peers.
+    pub listen: Option<UdpSocket>,
     /// Sends everything; receives unicast (NAKs, retransmissions, greetings).
     pub unicast: UdpSocket,
     pub tcp: TcpListener,
@@ -104,7 +108,6 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
             unicast.set_multicast_loop_v4(true)?;
             let socket = udp_socket(domain)?;
             socket.set_reuse_address(true)?;
-            // Bound to the group address, the socket receives only this group's datagrams.
             socket.bind(&SockAddr::from(bind_addr(addr)))?;
             socket.join_multicast_v4(g.ip(), &ip)?;
             Some(socket)
@@ -123,6 +126,19 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
         _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "multicast group and interface families differ")),
     };
 
+    let listen = if config.peers.is_empty() {
+        None
+    } else {
+        let socket = udp_socket(domain)?;
+        if domain == Domain::IPV6 {
+            socket.set_only_v6(true)?;
+        }
+        // Shared with the group socket's port (and with other nodes on the same host).
+        socket.set_reuse_address(true)?;
+        socket.bind(&SockAddr::from(SocketAddr::new(iface.ip, config.multicast_port)))?;
+        Some(socket)
+    };
+
     let tcp = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     tcp.set_nonblocking(true)?;
     if domain == Domain::IPV6 {
@@ -133,9 +149,11 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
 
     let unicast = UdpSocket::from_std(unicast.into())?;
     let tcp = TcpListener::from_std(tcp.into())?;
-    let me = NodeInfo { addr: unicast.local_addr()?, tcp_port: tcp.local_addr()?.port() };
+    let listen_port = if listen.is_some() { config.multicast_port } else { 0 };
+    let me = NodeInfo { addr: unicast.local_addr()?, tcp_port: tcp.local_addr()?.port(), listen_port };
     Ok(Sockets {
         group: group.map(|s| UdpSocket::from_std(s.into())).transpose()?,
+        listen: listen.map(|s| UdpSocket::from_std(s.into())).transpose()?,
         group_addr,
         unicast,
         tcp,
@@ -184,6 +202,23 @@ mod tests {
             assert_eq!(&buf[..n], b"hello");
             assert_eq!(from, a.me.addr, "replies go to the sender's unicast port");
         }
+    }
+
+    #[tokio::test]
+    async fn peers_reach_the_cluster_port_without_multicast() {
+        let port = 36_000 + (std::process::id() % 1000) as u16;
+        let config = Config {
+            multicast: None,
+            peers: vec![crate::options::Peer { host: "127.0.0.1".into(), port }],
+            ..loopback(port)
+        };
+        let node = open(&config).unwrap();
+        assert!(node.group.is_none());
+        assert_eq!(node.me.listen_port, port);
+        node.unicast.send_to(b"hi", ("127.0.0.1", port)).await.unwrap();
+        let mut buf = [0u8; 4];
+        let (n, _) = node.listen.as_ref().unwrap().recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hi");
     }
 
     #[test]

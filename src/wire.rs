@@ -68,11 +68,13 @@ pub struct Header {
     pub incarnation: u64,
 }
 
-/// How to reach a node: its unicast UDP address and its TCP port (same IP).
+/// How to reach a node: its unicast UDP address, its TCP port, and the cluster port it listens
+/// on for peers (`multicastPort`; 0 when it does not), all on the same IP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     pub addr: SocketAddr,
     pub tcp_port: u16,
+    pub listen_port: u16,
 }
 
 /// Reliable payload carried in a sequenced `Data` datagram.
@@ -216,6 +218,7 @@ impl Writer {
         }
         self.u16(info.addr.port());
         self.u16(info.tcp_port);
+        self.u16(info.listen_port);
     }
     fn op(&mut self, op: &Op) {
         match op {
@@ -413,7 +416,7 @@ impl<'a> Reader<'a> {
             _ => return Err(DecodeError::Malformed),
         };
         let port = self.u16()?;
-        Ok(NodeInfo { addr: SocketAddr::new(ip, port), tcp_port: self.u16()? })
+        Ok(NodeInfo { addr: SocketAddr::new(ip, port), tcp_port: self.u16()?, listen_port: self.u16()? })
     }
     fn op(&mut self) -> Result<Op, DecodeError> {
         let tag = self.u8()?;
@@ -577,7 +580,7 @@ mod tests {
     }
 
     fn info() -> NodeInfo {
-        NodeInfo { addr: "127.0.0.1:5000".parse().unwrap(), tcp_port: 5001 }
+        NodeInfo { addr: "127.0.0.1:5000".parse().unwrap(), tcp_port: 5001, listen_port: 4000 }
     }
 
     fn samples() -> Vec<Message> {
@@ -597,7 +600,7 @@ mod tests {
         };
         vec![
             Message::Join(info()),
-            Message::Greeting { info: NodeInfo { addr: "[fd00::1]:9".parse().unwrap(), tcp_port: 1 }, high_seq: 3 },
+            Message::Greeting { info: NodeInfo { addr: "[fd00::1]:9".parse().unwrap(), tcp_port: 1, listen_port: 0 }, high_seq: 3 },
             Message::Heartbeat { info: info(), high_seq: 99 },
             Message::Leave,
             Message::Data { seq: 5, payload: Payload::Ops(ops) },

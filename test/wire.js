@@ -129,9 +129,9 @@ const str = (s) => {
   return Buffer.concat([u32(bytes.length), bytes]);
 };
 
-/** *node*: an IPv4 address with its unicast UDP port and TCP port. */
-function nodeInfo(ip, port, tcpPort) {
-  return Buffer.concat([u8(4), Buffer.from(ip.split(".").map(Number)), u16(port), u16(tcpPort)]);
+/** *node*: an IPv4 address with its unicast UDP port, TCP port and cluster port for peers (0: none). */
+function nodeInfo(ip, port, tcpPort, listenPort = 0) {
+  return Buffer.concat([u8(4), Buffer.from(ip.split(".").map(Number)), u16(port), u16(tcpPort), u16(listenPort)]);
 }
 
 /** *version*: hybrid-logical-clock time (ms << 16 | counter), then node id. */
