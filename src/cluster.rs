@@ -22,6 +22,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::clock::{now_ms, Clock};
+use crate::doctor::{PongBudget, Probes};
 use crate::events::{Event, EventSink, Level};
 use crate::fragment::{self, Reassembler};
 use crate::link::Link;
@@ -120,6 +121,8 @@ struct State {
     syncing: HashSet<u64>,
     /// Members heard through the multicast group: they need no unicast copies.
     via_group: HashSet<u64>,
+    probes: Probes,
+    pongs: PongBudget,
     next_anti_entropy: Instant,
 }
 
@@ -169,6 +172,8 @@ impl Cluster {
                 reassembler: Reassembler::new(reassembly_budget, REASSEMBLY_TIMEOUT),
                 syncing: HashSet::new(),
                 via_group: HashSet::new(),
+                probes: Probes::default(),
+                pongs: PongBudget::new(Instant::now()),
                 next_anti_entropy: Instant::now() + ANTI_ENTROPY_INTERVAL,
             }),
             stats: NetStats::default(),
@@ -414,6 +419,22 @@ impl Cluster {
         }
         let now = Instant::now();
         match msg {
+            Message::Ping { token, .. } => {
+                if self.state.lock().pongs.take(now) {
+                    let pong = self.link.seal(&Message::Pong { token, size: bytes.len() as u32 });
+                    self.send_to(&pong, from).await;
+                }
+            }
+            Message::Pong { token, .. } => {
+                self.state.lock().probes.answered(header.node, from, token, now);
+            }
+            // An observer (the doctor) learns who is there, and takes part in nothing else.
+            Message::Join(info) | Message::Greeting { info, .. } | Message::Heartbeat { info, .. }
+                if self.config.observer =>
+            {
+                self.heard(&header, Some(info), now)
+            }
+            _ if self.config.observer => {}
             Message::Join(info) => {
                 self.heard(&header, Some(info), now);
                 // A new node: its stream starts at 1, and it wants to hear from us at once.
@@ -588,7 +609,7 @@ impl Cluster {
         loop {
             ticker.tick().await;
             let now = Instant::now();
-            if now >= next_heartbeat {
+            if now >= next_heartbeat && !self.config.observer {
                 // A steady cadence: ticks only decide how late a heartbeat may be, not how often.
                 next_heartbeat = (next_heartbeat + heartbeat).max(now);
                 let high_seq = self.state.lock().send.high_seq();
@@ -743,6 +764,30 @@ impl Cluster {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Probes (the doctor)
+
+    /// Sends a `Ping` of each size (whole datagram, trailer included) to the group and peers.
+    pub async fn probe(self: Arc<Self>, sizes: Vec<u32>) {
+        let overhead = (wire::HEADER_BYTES + 8 + 4 + self.link.trailer_bytes()) as u32;
+        for size in sizes {
+            let token = self.state.lock().probes.sent(size.max(overhead), Instant::now());
+            let padding = vec![0u8; size.saturating_sub(overhead) as usize];
+            self.broadcast(&self.link.seal(&Message::Ping { token, padding })).await;
+        }
+    }
+
+    pub fn probe_report(&self) -> Value {
+        let state = self.state.lock();
+        let mut report = state.probes.report();
+        report["ownLoopback"] = json!(self.stats.own_loopback.load(Ordering::Relaxed));
+        report["heardViaGroup"] = json!(state.via_group.len());
+        report["members"] = json!(state.members.all().map(Member::to_json).collect::<Vec<_>>());
+        report["peers"] = json!(self.peers.lock().iter().map(|p| p.to_string()).collect::<Vec<_>>());
+        report["me"] = json!(self.me.addr.to_string());
+        report
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Joining
 
     /// "Multicast does not get through" is the first thing that goes wrong in a multicast
@@ -773,6 +818,9 @@ impl Cluster {
         if !self.config.peers.is_empty() {
             self.resolve_peers().await;
             tokio::spawn(self.clone().resolve_loop());
+        }
+        if self.config.observer {
+            return (self.events)(Event::Ready);
         }
         let heartbeat = Duration::from_millis(self.config.heartbeat_interval_ms);
         let discovery = (heartbeat * 2).max(Duration::from_millis(300));

@@ -203,6 +203,18 @@ impl Engine {
         }
     }
 
+    /// Sends connectivity probes of these datagram sizes (the doctor).
+    pub fn probe(&self, sizes: Vec<u32>) {
+        if let Some(Running { runtime, cluster: Some(cluster) }) = &*self.running.lock() {
+            runtime.spawn(cluster.clone().probe(sizes));
+        }
+    }
+
+    /// What the probes found so far; `null` when the node is not networked.
+    pub fn probe_report(&self) -> serde_json::Value {
+        self.cluster().map_or(serde_json::Value::Null, |c| c.probe_report())
+    }
+
     fn cluster(&self) -> Option<Arc<Cluster>> {
         self.running.lock().as_ref().and_then(|r| r.cluster.clone())
     }

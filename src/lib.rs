@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod cluster;
 pub mod crypto;
+pub mod doctor;
 pub mod engine;
 pub mod events;
 pub mod fragment;
@@ -43,6 +44,12 @@ mod node {
         }
     }
 
+    fn config_from(options_json: &str) -> Result<Config> {
+        let options: serde_json::Value = serde_json::from_str(options_json)
+            .map_err(|e| Error::new(Status::InvalidArg, format!("express-session-multicast: options: {e}")))?;
+        Config::from_json(&options).map_err(|e| Error::new(Status::InvalidArg, e.to_string()))
+    }
+
     /// Absolute expiry from JS (`NaN` when the cookie has none).
     fn expires(ms: f64) -> Option<u64> {
         ms.is_finite().then(|| ms.max(0.0) as u64)
@@ -60,9 +67,16 @@ mod node {
         /// engine event as JSON; it is weak, so it never keeps Node alive.
         #[napi(constructor, catch_unwind)]
         pub fn new(options_json: String, on_event: Function<String, ()>) -> Result<Self> {
-            let options: serde_json::Value = serde_json::from_str(&options_json)
-                .map_err(|e| Error::new(Status::InvalidArg, format!("express-session-multicast: options: {e}")))?;
-            let config = Config::from_json(&options).map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+            Self::start(config_from(&options_json)?, on_event)
+        }
+
+        /// An engine that observes and probes the cluster without joining it (the doctor).
+        #[napi(factory, catch_unwind)]
+        pub fn observer(options_json: String, on_event: Function<String, ()>) -> Result<Self> {
+            Self::start(Config { observer: true, ..config_from(&options_json)? }, on_event)
+        }
+
+        fn start(config: Config, on_event: Function<String, ()>) -> Result<Self> {
             let callback = on_event
                 .build_threadsafe_function::<String>()
                 .weak::<true>()
@@ -126,6 +140,16 @@ mod node {
         #[napi(catch_unwind)]
         pub fn members(&self) -> String {
             self.engine.members().to_string()
+        }
+
+        #[napi(catch_unwind)]
+        pub fn probe(&self, sizes: Vec<u32>) {
+            self.engine.probe(sizes)
+        }
+
+        #[napi(catch_unwind)]
+        pub fn probe_report(&self) -> String {
+            self.engine.probe_report().to_string()
         }
 
         #[napi(catch_unwind)]

@@ -29,6 +29,10 @@ impl Link {
         self.codec.is_sealed()
     }
 
+    pub fn trailer_bytes(&self) -> usize {
+        self.codec.trailer_bytes()
+    }
+
     /// The packet before sealing (kept for retransmission, which seals it anew).
     pub fn encode(&self, msg: &Message) -> Vec<u8> {
         wire::encode(&self.header, msg)

@@ -59,6 +59,9 @@ pub struct Config {
     pub max_session_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub failure_timeout_ms: u64,
+    /// Not a user option: the doctor runs the engine as an observer that listens and probes
+    /// without joining the cluster.
+    pub observer: bool,
     /// Not user options: knobs for engine tests.
     pub hooks: TestHooks,
 }
@@ -96,6 +99,7 @@ impl Default for Config {
             max_session_bytes: 1 << 20,
             heartbeat_interval_ms: 500,
             failure_timeout_ms: 3000,
+            observer: false,
             hooks: TestHooks::default(),
         }
     }

@@ -50,12 +50,14 @@ pub enum Kind {
     SyncRequest = 8,
     SyncChunk = 9,
     SyncEnd = 10,
+    Ping = 11,
+    Pong = 12,
 }
 
 impl Kind {
     fn from_u8(b: u8) -> Option<Kind> {
         use Kind::*;
-        [Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd]
+        [Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd, Ping, Pong]
             .into_iter()
             .find(|k| *k as u8 == b)
     }
@@ -114,6 +116,10 @@ pub enum Message {
     /// `departed`: (node, incarnation, highest packet number) of senders it remembers that are not
     /// live members, so the receiver rejects replays of them too.
     SyncEnd { high_seq: u64, departed: Vec<(u64, u64, u64)> },
+    /// A connectivity probe (the doctor); `padding` makes the datagram the size under test.
+    Ping { token: u64, padding: Vec<u8> },
+    /// The answer to a `Ping`: its token and the size of the datagram that arrived.
+    Pong { token: u64, size: u32 },
 }
 
 impl Message {
@@ -129,6 +135,8 @@ impl Message {
             Message::SyncRequest { .. } => Kind::SyncRequest,
             Message::SyncChunk { .. } => Kind::SyncChunk,
             Message::SyncEnd { .. } => Kind::SyncEnd,
+            Message::Ping { .. } => Kind::Ping,
+            Message::Pong { .. } => Kind::Pong,
         }
     }
 }
@@ -353,6 +361,14 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             w.u32(entries.len() as u32);
             entries.iter().for_each(|(sid, e)| w.entry(sid, e));
         }
+        Message::Ping { token, padding } => {
+            w.u64(*token);
+            w.bytes32(padding);
+        }
+        Message::Pong { token, size } => {
+            w.u64(*token);
+            w.u32(*size);
+        }
         Message::SyncEnd { high_seq, departed } => {
             w.u64(*high_seq);
             w.u32(departed.len() as u32);
@@ -543,6 +559,8 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
             let n = r.count(n, 4 + 1 + 32 + 1 + 8)?;
             Message::SyncChunk { clear_mark, entries: (0..n).map(|_| r.entry()).collect::<Result<_, _>>()? }
         }
+        Kind::Ping => Message::Ping { token: r.u64()?, padding: r.bytes32()?.to_vec() },
+        Kind::Pong => Message::Pong { token: r.u64()?, size: r.u32()? },
         Kind::SyncEnd => {
             let high_seq = r.u64()?;
             let n = r.u32()? as usize;
@@ -611,6 +629,8 @@ mod tests {
             Message::SyncRequest { target: 5, mode: SyncMode::Digest(vec![1, 2, 3]) },
             Message::SyncChunk { clear_mark: v(1), entries: vec![("s".into(), entry)] },
             Message::SyncEnd { high_seq: 12, departed: vec![(1, 2, 3)] },
+            Message::Ping { token: 6, padding: vec![0; 9] },
+            Message::Pong { token: 6, size: 1400 },
         ]
     }
 
@@ -682,7 +702,7 @@ mod tests {
         }
 
         #[test]
-        fn corrupted_packets_never_panic(index in 0usize..12, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        fn corrupted_packets_never_panic(index in 0usize..14, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
             // Detecting the corruption is the trailer's job (crypto); decoding must only stay safe.
             let mut bytes = encode(&HEADER, &samples()[index]);
             let i = pos.index(bytes.len());
