@@ -2,11 +2,12 @@
 // Multi-process cluster harness: every node is a separate Node process (test/cluster/node.js)
 // with its own store, driven over IPC. All traffic stays on loopback (ipv4 127.0.0.1,
 // multicastTTL 0), and each cluster gets a name and a multicast port of its own, so parallel runs
-// never mix. Every child is tracked and killed by stopAll() (call it in afterEach) and, as a last
+// never mix. With the `netns` option of startNode(), the node runs instead inside a network
+// namespace that a test made (test/netns/topology.js), with the address the test gives it. Every child is tracked and killed by stopAll() (call it in afterEach) and, as a last
 // resort, when this process exits; a child also exits by itself when its parent goes away.
 const path = require("node:path");
 const crypto = require("node:crypto");
-const { fork } = require("node:child_process");
+const { fork, spawn } = require("node:child_process");
 const { setTimeout: sleep } = require("node:timers/promises");
 const { bulkSession } = require("./node");
 
@@ -80,14 +81,19 @@ function short(value) {
  * Starts one node (a new process) and resolves once its store exists (not necessarily ready:
  * `await node.call("ready")`). `options` are the store's options, laid over loopback-only
  * defaults; pass the same `cluster` and `multicastPort` to nodes of one cluster.
+ *
+ * `netns`: run the node inside that network namespace (`ip netns exec`, which execs node in
+ * place: same pid, and the IPC channel passes through). The loopback defaults are then NOT
+ * applied: `options` must name the namespace's own address (`ipv4`, or `use: "v6"` + `ipv6`).
+ * `script`: another node script speaking the same protocol (default test/cluster/node.js).
  */
-function startNode(options = {}, { name } = {}) {
+function startNode(options = {}, { name, netns, script = NODE_SCRIPT } = {}) {
   nameCounter += 1;
-  const storeOptions = { ...SAFE_OPTIONS, ...options };
-  const child = fork(NODE_SCRIPT, [JSON.stringify(storeOptions)], {
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-    serialization: "json",
-  });
+  const storeOptions = netns ? { ...options } : { ...SAFE_OPTIONS, ...options };
+  const spawnOptions = { stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "json" };
+  const child = netns
+    ? spawn("ip", ["netns", "exec", netns, process.execPath, script, JSON.stringify(storeOptions)], spawnOptions)
+    : fork(script, [JSON.stringify(storeOptions)], spawnOptions);
   // Children never keep this process alive by themselves (a forgotten node cannot hang mocha);
   // whatever is left is killed on exit.
   child.unref();
@@ -99,6 +105,7 @@ function startNode(options = {}, { name } = {}) {
   const node = {
     name: name || `node-${nameCounter}`,
     options: storeOptions,
+    netns: netns || null,
     child,
     pid: child.pid,
     /** This node's own member entry (id, incarnation…), known once started. */
@@ -181,6 +188,13 @@ function startNode(options = {}, { name } = {}) {
     },
   };
 
+  // A process that could not be spawned at all (no `ip`): fail like one that exited at once.
+  child.once("error", (err) => {
+    if (child.pid === undefined && !exitInfo) {
+      node.fatal = { message: err.message };
+      child.emit("exit", null, null);
+    }
+  });
   node.exited = new Promise((resolve) => {
     child.once("exit", (code, signal) => {
       exitInfo = { code, signal };
@@ -274,7 +288,7 @@ async function stopAll() {
 function diagnostics() {
   return startedNodes
     .map((node) => {
-      const lines = [`  ${node.name} pid ${node.pid} id ${node.self && node.self.id} ${node.alive ? "running" : `exited ${short(node.exitInfo)}`}`];
+      const lines = [`  ${node.name}${node.netns ? ` (netns ${node.netns})` : ""} pid ${node.pid} id ${node.self && node.self.id} ${node.alive ? "running" : `exited ${short(node.exitInfo)}`}`];
       for (const e of node.events) lines.push(`    member ${e.type} ${e.node && e.node.id} at ${e.at}`);
       for (const e of node.errors) lines.push(`    error ${e.code || ""} ${e.message}`);
       for (const l of node.logs.slice(-10)) lines.push(`    log ${l.level} ${l.message}`);

@@ -1,6 +1,7 @@
 "use strict";
 // One cluster node in its own process, driven by test/cluster/harness.js over the IPC channel of
 // child_process.fork(). Usage: fork(__filename, [JSON.stringify(storeOptions)]).
+// Another script can add commands of its own: require(this file).main((store) => ({ cmd() {} })).
 //
 // Options travel as JSON: a Buffer in them (JSON form { type: "Buffer", data }) is revived, so
 // `secret` can be a Buffer or a key ring holding Buffers.
@@ -14,7 +15,28 @@
 //   { type: "fatal", error }                 the store could not be created (the process exits 1)
 // The process exits when the parent disconnects (or dies): it closes its store first.
 
+const crypto = require("node:crypto");
 const session = require("express-session");
+
+/** JSON with the keys of every object sorted: equal values give equal text. */
+function canonicalJSON(value) {
+  if (Array.isArray(value)) return `[${value.map(canonicalJSON).join(",")}]`;
+  if (value && typeof value === "object") {
+    return `{${Object.keys(value)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJSON(value[k])}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** { count, digest } of a table of sessions keyed by sid: equal tables give equal digests. */
+function tableDigest(all) {
+  const hash = crypto.createHash("sha256");
+  const sids = Object.keys(all).sort();
+  for (const sid of sids) hash.update(`${JSON.stringify(sid)}=${canonicalJSON(all[sid])}\n`);
+  return { count: sids.length, digest: hash.digest("hex") };
+}
 
 /** The session bulkSet() stores under `${prefix}${i}`: the parent can rebuild it to compare. */
 function bulkSession(prefix, i, bytesEach, expires) {
@@ -36,7 +58,7 @@ function serializeError(err) {
   return { message: err.message, code: err.code, name: err.name, stack: err.stack };
 }
 
-function main() {
+function main(extraCommands) {
   const send = (message) => {
     if (process.connected) process.send(message);
   };
@@ -89,6 +111,23 @@ function main() {
       for (const sid of sids) out[sid] = await store.get(sid);
       return out;
     },
+    /**
+     * Applies a list of writes in order, each awaited: ["set", sid, session] | ["touch", sid,
+     * session] | ["destroy", sid]. Resolves with { count, startedAt, endedAt } (epoch ms).
+     */
+    async apply(ops) {
+      const startedAt = Date.now();
+      for (const [op, sid, sess] of ops) {
+        if (op === "destroy") await store.destroy(sid);
+        else if (op === "set" || op === "touch") await store[op](sid, sess);
+        else throw new Error(`apply: unknown op "${op}"`);
+      }
+      return { count: ops.length, startedAt, endedAt: Date.now() };
+    },
+    /** { count, digest } of all(): compare tables of nodes without moving them over IPC. */
+    async digest() {
+      return tableDigest(await store.all());
+    },
     /** Blocks this process's JS event loop for `ms` (the engine's threads keep running). */
     block(ms) {
       const end = Date.now() + ms;
@@ -96,6 +135,8 @@ function main() {
       return ms;
     },
   };
+
+  if (extraCommands) Object.assign(commands, extraCommands(store, send));
 
   process.on("message", async ({ id, cmd, args = [] }) => {
     try {
@@ -118,4 +159,4 @@ function main() {
 
 if (require.main === module) main();
 
-module.exports = { bulkSession };
+module.exports = { bulkSession, canonicalJSON, tableDigest, main };
