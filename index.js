@@ -208,6 +208,11 @@ module.exports = function expressSessionMulticast(session) {
     members() {
       return JSON.parse(this._engine.members());
     }
+
+    /** `stats()` and `members()` in the Prometheus text exposition format, for a /metrics route. */
+    metrics() {
+      return this._engine.metrics();
+    }
   }
 
   return MulticastStore;

@@ -72,12 +72,24 @@ pub struct NetStats {
     pub state_transfers: AtomicU64,
     pub anti_entropy_syncs: AtomicU64,
     pub sync_entries_received: AtomicU64,
+    /// Average age of remote writes on arrival (exponentially weighted, f64 bits in ms).
+    replication_lag_ms: AtomicU64,
     drops: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl NetStats {
     fn drop(&self, reason: &'static str) {
         *self.drops.lock().entry(reason).or_default() += 1;
+    }
+
+    /// Folds the age of one remote write into the lag estimate. It relies on the clocks of the
+    /// nodes being roughly in step (NTP): an estimate, not a measurement.
+    fn note_lag(&self, written_ms: u64) {
+        let age = now_ms().saturating_sub(written_ms).min(3_600_000) as f64;
+        let _ = self.replication_lag_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let average = f64::from_bits(bits);
+            Some((average + (age - average) * 0.05).to_bits())
+        });
     }
 
     pub fn to_json(&self) -> Value {
@@ -95,6 +107,7 @@ impl NetStats {
             "stateTransfers": get(&self.state_transfers),
             "antiEntropySyncs": get(&self.anti_entropy_syncs),
             "syncEntriesReceived": get(&self.sync_entries_received),
+            "replicationLagMs": (f64::from_bits(get(&self.replication_lag_ms)) * 10.0).round() / 10.0,
             "dropped": *self.drops.lock(),
         })
     }
@@ -207,6 +220,16 @@ impl Cluster {
     /// Joined and finished the initial state transfer (or found no one).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Gauges of what the node holds for the protocol.
+    pub fn buffers_json(&self) -> Value {
+        let state = self.state.lock();
+        json!({
+            "missingDatagrams": state.inbound.values().map(|i| i.window.missing()).sum::<u64>(),
+            "retransmitBufferBytes": state.send.held_bytes(),
+            "reassemblyBytes": state.reassembler.held_bytes(),
+        })
     }
 
     pub fn reachable_members(&self) -> usize {
@@ -548,6 +571,7 @@ impl Cluster {
             }
         };
         self.sync.clock.observe(version);
+        self.stats.note_lag(version.millis());
         self.sync.table.apply(op);
     }
 

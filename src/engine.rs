@@ -162,11 +162,19 @@ impl Engine {
         stats["members"] = json!(1 + cluster.as_ref().map_or(0, |c| c.reachable_members()));
         stats["ready"] = json!(cluster.as_ref().is_none_or(|c| c.is_ready()));
         if let (Some(cluster), Some(map)) = (cluster, stats.as_object_mut()) {
-            if let Some(net) = cluster.stats.to_json().as_object() {
-                map.extend(net.clone());
+            for part in [cluster.stats.to_json(), cluster.buffers_json()] {
+                if let Some(part) = part.as_object() {
+                    map.extend(part.clone());
+                }
             }
         }
         stats
+    }
+
+    /// `stats()` and `members()` in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let members = self.members();
+        crate::metrics::render(&self.stats(), members.as_array().map_or(&[], Vec::as_slice))
     }
 
     /// This node first, then every member it knows of.

@@ -12,6 +12,7 @@ pub mod events;
 pub mod fragment;
 pub mod link;
 pub mod membership;
+pub mod metrics;
 pub mod options;
 pub mod reliable;
 pub mod replay;
@@ -135,6 +136,11 @@ mod node {
         #[napi(catch_unwind)]
         pub fn stats(&self) -> String {
             self.engine.stats().to_string()
+        }
+
+        #[napi(catch_unwind)]
+        pub fn metrics(&self) -> String {
+            self.engine.metrics()
         }
 
         #[napi(catch_unwind)]

@@ -51,6 +51,11 @@ impl SendBuffer {
         self.last_seq
     }
 
+    /// Bytes held for retransmission.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Last allocated seq (0 if none): what heartbeats announce.
     pub fn high_seq(&self) -> u64 {
         self.last_seq
