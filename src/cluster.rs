@@ -429,14 +429,16 @@ impl Cluster {
         }
         self.stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        // Our own multicast comes back to us: recognize it before spending any crypto on it.
+        let me = self.link.header();
+        if wire::peek_header(bytes, me.cluster).is_ok_and(|(_, h)| h.node == me.node) {
+            self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let (header, msg) = match self.link.open(bytes) {
             Ok(decoded) => decoded,
             Err(e) => return self.stats.drop(e.reason()),
         };
-        if header.node == self.link.header().node {
-            self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         if via_group {
             self.state.lock().via_group.insert(header.node);
         }
