@@ -321,6 +321,9 @@ impl Cluster {
 
     /// Announces our leave (graceful shutdown). Sent twice: a lost leave costs a failureTimeout.
     pub async fn leave(&self) {
+        if self.config.observer {
+            return;
+        }
         for _ in 0..2 {
             self.broadcast_message(&Message::Leave).await;
         }
@@ -429,18 +432,22 @@ impl Cluster {
         }
         self.stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        // Our own multicast comes back to us: recognize it before spending any crypto on it.
-        let me = self.link.header();
-        if wire::peek_header(bytes, me.cluster).is_ok_and(|(_, h)| h.node == me.node) {
-            self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        // Authenticated before anything else, our own looped-back multicast included: a replay
+        // carrying our node id must count as a replay, not as our own traffic.
         let (header, msg) = match self.link.open(bytes) {
             Ok(decoded) => decoded,
             Err(e) => return self.stats.drop(e.reason()),
         };
+        if header.node == self.link.header().node {
+            self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if via_group {
-            self.state.lock().via_group.insert(header.node);
+            let mut state = self.state.lock();
+            // Members only: forged sender ids must not grow the set.
+            if state.members.get(header.node).is_some() {
+                state.via_group.insert(header.node);
+            }
         }
         let now = Instant::now();
         match msg {
@@ -857,7 +864,12 @@ impl Cluster {
             let step = (discovery / 4).min(Duration::from_millis(100));
             let _ = tokio::time::timeout(step, self.member_found.notified()).await;
         }
-        self.hint_if_multicast_is_silent(discovery);
+        let hint = self.clone();
+        tokio::spawn(async move {
+            // Judged on the whole window, even when a unicast greeting ended discovery early.
+            tokio::time::sleep_until((deadline).into()).await;
+            hint.hint_if_multicast_is_silent(discovery);
+        });
         let mut donors: Vec<Member> = self.state.lock().members.reachable().cloned().collect();
         donors.sort_by_key(|m| m.id);
         for donor in donors {

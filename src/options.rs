@@ -178,6 +178,16 @@ fn secret(value: &Value) -> Result<Secret, OptionError> {
     }
 }
 
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Parses `"host:port"` (IPv6 literals in brackets: `"[fd00::1]:4000"`).
 pub fn parse_peer(entry: &str) -> Option<Peer> {
     let (host, port) = entry.rsplit_once(':')?;
@@ -328,7 +338,7 @@ impl Config {
             "gracefullShutdown": self.graceful_shutdown,
             "secret": if self.secrets.is_empty() { Value::Null } else { json!(format!("<{} key(s)>", self.secrets.len())) },
             "cluster": self.cluster,
-            "peers": self.peers.iter().map(|p| format!("{}:{}", p.host, p.port)).collect::<Vec<_>>(),
+            "peers": self.peers.iter().map(Peer::to_string).collect::<Vec<_>>(),
             "maxSessionBytes": self.max_session_bytes,
             "heartbeatInterval": self.heartbeat_interval_ms,
             "failureTimeout": self.failure_timeout_ms,
@@ -399,6 +409,7 @@ mod tests {
         assert!(!c.graceful_shutdown);
         assert_eq!(c.secrets, vec![Secret::Passphrase("pass".into()), Secret::Key([7; 32])]);
         assert_eq!(c.peers[1], Peer { host: "fd00::1".into(), port: 5 });
+        assert_eq!(c.to_json()["peers"], json!(["a.svc:4000", "[fd00::1]:5"]));
         assert_eq!(Config::from_json(&json!({ "multicast": false })).unwrap().multicast, None);
         assert_eq!(c.to_json()["secret"], "<2 key(s)>");
     }

@@ -126,7 +126,8 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
         _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "multicast group and interface families differ")),
     };
 
-    let listen = if config.peers.is_empty() {
+    // An observer (the doctor) must not take the cluster port from the node it runs beside.
+    let listen = if config.peers.is_empty() || config.observer {
         None
     } else {
         let socket = udp_socket(domain)?;
