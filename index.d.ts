@@ -78,6 +78,13 @@ declare class MulticastStoreBase extends Store {
     /** The cluster members known to this node, this node included (`self: true`). */
     members(): expressSessionMulticast.Member[];
 
+    /**
+     * `stats()` and `members()` in the Prometheus text exposition format (version 0.0.4), for
+     * an application to serve on its own route, with `Content-Type: text/plain; version=0.0.4`.
+     * Every metric name starts with `session_multicast_`.
+     */
+    metrics(): string;
+
     /** The engine is up. */
     on(event: "connect", listener: () => void): this;
     /** The engine stopped (`close()`) or failed. Not emitted when peers are lost. */
@@ -318,9 +325,21 @@ declare namespace expressSessionMulticast {
         duplicates?: number;
         /** This node's own multicast datagrams looped back to it (multicast works locally). */
         ownLoopback?: number;
+        /** Full state transfers received (1 after joining a cluster that had members). */
         stateTransfers?: number;
         antiEntropySyncs?: number;
         syncEntriesReceived?: number;
+        /**
+         * Estimated replication lag, in **milliseconds**: the average age of remote writes when
+         * they arrive (exponentially weighted; relies on the nodes' clocks being in step).
+         */
+        replicationLagMs?: number;
+        /** Datagrams known to be missing from other nodes' streams and being asked for (NAKs). */
+        missingDatagrams?: number;
+        /** Bytes held in this node's retransmit buffer. */
+        retransmitBufferBytes?: number;
+        /** Bytes held in partially received fragmented messages. */
+        reassemblyBytes?: number;
         /** Input dropped, by reason (truncated, badChecksum, foreignCluster, …). */
         dropped?: Record<string, number>;
     }

@@ -46,6 +46,7 @@ module.exports = function expressSessionMulticast(session) {
       const { engineOptions, logger } = normalizeOptions(options);
       this.logger = logger;
       this._closed = null;
+      this._disconnected = false;
       this._isReady = false;
       this._readyKeepAlive = null;
       this._ready = new Promise((resolve) => (this._resolveReady = resolve));
@@ -88,6 +89,7 @@ module.exports = function expressSessionMulticast(session) {
           break;
         }
         case "disconnect":
+          this._disconnected = true;
           this.emit("disconnect");
           break;
       }
@@ -196,7 +198,8 @@ module.exports = function expressSessionMulticast(session) {
         this._engine.close();
         this._closed = Promise.resolve();
         this._markReady();
-        process.nextTick(() => this.emit("disconnect"));
+        // Once per stop: a network that failed at start has already reported its disconnect.
+        if (!this._disconnected) process.nextTick(() => this.emit("disconnect"));
       }
       return this._closed;
     }

@@ -97,7 +97,7 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
     if domain == Domain::IPV6 {
         unicast.set_only_v6(true)?;
     }
-    unicast.bind(&SockAddr::from(SocketAddr::new(iface.ip, 0)))?;
+    bind(&unicast, SocketAddr::new(iface.ip, 0), "the node's unicast UDP port")?;
 
     let group_addr = config.multicast.map(|group| SocketAddr::new(group, config.multicast_port));
     let group = match (group_addr, iface.ip) {
@@ -108,7 +108,7 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
             unicast.set_multicast_loop_v4(true)?;
             let socket = udp_socket(domain)?;
             socket.set_reuse_address(true)?;
-            socket.bind(&SockAddr::from(bind_addr(addr)))?;
+            bind(&socket, bind_addr(addr), "the cluster's UDP port (multicastPort)")?;
             socket.join_multicast_v4(g.ip(), &ip)?;
             Some(socket)
         }
@@ -119,7 +119,7 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
             let socket = udp_socket(domain)?;
             socket.set_only_v6(true)?;
             socket.set_reuse_address(true)?;
-            socket.bind(&SockAddr::from(bind_addr(addr)))?;
+            bind(&socket, bind_addr(addr), "the cluster's UDP port (multicastPort)")?;
             socket.join_multicast_v6(g.ip(), iface.index)?;
             Some(socket)
         }
@@ -136,7 +136,7 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
         }
         // Shared with the group socket's port (and with other nodes on the same host).
         socket.set_reuse_address(true)?;
-        socket.bind(&SockAddr::from(SocketAddr::new(iface.ip, config.multicast_port)))?;
+        bind(&socket, SocketAddr::new(iface.ip, config.multicast_port), "the port peers reach (multicastPort)")?;
         Some(socket)
     };
 
@@ -145,7 +145,7 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
     if domain == Domain::IPV6 {
         tcp.set_only_v6(true)?;
     }
-    tcp.bind(&SockAddr::from(SocketAddr::new(iface.ip, 0)))?;
+    bind(&tcp, SocketAddr::new(iface.ip, 0), "the node's TCP port")?;
     tcp.listen(128)?;
 
     let unicast = UdpSocket::from_std(unicast.into())?;
@@ -159,6 +159,18 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
         unicast,
         tcp,
         me,
+    })
+}
+
+/// Binds, saying which address and what for when it fails (a port in use, most often).
+fn bind(socket: &Socket, addr: SocketAddr, what: &str) -> io::Result<()> {
+    socket.bind(&SockAddr::from(addr)).map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            ": another socket holds it and does not share it (SO_REUSEADDR)"
+        } else {
+            ""
+        };
+        io::Error::new(e.kind(), format!("cannot bind {what} at {addr}: {e}{hint}"))
     })
 }
 

@@ -3,6 +3,8 @@
 // multicastTTL 0) and gets a cluster name of its own, so stores of different tests (or of
 // another process on this host) never see each other unless a test asks for it.
 const assert = require("node:assert/strict");
+const path = require("node:path");
+const { spawn } = require("node:child_process");
 const { setTimeout: sleep } = require("node:timers/promises");
 const session = require("express-session");
 const MulticastStore = require("..")(session);
@@ -112,7 +114,60 @@ function assertTypeErrorNaming(fn, option, label = "") {
   });
 }
 
+function safeParse(line) {
+  try {
+    return JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Runs test/fixtures/child.js <mode> [...args]. Resolves with { code, signal, lines, stderr,
+ * result, exitedAt } (`result`: the last stdout line, parsed); if the child is still running
+ * after `budgetMs`, it is killed and the promise rejects. `onLine(line, child)` sees each stdout
+ * line as it arrives.
+ */
+function runChild(mode, { args = [], budgetMs = 5_000, onLine } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(__dirname, "fixtures", "child.js"), mode, ...args], {
+      cwd: path.join(__dirname, ".."),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const lines = [];
+    let stderr = "";
+    let pending = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk) => {
+      pending += chunk;
+      let nl;
+      while ((nl = pending.indexOf("\n")) >= 0) {
+        const line = pending.slice(0, nl);
+        pending = pending.slice(nl + 1);
+        lines.push(line);
+        if (onLine) onLine(line, child);
+      }
+    });
+    child.stderr.setEncoding("utf8").on("data", (chunk) => (stderr += chunk));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`child "${mode}" still running after ${budgetMs} ms (it hangs); stdout: ${lines.join("\n")} stderr: ${stderr}`));
+    }, budgetMs);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    let exitedAt;
+    child.on("exit", () => (exitedAt = Date.now()));
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, lines, stderr, exitedAt, result: lines.length ? safeParse(lines[lines.length - 1]) : undefined });
+    });
+  });
+}
+
 module.exports = {
+  safeParse,
+  runChild,
   session,
   MulticastStore,
   SAFE_OPTIONS,

@@ -1,61 +1,13 @@
 "use strict";
 const assert = require("node:assert/strict");
 const path = require("node:path");
-const { spawn } = require("node:child_process");
 const { once } = require("node:events");
 const { Worker } = require("node:worker_threads");
-const { createStore, closeStores, sessionData } = require("./helpers");
+const { createStore, closeStores, sessionData, runChild, safeParse } = require("./helpers");
+const { clusterOptions, waitUntil } = require("./cluster/harness");
 
 const FIXTURES = path.join(__dirname, "fixtures");
 const EXIT_BUDGET_MS = 5_000;
-
-/**
- * Runs test/fixtures/child.js <mode>. Resolves with { code, signal, lines, stderr }; if the child
- * is still running after `budgetMs`, it is killed and the promise rejects.
- * `onLine(line, child)` sees each stdout line as it arrives.
- */
-function runChild(mode, { budgetMs = EXIT_BUDGET_MS, onLine } = {}) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(FIXTURES, "child.js"), mode], {
-      cwd: path.join(__dirname, ".."),
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const lines = [];
-    let stderr = "";
-    let pending = "";
-    child.stdout.setEncoding("utf8").on("data", (chunk) => {
-      pending += chunk;
-      let nl;
-      while ((nl = pending.indexOf("\n")) >= 0) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
-        lines.push(line);
-        if (onLine) onLine(line, child);
-      }
-    });
-    child.stderr.setEncoding("utf8").on("data", (chunk) => (stderr += chunk));
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`child "${mode}" still running after ${budgetMs} ms (it hangs); stdout: ${lines.join("\n")} stderr: ${stderr}`));
-    }, budgetMs);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, lines, stderr, result: lines.length ? safeParse(lines[lines.length - 1]) : undefined });
-    });
-  });
-}
-
-function safeParse(line) {
-  try {
-    return JSON.parse(line);
-  } catch {
-    return undefined;
-  }
-}
 
 function assertCleanExit(run, mode) {
   assert.equal(run.signal, null, `child "${mode}" died of ${run.signal}; stderr: ${run.stderr}`);
@@ -143,6 +95,73 @@ describe("lifecycle", () => {
         const run = await signalChild("signal-handled", sig);
         assert.ok(run.lines.some((l) => safeParse(l)?.handled === sig), "the app's handler did not run");
         assertCleanExit(run, "signal-handled");
+      });
+    }
+  });
+
+  // The same, with a networked store in the child and a peer in this process watching for its
+  // leave (test/cluster.test.js checks SIGTERM with processes on both sides).
+  describe("signals with a peer watching", function () {
+    this.timeout(20_000);
+    const TIMING = Object.freeze({ heartbeatInterval: 100, failureTimeout: 1_500 });
+    const LEAVE_BUDGET_MS = 300;
+
+    /** Starts `mode` in a new cluster with a peer here; sends `sig` once the peer knows the child. */
+    async function signalWithPeer(mode, sig, childOptions = {}) {
+      const opts = clusterOptions(TIMING);
+      const peer = createStore({ ...opts, gracefullShutdown: false });
+      const events = [];
+      peer.on("member", (e) => events.push({ at: Date.now(), type: e.type, id: e.node.id }));
+      await peer.ready();
+      const sent = {};
+      const run = await runChild(mode, {
+        args: [JSON.stringify({ ...opts, ...childOptions })],
+        budgetMs: 10_000,
+        onLine: (line, child) => {
+          const msg = safeParse(line);
+          if (!msg || !msg.ready) return;
+          sent.id = msg.self.id;
+          waitUntil(() => events.some((e) => e.type === "join" && e.id === sent.id), 3_000)
+            .catch(() => {}) // the assertions below tell what went wrong
+            .finally(() => {
+              sent.at = Date.now();
+              child.kill(sig);
+            });
+        },
+      });
+      assert.ok(sent.at, `the child never got ready; stderr: ${run.stderr}`);
+      const about = (type) => events.find((e) => e.type === type && e.id === sent.id);
+      assert.ok(events.some((e) => e.type === "join" && e.id === sent.id), "the peer never saw the child join");
+      return { run, sent, events, about };
+    }
+
+    for (const sig of ["SIGTERM", "SIGINT"]) {
+      it(`${sig} with no other handler: the peer sees the leave at once, the process dies of ${sig}`, async () => {
+        const { run, sent, about } = await signalWithPeer("signal-peer", sig);
+        assert.equal(run.signal, sig, `expected death by ${sig}, got code ${run.code} signal ${run.signal}; stderr: ${run.stderr}`);
+        const leave = await waitUntil(() => about("leave"), 2_000, { what: "the peer sees the leave" });
+        assert.ok(leave.at - sent.at < LEAVE_BUDGET_MS, `leave seen ${leave.at - sent.at} ms after ${sig}`);
+        assert.equal(about("dead"), undefined);
+      });
+
+      it(`${sig} with the app's own handler: it runs, the process goes on until the app ends it, the peer sees the leave`, async () => {
+        const { run, sent, about } = await signalWithPeer("signal-peer-handled", sig);
+        assertCleanExit(run, "signal-peer-handled");
+        const handled = run.lines.map(safeParse).find((m) => m && m.handled);
+        assert.equal(handled && handled.handled, sig, "the app's handler did not run");
+        const exiting = run.lines.map(safeParse).find((m) => m && m.exiting);
+        assert.ok(exiting, "the process ended before the app let it");
+        assert.ok(run.exitedAt >= exiting.exiting && exiting.exiting - handled.at >= 290, "the process kept running after the signal");
+        const leave = await waitUntil(() => about("leave"), 2_000, { what: "the peer sees the leave" });
+        assert.ok(leave.at - sent.at < LEAVE_BUDGET_MS, `leave seen ${leave.at - sent.at} ms after ${sig}`);
+      });
+
+      it(`${sig} with gracefullShutdown: false: no leave (the peer declares it dead later), the signal still kills`, async () => {
+        const { run, sent, about } = await signalWithPeer("signal-peer", sig, { gracefullShutdown: false });
+        assert.equal(run.signal, sig, `expected death by ${sig}, got code ${run.code} signal ${run.signal}; stderr: ${run.stderr}`);
+        const dead = await waitUntil(() => about("dead"), TIMING.failureTimeout + 2_000, { what: "the peer declares the child dead" });
+        assert.ok(dead.at - sent.at >= TIMING.failureTimeout - 2 * TIMING.heartbeatInterval, `dead after only ${dead.at - sent.at} ms`);
+        assert.equal(about("leave"), undefined, "no leave was announced");
       });
     }
   });
