@@ -5,10 +5,21 @@ const assert = require("node:assert/strict");
 const crypto = require("node:crypto");
 const { isDeepStrictEqual } = require("node:util");
 const { setTimeout: sleep } = require("node:timers/promises");
-const { startCluster, startNode, stopAll, diagnostics, waitUntil, bulkSession } = require("./cluster/harness");
+const {
+  startCluster,
+  startNode,
+  stopAll,
+  diagnostics,
+  waitUntil,
+  bulkSession,
+  REPLICATION_MS,
+  short,
+  replicated,
+  lengthEverywhere,
+  allAlive,
+} = require("./cluster/harness");
 
 const FAST = Object.freeze({ heartbeatInterval: 100, failureTimeout: 600 });
-const REPLICATION_MS = 5_000;
 const MiB = 1024 * 1024;
 
 const iso = (t) => new Date(t).toISOString();
@@ -16,49 +27,6 @@ const iso = (t) => new Date(t).toISOString();
 /** A session shaped like express-session's, expiring at `expiresAt` (epoch ms). */
 function sess(data, expiresAt = Date.now() + 3_600_000) {
   return { cookie: { originalMaxAge: 3_600_000, expires: iso(expiresAt), httpOnly: true, path: "/" }, ...data };
-}
-
-function short(value) {
-  const text = JSON.stringify(value);
-  return text === undefined ? String(value) : text.length > 200 ? `${text.slice(0, 200)}…` : text;
-}
-
-/** Waits until get(sid) on every node deep-equals `expected` (null: the sid is absent). */
-function replicated(nodes, sid, expected, timeoutMs = REPLICATION_MS) {
-  return Promise.all(
-    nodes.map((node) =>
-      waitUntil(async () => isDeepStrictEqual(await node.call("get", sid), expected), timeoutMs, {
-        intervalMs: 25,
-        what: `${node.name}.get(${JSON.stringify(sid)}) equals ${short(expected)}`,
-      })
-    )
-  );
-}
-
-/** Waits until length() is `n` on every node. */
-function lengthEverywhere(nodes, n, timeoutMs = REPLICATION_MS) {
-  return Promise.all(
-    nodes.map((node) =>
-      waitUntil(async () => (await node.call("length")) === n, timeoutMs, { intervalMs: 25, what: `${node.name}.length() === ${n}` })
-    )
-  );
-}
-
-/** Waits until every node lists every node of `nodes` as alive. */
-function allAlive(nodes, timeoutMs = 3_000) {
-  const ids = nodes.map((n) => n.self.id);
-  return Promise.all(
-    nodes.map((node) =>
-      waitUntil(
-        async () => {
-          const members = await node.call("members");
-          return ids.every((id) => members.some((m) => m.id === id && m.state === "alive"));
-        },
-        timeoutMs,
-        { what: `${node.name}.members() lists ${ids.join(", ")} as alive` }
-      )
-    )
-  );
 }
 
 /** Asserts that every node holds exactly `expected` (all()). No waiting. */

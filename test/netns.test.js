@@ -13,7 +13,7 @@ const path = require("node:path");
 const { isDeepStrictEqual } = require("node:util");
 const { setTimeout: sleep } = require("node:timers/promises");
 const topology = require("./netns/topology");
-const { startNode, stopAll, diagnostics, waitUntil } = require("./cluster/harness");
+const { startNode, stopAll, diagnostics, waitUntil, allAlive } = require("./cluster/harness");
 const { tableDigest } = require("./cluster/node");
 
 const APP_SCRIPT = path.join(__dirname, "netns", "app.js");
@@ -58,23 +58,6 @@ async function startOn(host, base, name, { v6 = false, script } = {}) {
   node.host = host;
   await node.callWithTimeout(20_000, "ready");
   return node;
-}
-
-/** Waits until every node lists every other one as alive. */
-function allAlive(nodes, timeoutMs = 5_000) {
-  const ids = nodes.map((n) => n.self.id);
-  return Promise.all(
-    nodes.map((node) =>
-      waitUntil(
-        async () => {
-          const members = await node.call("members");
-          return ids.every((id) => members.some((m) => m.id === id && m.state === "alive"));
-        },
-        timeoutMs,
-        { what: `${node.name}.members() lists ${ids.join(", ")} as alive` }
-      )
-    )
-  );
 }
 
 /**

@@ -7,15 +7,24 @@
 const assert = require("node:assert/strict");
 const crypto = require("node:crypto");
 const dgram = require("node:dgram");
-const { isDeepStrictEqual } = require("node:util");
 const { setTimeout: sleep } = require("node:timers/promises");
-const { clusterOptions, startNode, startCluster, stopAll, diagnostics, waitUntil } = require("./cluster/harness");
+const {
+  clusterOptions,
+  startNode,
+  startCluster,
+  stopAll,
+  diagnostics,
+  waitUntil,
+  REPLICATION_MS,
+  short,
+  replicated,
+  holdExactly,
+} = require("./cluster/harness");
 const wire = require("./wire");
 
 const FAST = Object.freeze({ heartbeatInterval: 100, failureTimeout: 600 });
 const GROUP = "228.0.0.5"; // the default IPv4 group, joined on loopback only
 const LOOPBACK = "127.0.0.1";
-const REPLICATION_MS = 5_000;
 const SECRET = "correct horse battery staple";
 const MiB = 1024 * 1024;
 
@@ -24,35 +33,6 @@ const iso = (t) => new Date(t).toISOString();
 /** A session shaped like express-session's, expiring at `expiresAt` (epoch ms). */
 function sess(data, expiresAt = Date.now() + 3_600_000) {
   return { cookie: { originalMaxAge: 3_600_000, expires: iso(expiresAt), httpOnly: true, path: "/" }, ...data };
-}
-
-function short(value) {
-  const text = JSON.stringify(value, (_, v) => (typeof v === "bigint" ? `${v}n` : v));
-  return text === undefined ? String(value) : text.length > 300 ? `${text.slice(0, 300)}…` : text;
-}
-
-/** Waits until get(sid) on every node deep-equals `expected` (null: the sid is absent). */
-function replicated(nodes, sid, expected, timeoutMs = REPLICATION_MS) {
-  return Promise.all(
-    nodes.map((node) =>
-      waitUntil(async () => isDeepStrictEqual(await node.call("get", sid), expected), timeoutMs, {
-        intervalMs: 25,
-        what: `${node.name}.get(${JSON.stringify(sid)}) equals ${short(expected)}`,
-      })
-    )
-  );
-}
-
-/** Waits until every node's all() deep-equals `expected`. */
-function holdExactly(nodes, expected, timeoutMs = REPLICATION_MS) {
-  return Promise.all(
-    nodes.map((node) =>
-      waitUntil(async () => isDeepStrictEqual(await node.call("all"), expected), timeoutMs, {
-        intervalMs: 25,
-        what: `${node.name}.all() holds exactly ${Object.keys(expected).length} expected sessions`,
-      })
-    )
-  );
 }
 
 /** stats().dropped of a node. */

@@ -3,11 +3,13 @@
 // with its own store, driven over IPC. All traffic stays on loopback (ipv4 127.0.0.1,
 // multicastTTL 0), and each cluster gets a name and a multicast port of its own, so parallel runs
 // never mix. With the `netns` option of startNode(), the node runs instead inside a network
-// namespace that a test made (test/netns/topology.js), with the address the test gives it. Every child is tracked and killed by stopAll() (call it in afterEach) and, as a last
-// resort, when this process exits; a child also exits by itself when its parent goes away.
+// namespace that a test made (test/netns/topology.js), with the address the test gives it.
+// Every child is tracked and killed by stopAll() (call it in afterEach) and, as a last resort,
+// when this process exits; a child also exits by itself when its parent goes away.
 const path = require("node:path");
 const crypto = require("node:crypto");
 const { fork, spawn } = require("node:child_process");
+const { isDeepStrictEqual } = require("node:util");
 const { setTimeout: sleep } = require("node:timers/promises");
 const { bulkSession } = require("./node");
 
@@ -309,7 +311,73 @@ function killAllNow() {
 }
 process.on("exit", killAllNow);
 
+
+// Waiters shared by the cluster, security and namespace suites.
+
+const REPLICATION_MS = 5_000;
+
+function short(value) {
+  const text = JSON.stringify(value, (_, v) => (typeof v === "bigint" ? `${v}n` : v));
+  return text === undefined ? String(value) : text.length > 300 ? `${text.slice(0, 300)}…` : text;
+}
+
+/** Waits until get(sid) on every node deep-equals `expected` (null: the sid is absent). */
+function replicated(nodes, sid, expected, timeoutMs = REPLICATION_MS) {
+  return Promise.all(
+    nodes.map((node) =>
+      waitUntil(async () => isDeepStrictEqual(await node.call("get", sid), expected), timeoutMs, {
+        intervalMs: 25,
+        what: `${node.name}.get(${JSON.stringify(sid)}) equals ${short(expected)}`,
+      })
+    )
+  );
+}
+
+/** Waits until length() is `n` on every node. */
+function lengthEverywhere(nodes, n, timeoutMs = REPLICATION_MS) {
+  return Promise.all(
+    nodes.map((node) =>
+      waitUntil(async () => (await node.call("length")) === n, timeoutMs, { intervalMs: 25, what: `${node.name}.length() === ${n}` })
+    )
+  );
+}
+
+/** Waits until every node's all() deep-equals `expected`. */
+function holdExactly(nodes, expected, timeoutMs = REPLICATION_MS) {
+  return Promise.all(
+    nodes.map((node) =>
+      waitUntil(async () => isDeepStrictEqual(await node.call("all"), expected), timeoutMs, {
+        intervalMs: 25,
+        what: `${node.name}.all() holds exactly ${Object.keys(expected).length} expected sessions`,
+      })
+    )
+  );
+}
+
+/** Waits until every node lists every node of `nodes` as alive. */
+function allAlive(nodes, timeoutMs = 5_000) {
+  const ids = nodes.map((n) => n.self.id);
+  return Promise.all(
+    nodes.map((node) =>
+      waitUntil(
+        async () => {
+          const members = await node.call("members");
+          return ids.every((id) => members.some((m) => m.id === id && m.state === "alive"));
+        },
+        timeoutMs,
+        { what: `${node.name}.members() lists ${ids.join(", ")} as alive` }
+      )
+    )
+  );
+}
+
 module.exports = {
+  REPLICATION_MS,
+  short,
+  replicated,
+  lengthEverywhere,
+  holdExactly,
+  allAlive,
   SAFE_OPTIONS,
   clusterOptions,
   startNode,
