@@ -1,6 +1,9 @@
 "use strict";
-// One store in its own process, driven by bench/cluster.js over the IPC channel of fork()
-// (serialization "advanced", so BigInt timestamps travel as they are).
+// One store in its own process, driven by the benches (bench/cluster.js, bench/store.js,
+// bench/memory.js) over the IPC channel of fork() (serialization "advanced", so BigInt timestamps
+// travel as they are). The store is this package's by default; `start(options, kind)` can make it
+// connect-redis ("redis", options { port, prefix }), express-session's MemoryStore
+// ("MemoryStore") or memorystore ("memorystore") instead, for the comparisons.
 //   parent → child: { id, cmd, args } → { id, result } | { id, error }
 //   latency relay:  parent → writer { write: i };  reader → parent { seen: i }
 // Timestamps are process.hrtime.bigint() (CLOCK_MONOTONIC): comparable between processes of one host.
@@ -8,8 +11,11 @@
 const crypto = require("crypto");
 const session = require("express-session");
 const MulticastStore = require("..")(session);
+const { redisStore } = require("./redis");
 
 const now = process.hrtime.bigint;
+// length() with a callback: MemoryStore's has no Promise form.
+const lengthOf = (s) => new Promise((resolve, reject) => s.length((err, n) => (err ? reject(err) : resolve(n))));
 const sidOf = (prefix, i) => prefix + String(i).padStart(8, "0"); // 24 + 8 chars, like uid-safe(24)
 let store = null;
 const logs = [];
@@ -72,12 +78,49 @@ function watch(prefix, count, timeoutMs) {
 
 const commands = {
   // Creates the store and awaits ready(); `length` is read right after ready resolved.
-  async start(options) {
+  async start(options, kind = "multicast") {
     const startNs = now();
-    store = new MulticastStore({ ...options, logger });
-    await store.ready();
+    if (kind === "multicast") {
+      store = new MulticastStore({ ...options, logger });
+      await store.ready();
+    } else if (kind === "redis") {
+      store = await redisStore(options.port, options.prefix);
+    } else if (kind === "MemoryStore") {
+      store = new session.MemoryStore();
+    } else if (kind === "memorystore") {
+      store = new (require("memorystore")(session))({ checkPeriod: 86400000 });
+    } else {
+      throw new Error(`unknown store kind ${kind}`);
+    }
     const readyNs = now();
-    return { startNs, readyNs, length: await store.length(), stats: store.stats(), logs };
+    return { startNs, readyNs, length: await lengthOf(store), stats: store.stats ? store.stats() : null, logs };
+  },
+  // Memory: `count` distinct ≈`bytes` sessions, written `batch` per event-loop turn. Resolves
+  // with the JSON bytes written (the raw session bytes) and the sid bytes.
+  async fill(prefix, count, bytes, batch) {
+    const sess = makeSession(bytes);
+    let jsonBytes = 0;
+    for (let i = 0; i < count; ) {
+      const end = Math.min(count, i + batch);
+      await new Promise((resolve, reject) => {
+        for (; i < end; i++) {
+          sess.user.id = i;
+          sess.csrfSecret = crypto.randomBytes(18).toString("base64url");
+          jsonBytes += JSON.stringify(sess).length;
+          store.set(sidOf(prefix, i), sess, i === end - 1 ? (err) => (err ? reject(err) : resolve()) : undefined);
+        }
+      });
+      await new Promise(setImmediate);
+    }
+    return { count, jsonBytes, sidBytes: count * sidOf(prefix, 0).length };
+  },
+  // process.memoryUsage() after full garbage collections (the process runs with --expose-gc).
+  async memory() {
+    for (let k = 0; k < 3; k++) {
+      if (global.gc) global.gc();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return process.memoryUsage();
   },
   latencyWriter(prefix, count, bytes) {
     latency = { prefix, sess: makeSession(bytes), called: new BigInt64Array(count), returned: new BigInt64Array(count) };
@@ -103,13 +146,16 @@ const commands = {
   },
   // Waits until the store holds `count` sessions: cheap get of the last sid every `everyMs`, and
   // length() (which counts the whole table) only once that one is there.
-  awaitLength(prefix, count, everyMs, timeoutMs) {
+  // `lastOnly`: the last sid is enough (connect-redis: A's writes go down one connection in
+  // order, so the last one visible means all are; its length() scans every key, far too slow
+  // to poll).
+  awaitLength(prefix, count, everyMs, timeoutMs, lastOnly = false) {
     const last = sidOf(prefix, count - 1);
     const deadline = Date.now() + timeoutMs;
     return new Promise((resolve, reject) => {
       const poll = async () => {
-        if ((await store.get(last)) && (await store.length()) >= count) return resolve({ doneNs: now() });
-        if (Date.now() > deadline) return reject(new Error(`length ${await store.length()} < ${count} after ${timeoutMs} ms`));
+        if ((await store.get(last)) && (lastOnly || (await lengthOf(store)) >= count)) return resolve({ doneNs: now() });
+        if (Date.now() > deadline) return reject(new Error(`length ${await lengthOf(store)} < ${count} after ${timeoutMs} ms`));
         setTimeout(poll, everyMs);
       };
       poll();
@@ -124,11 +170,20 @@ const commands = {
       if (!sess) missing++;
       hash.update(`${i}\0${JSON.stringify(sess)}\n`);
     }
-    return { digest: hash.digest("hex"), missing, length: await store.length() };
+    return { digest: hash.digest("hex"), missing, length: await lengthOf(store) };
   },
-  length: () => store.length(),
-  stats: () => store.stats(),
-  close: () => store.close(),
+  // all() of the whole store, timed: what reading the whole state from connect-redis costs.
+  async readAll() {
+    const start = now();
+    const all = await store.all();
+    return { ms: Number(now() - start) / 1e6, count: Array.isArray(all) ? all.length : Object.keys(all).length };
+  },
+  length: () => lengthOf(store),
+  stats: () => (store.stats ? store.stats() : null),
+  close: () => {
+    if (typeof store.stopInterval === "function") store.stopInterval();
+    return store.close ? store.close() : undefined;
+  },
 };
 
 process.on("message", async (msg) => {

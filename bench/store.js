@@ -1,37 +1,70 @@
 "use strict";
-// Store-level benchmark: express-session's MemoryStore vs memorystore vs this store, same process,
-// same session objects. Each op runs sequentially (the next op starts in the previous op's
-// callback) over a fixed set of sids; every figure is the median ops/s of ROUNDS rounds.
-//   npm run bench            (BENCH_SIDS=10000 BENCH_ROUNDS=5 by default)
-const crypto = require("crypto");
-const fs = require("fs");
-const os = require("os");
-const path = require("path");
+// Store-level benchmark: the stores a user would pick, in this process, with the same session
+// objects and sids: express-session's MemoryStore, memorystore, connect-redis (against the
+// bench's own redis-server on 127.0.0.1), this store as a single node (`multicast: false`) and
+// this store as one node of a 3-process cluster (the two other nodes are child processes on
+// loopback that receive every write).
+//   sequential:   each op starts in the previous op's callback;
+//   64 in flight: 64 ops are started, and each callback starts the next one until all are done.
+// One round = set, get, touch, destroy over all sids, for every store and both modes, stores in
+// a rotated order; every figure is the median ops/s of ROUNDS rounds, after one warm-up round.
+//   node bench/store.js     (alone; `npm run bench` runs it as part of bench/index.js)
+//   BENCH_SIDS=10000 (1 KB; 16 KB uses a third of it) BENCH_ROUNDS=3
+const session = require("express-session");
 const v8 = require("v8");
 const vm = require("vm");
-const session = require("express-session");
+const u = require("./util");
+const { startRedis, redisStore } = require("./redis");
 
 const SIDS = Number(process.env.BENCH_SIDS) || 10000;
-const ROUNDS = Number(process.env.BENCH_ROUNDS) || 5;
-const WARMUP_SIDS = Math.min(SIDS, 2000);
+const ROUNDS = Number(process.env.BENCH_ROUNDS) || 3;
 const SIZES = [1024, 16 * 1024];
 const OPS = ["set", "get", "touch", "destroy"]; // set populates, destroy empties: a round leaves the store empty
-const TARGET = 0.9; // get and set >= 0.9x MemoryStore
-const RESULTS = path.join(__dirname, "results", "store.json");
+const MODES = { sequential: 1, inflight64: 64 };
+const MODE_LABELS = { sequential: "sequential", inflight64: "64 in flight" };
+const STORE_LABELS = {
+  MemoryStore: "MemoryStore",
+  memorystore: "memorystore",
+  redis: "connect-redis",
+  multicast: "multicast (1 node)",
+  multicastCluster: "multicast (node of 3)",
+};
 
 // A full GC before each measurement, so one store's garbage is not collected on another's clock.
 v8.setFlagsFromString("--expose-gc");
 const gc = vm.runInNewContext("gc");
 
-const STORES = {
-  MemoryStore: () => new session.MemoryStore(),
-  memorystore: () => new (require("memorystore")(session))({ checkPeriod: 86400000 }),
-  multicast: () => new (require("..")(session))({ ipv4: "127.0.0.1", multicastTTL: 0, multicast: false }),
-};
+const quietLogger = { logs: [], trace() {}, debug() {}, info(m) { this.logs.push(m); }, warn(m) { this.logs.push(m); }, error(m) { this.logs.push(m); } };
 
-async function shutdown(store) {
-  if (typeof store.stopInterval === "function") store.stopInterval(); // memorystore's prune timer
-  if (typeof store.close === "function") await store.close(); // multicast: sockets and threads
+async function openStores(redisPort) {
+  const MulticastStore = require("..")(session);
+  const stores = {
+    MemoryStore: new session.MemoryStore(),
+    memorystore: new (require("memorystore")(session))({ checkPeriod: 86400000 }),
+    redis: await redisStore(redisPort, `bench-store-${process.pid}:`),
+    multicast: new MulticastStore({ ipv4: "127.0.0.1", multicastTTL: 0, multicast: false, logger: quietLogger }),
+  };
+  // A 3-node cluster on loopback: this process's store and two peers in child processes.
+  const options = u.clusterOptions();
+  const peers = [u.spawnNode("peer1"), u.spawnNode("peer2")];
+  stores.multicastCluster = new MulticastStore({ ...options, logger: quietLogger });
+  await stores.multicastCluster.ready();
+  for (const peer of peers) await peer.call("start", options);
+  const deadline = Date.now() + 10000;
+  while (stores.multicastCluster.members().length < 3) {
+    if (Date.now() > deadline) throw new Error(`the cluster node sees ${stores.multicastCluster.members().length} members, not 3`);
+    await u.sleep(50);
+  }
+  await stores.multicast.ready();
+  return { stores, peers };
+}
+
+async function closeStores({ stores, peers }) {
+  for (const store of Object.values(stores)) {
+    if (typeof store.stopInterval === "function") store.stopInterval(); // memorystore's prune timer
+    if (typeof store.close === "function") await store.close();
+  }
+  await Promise.all(peers.map(u.leave));
 }
 
 // One op = one store call; `done` must run exactly once, from the store's callback.
@@ -42,110 +75,117 @@ const CALLS = {
   destroy: (store, sid, sess, done) => store.destroy(sid, done),
 };
 
-// Runs `op` once per sid, each call started in the previous call's callback; resolves to ops/s.
-function measure(store, op, sids, sess) {
+// Runs `op` once per sid with `inflight` calls outstanding at any time (1 = sequential: each
+// call started in the previous call's callback); resolves to ops/s.
+function measure(store, op, sids, sess, inflight) {
   gc();
   const call = CALLS[op];
   return new Promise((resolve, reject) => {
-    let i = 0;
+    const n = sids.length;
+    let issued = 0;
+    let done = 0;
+    let failed = false;
     const start = process.hrtime.bigint();
-    const next = (err) => {
-      if (err) return reject(err);
-      if (i < sids.length) return call(store, sids[i++], sess, next);
-      const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-      resolve(sids.length / seconds);
+    const onDone = (err) => {
+      if (failed) return;
+      if (err) {
+        failed = true;
+        return reject(err);
+      }
+      if (++done === n) return resolve(n / (Number(process.hrtime.bigint() - start) / 1e9));
+      if (issued < n) call(store, sids[issued++], sess, onDone);
     };
-    next();
+    for (let k = 0; k < Math.min(inflight, n); k++) call(store, sids[issued++], sess, onDone);
   });
 }
 
-// A realistic session: express-session's Cookie (with an `expires` Date) plus user data,
-// grown with cart items until its JSON reaches `bytes`.
-function makeSession(bytes) {
-  const sess = {
-    cookie: new session.Cookie({ maxAge: 86400000, httpOnly: true, sameSite: "lax" }),
-    user: { id: 48213, name: "Ada Lovelace", email: "ada@example.com", roles: ["user", "editor"], locale: "en-GB" },
-    csrfSecret: crypto.randomBytes(18).toString("base64url"),
-    returnTo: "/account/orders?page=2",
-    flash: { info: ["Welcome back!"] },
-    cart: [],
-  };
-  for (let i = 0; JSON.stringify(sess).length < bytes; i++) {
-    sess.cart.push({ sku: `SKU-${100000 + i}`, name: `Product #${i}`, qty: 1 + (i % 3), price: 9.99 + i, addedAt: 1700000000000 + i * 60000 });
-  }
-  return sess;
-}
-
-const makeSids = (n) => Array.from({ length: n }, () => crypto.randomBytes(24).toString("base64url")); // like uid-safe(24)
-const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
-const fmt = (n) => Math.round(n).toLocaleString("en-US");
-const kb = (bytes) => `${Math.round(bytes / 1024)} KB`;
-
-// One round = set, get, touch, destroy over all sids, on every store, in a rotated store order.
 async function round(stores, names, r, sids, sess, samples) {
   for (let k = 0; k < names.length; k++) {
     const name = names[(k + r) % names.length];
-    for (const op of OPS) {
-      const opsPerSec = await measure(stores[name], op, sids, sess);
-      if (samples) samples[op][name].push(Math.round(opsPerSec));
+    for (const mode of Object.keys(MODES)) {
+      for (const op of OPS) {
+        const opsPerSec = await measure(stores[name], op, sids, sess, MODES[mode]);
+        if (samples) samples[mode][op][name].push(Math.round(opsPerSec));
+      }
     }
   }
 }
 
-async function main() {
-  const names = Object.keys(STORES);
-  const stores = Object.fromEntries(names.map((name) => [name, STORES[name]()]));
-  if (stores.multicast.ready) await stores.multicast.ready();
-  const machine = { node: process.version, cpu: os.cpus()[0].model, cpus: os.cpus().length, platform: `${os.platform()} ${os.arch()}` };
-  console.log(`Node ${machine.node} | ${machine.cpu} (${machine.cpus} CPUs) | ${machine.platform}`);
-  console.log(`${SIDS.toLocaleString("en-US")} sids per op, median of ${ROUNDS} rounds, ops/s (sequential, callback to callback)`);
-  console.log(`targets: get and set >= ${TARGET}x MemoryStore`);
-
-  const sids = makeSids(SIDS);
-  const results = [];
+async function run({ redisPort, log = console.log } = {}) {
+  const opened = await openStores(redisPort);
+  const { stores, peers } = opened;
+  const names = Object.keys(STORE_LABELS);
+  const sizes = [];
   try {
     for (const size of SIZES) {
-      const sess = makeSession(size);
+      const count = size > 4096 ? Math.round(SIDS / 3) : SIDS;
+      const sids = u.makeSids(count);
+      const sess = u.makeSession(size);
       const bytes = JSON.stringify(sess).length;
-      const samples = Object.fromEntries(OPS.map((op) => [op, Object.fromEntries(names.map((n) => [n, []]))]));
-      await round(stores, names, 0, sids.slice(0, WARMUP_SIDS), sess, null); // warm-up, not recorded
+      const samples = Object.fromEntries(Object.keys(MODES).map((m) => [m, Object.fromEntries(OPS.map((op) => [op, Object.fromEntries(names.map((n) => [n, []]))]))]));
+      await round(stores, names, 0, sids.slice(0, Math.min(count, 2000)), sess, null); // warm-up, not recorded
       for (let r = 0; r < ROUNDS; r++) await round(stores, names, r, sids, sess, samples);
-
-      const ops = {};
-      for (const op of OPS) {
-        const row = Object.fromEntries(names.map((n) => [n, Math.round(median(samples[op][n]))]));
-        ops[op] = { ...row, ratio: Number((row.multicast / row.MemoryStore).toFixed(2)), samples: samples[op] };
+      const modes = {};
+      for (const mode of Object.keys(MODES)) {
+        modes[mode] = {};
+        for (const op of OPS) {
+          const opsPerSec = Object.fromEntries(names.map((n) => [n, u.median(samples[mode][op][n])]));
+          const ratios = {};
+          for (const n of ["multicast", "multicastCluster"]) {
+            ratios[n] = { toMemoryStore: u.ratio(opsPerSec[n], opsPerSec.MemoryStore), toRedis: u.ratio(opsPerSec[n], opsPerSec.redis) };
+          }
+          modes[mode][op] = { opsPerSec, ratios, samples: samples[mode][op] };
+        }
       }
-      results.push({ size: kb(bytes), bytes, ops });
-      printTable(`session ≈${kb(bytes)} (${bytes.toLocaleString("en-US")} bytes of JSON)`, names, ops);
+      sizes.push({ size: u.kb(bytes), bytes, sids: count, modes });
+      for (const mode of Object.keys(MODES)) printSize(log, sizes[sizes.length - 1], mode, names);
     }
+    const peerStats = await Promise.all(peers.map((p) => p.call("stats")));
+    const clusterStats = { node: pickStats(stores.multicastCluster.stats()), peers: peerStats.map(pickStats) };
+    log(`cluster node: ${JSON.stringify(clusterStats.node)}; peers: ${clusterStats.peers.map((s) => JSON.stringify(s)).join(" ")}`);
+    return { sidsPerOp: SIDS, rounds: ROUNDS, unit: "ops/s (median of rounds)", stores: STORE_LABELS, modes: MODE_LABELS, sizes, clusterStats };
   } finally {
-    await Promise.all(names.map((n) => shutdown(stores[n])));
+    await closeStores(opened);
   }
-
-  const verdict = results.flatMap(({ size, ops }) =>
-    ["get", "set"].map((op) => `${op} ${size}: ${ops[op].ratio.toFixed(2)}x ${ops[op].ratio >= TARGET ? "ok" : "MISSED"}`)
-  );
-  console.log(`\ntargets (>= ${TARGET}x MemoryStore): ${verdict.join(", ")}`);
-
-  fs.mkdirSync(path.dirname(RESULTS), { recursive: true });
-  const report = { date: new Date().toISOString(), machine, sids: SIDS, rounds: ROUNDS, unit: "ops/s (median)", target: { ops: ["get", "set"], minRatioToMemoryStore: TARGET }, results };
-  fs.writeFileSync(RESULTS, JSON.stringify(report, null, 2) + "\n");
-  console.log(`written ${path.relative(process.cwd(), RESULTS)}`);
 }
 
-function printTable(title, names, ops) {
-  const header = ["op", ...names, "ratio (multicast / MemoryStore)"];
-  const rows = OPS.map((op) => [op, ...names.map((n) => fmt(ops[op][n])), ops[op].ratio.toFixed(2)]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
-  const line = (cells) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ");
-  console.log(`\n${title}`);
-  console.log(line(header));
-  console.log(widths.map((w) => "-".repeat(w)).join("-|-"));
-  rows.forEach((row) => console.log(line(row)));
+function pickStats(s) {
+  const keys = ["sessions", "datagramsSent", "datagramsReceived", "retransmissions", "naksSent", "naksReceived", "duplicates", "antiEntropySyncs", "dropped"];
+  return Object.fromEntries(keys.filter((k) => k in s).map((k) => [k, s[k]]));
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exitCode = 1;
-});
+function printSize(log, { size, bytes, sids, modes }, mode, names) {
+  const header = ["op", ...names.map((n) => STORE_LABELS[n]), "1 node / MemoryStore", "1 node / redis", "node of 3 / MemoryStore", "node of 3 / redis"];
+  const rows = OPS.map((op) => {
+    const { opsPerSec, ratios } = modes[mode][op];
+    return [op, ...names.map((n) => u.fmt(opsPerSec[n])), u.fmtRatio(ratios.multicast.toMemoryStore), u.fmtRatio(ratios.multicast.toRedis), u.fmtRatio(ratios.multicastCluster.toMemoryStore), u.fmtRatio(ratios.multicastCluster.toRedis)];
+  });
+  const saved = console.log;
+  console.log = log;
+  try {
+    u.printTable(`session ≈${size} (${bytes.toLocaleString("en-US")} bytes of JSON), ${MODE_LABELS[mode]}, ${sids.toLocaleString("en-US")} sids, ops/s`, header, rows);
+  } finally {
+    console.log = saved;
+  }
+}
+
+module.exports = { run, OPS, MODES, MODE_LABELS, STORE_LABELS };
+
+if (require.main === module) {
+  (async () => {
+    const redis = await startRedis();
+    try {
+      const m = u.machine();
+      console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | ${redis.version}`);
+      const result = await run({ redisPort: redis.port });
+      const file = u.writeJSON("store.json", { date: new Date().toISOString(), machine: m, engine: { addonSha256: u.addonHash() }, ...result });
+      console.log(`written ${file}`);
+    } finally {
+      await redis.stop();
+      u.killAll();
+    }
+  })().catch((err) => {
+    console.error(err);
+    process.exitCode = 1;
+  });
+}

@@ -1,0 +1,111 @@
+"use strict";
+// `npm run bench`: every benchmark in one run on one machine, the figures of each part measured
+// next to those of the stores a user would pick instead (express-session's MemoryStore,
+// memorystore, connect-redis on a redis-server this script starts and stops on 127.0.0.1).
+//   1. store  (bench/store.js)    set/get/touch/destroy ops/s, 1 KB and 16 KB, sequential and 64 in flight
+//   2. http   (bench/http.js)     Express + express-session under autocannon: req/s and p99
+//   3. cluster (bench/cluster.js) replication latency, replicated writes/s, state transfer
+//   4. memory (bench/memory.js)   resident memory per session at 100,000 and 1,000,000 sessions
+// Writes bench/results/<part>.json, and for a full run bench/results/bench.json (everything),
+// summary.md (tables and target verdicts) and chart.svg.
+//   node bench/index.js [store] [http] [cluster] [memory]   (default: all four)
+// Benchmarks on a small machine are noise-sensitive: run on an otherwise idle machine (the load
+// average is printed first, and recorded).
+const fs = require("fs");
+const os = require("os");
+const path = require("path");
+const { execSync } = require("child_process");
+const u = require("./util");
+const { startRedis } = require("./redis");
+const report = require("./report");
+
+const PARTS = ["store", "http", "cluster", "memory"];
+
+function otherBusyProcesses() {
+  try {
+    const out = execSync("ps -eo pid,ppid,pcpu,comm --no-headers", { encoding: "utf8" });
+    return out
+      .split("\n")
+      .map((l) => l.trim().split(/\s+/))
+      .filter(([pid, ppid, cpu, comm]) => comm && Number(pid) !== process.pid && Number(ppid) !== process.pid && Number(cpu) > 20 && /^(node|cargo|rustc|cc|ld|redis-server)/.test(comm))
+      .map(([pid, , cpu, comm]) => `${comm}(${pid}, ${cpu}%)`);
+  } catch {
+    return [];
+  }
+}
+
+async function main() {
+  const wanted = process.argv.slice(2).length ? process.argv.slice(2) : PARTS;
+  for (const p of wanted) if (!PARTS.includes(p)) throw new Error(`unknown part "${p}" (parts: ${PARTS.join(", ")})`);
+  const full = PARTS.every((p) => wanted.includes(p));
+  const started = Date.now();
+  const machine = u.machine();
+  const engine = u.addonHash();
+  const loadBefore = os.loadavg().map((x) => Math.round(x * 100) / 100);
+  console.log(`Node ${machine.node} | ${machine.cpus} × ${machine.cpu} | ${machine.memoryGB} GB | ${machine.platform} | engine ${engine}`);
+  console.log(`load average ${loadBefore.join(", ")}`);
+  if (loadBefore[0] > 1) console.log(`WARNING: the machine is busy (load ${loadBefore[0]}): figures will be noisy`);
+  const busy = otherBusyProcesses();
+  if (busy.length) console.log(`WARNING: other busy processes: ${busy.join(", ")}`);
+
+  const redis = await startRedis();
+  console.log(`${redis.version.split(" ").slice(0, 3).join(" ")} on 127.0.0.1:${redis.port} (pid ${redis.pid})`);
+  const results = {};
+  const partTimes = {};
+  try {
+    for (const part of PARTS.filter((p) => wanted.includes(p))) {
+      const t = Date.now();
+      console.log(`\n=== ${part}`);
+      if (part === "store") results.store = await require("./store").run({ redisPort: redis.port });
+      if (part === "http") results.http = await require("./http").run({ redisPort: redis.port });
+      if (part === "cluster") results.cluster = await require("./cluster").run({ redisPort: redis.port });
+      if (part === "memory") results.memory = await require("./memory").run({ redis });
+      await redis.flush();
+      partTimes[part] = { seconds: Math.round((Date.now() - t) / 1000), loadAfter: os.loadavg().map((x) => Math.round(x * 100) / 100), otherBusyProcesses: otherBusyProcesses() };
+      console.log(`(${part}: ${partTimes[part].seconds} s, load average ${partTimes[part].loadAfter.join(", ")}${partTimes[part].otherBusyProcesses.length ? `; WARNING: other busy processes: ${partTimes[part].otherBusyProcesses.join(", ")}` : ""})`);
+    }
+  } finally {
+    await redis.stop();
+  }
+
+  const meta = {
+    date: new Date().toISOString(),
+    seconds: (Date.now() - started) / 1000,
+    machine,
+    engine,
+    engineChanged: u.addonHash() !== engine,
+    redisVersion: redis.version,
+    loadBefore,
+    loadAfter: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    otherBusyProcesses: busy,
+    parts: partTimes,
+  };
+  if (meta.engineChanged) console.log("WARNING: the engine binary changed during the run: rerun");
+  for (const part of Object.keys(results)) u.writeJSON(`${part}.json`, { meta, ...results[part] });
+  const verdicts = report.evaluate(results);
+  console.log("\ntargets:");
+  for (const v of verdicts) console.log(`  ${v.pass ? "pass" : "MISS"}  ${v.target}: ${v.measured}`);
+  if (full) {
+    const all = { meta, targets: report.TARGETS, verdicts, ...results };
+    u.writeJSON("bench.json", all);
+    fs.writeFileSync(path.join(u.RESULTS_DIR, "summary.md"), report.markdown(all, verdicts));
+    fs.writeFileSync(path.join(u.RESULTS_DIR, "chart.svg"), report.svg(all));
+    console.log(`\nwritten bench/results/{bench,store,http,cluster,memory}.json, summary.md, chart.svg (${Math.round(meta.seconds)} s)`);
+  } else {
+    console.log(`\nwritten bench/results/{${Object.keys(results).join(",")}}.json (a partial run: summary.md and chart.svg are only written by a full run)`);
+  }
+}
+
+const guard = setTimeout(() => {
+  console.error("bench: not done after 20 minutes, giving up");
+  process.exit(1);
+}, 20 * 60 * 1000);
+guard.unref();
+for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => process.exit(130));
+
+main()
+  .catch((err) => {
+    console.error(err);
+    process.exitCode = 1;
+  })
+  .finally(u.killAll);

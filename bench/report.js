@@ -1,0 +1,248 @@
+"use strict";
+// Turns one run's results (bench/index.js) into the target verdicts, bench/results/summary.md
+// and bench/results/chart.svg (a grouped bar chart written by hand: no dependency).
+const u = require("./util");
+
+const OPS = ["set", "get", "touch", "destroy"];
+const STORES = ["MemoryStore", "memorystore", "redis", "multicast", "multicastCluster"];
+const LABELS = { MemoryStore: "MemoryStore", memorystore: "memorystore", redis: "connect-redis", multicast: "multicast (1 node)", multicastCluster: "multicast (node of 3)" };
+const COLORS = { MemoryStore: "#7f7f7f", memorystore: "#bcbd22", redis: "#d62728", multicast: "#1f77b4", multicastCluster: "#17becf" };
+const MODE_LABELS = { sequential: "sequential", inflight64: "64 in flight" };
+const VARIANTS = ["multicast", "multicastCluster"];
+
+const TARGETS = { getSetToMemoryStore: 0.9, storeOpsToRedis: 5, httpToMemoryStore: 0.95, httpToRedis: 1.2, memoryToRaw: 1.5 };
+
+// [{ id, target, measured, pass, detail }]
+function evaluate(results) {
+  const out = [];
+  const { store, http, memory } = results;
+  if (store) {
+    for (const v of VARIANTS) {
+      for (const op of ["get", "set"]) {
+        const cells = [];
+        let pass = true;
+        for (const size of store.sizes) {
+          for (const mode of Object.keys(size.modes)) {
+            const r = size.modes[mode][op].ratios[v].toMemoryStore;
+            cells.push(`${size.size} ${MODE_LABELS[mode]} ${u.fmtRatio(r)}`);
+            if (!(r >= TARGETS.getSetToMemoryStore)) pass = false;
+          }
+        }
+        out.push({ id: `${op}-vs-MemoryStore-${v}`, target: `${op} ≥ ${TARGETS.getSetToMemoryStore}× MemoryStore, ${LABELS[v]}`, measured: cells.join("; "), pass });
+      }
+      const cells = [];
+      let pass = true;
+      let min = Infinity;
+      for (const size of store.sizes) {
+        for (const mode of Object.keys(size.modes)) {
+          for (const op of OPS) {
+            const r = size.modes[mode][op].ratios[v].toRedis;
+            min = Math.min(min, r);
+            if (!(r >= TARGETS.storeOpsToRedis)) {
+              pass = false;
+              // what no in-process store reaches either: MemoryStore / connect-redis in the same cell
+              const ops = size.modes[mode][op].opsPerSec;
+              cells.push(`${op} ${size.size} ${MODE_LABELS[mode]} ${u.fmtRatio(r)} (MemoryStore ${u.fmtRatio(u.ratio(ops.MemoryStore, ops.redis))})`);
+            }
+          }
+        }
+      }
+      out.push({
+        id: `store-ops-vs-redis-${v}`,
+        target: `every store op ≥ ${TARGETS.storeOpsToRedis}× connect-redis, ${LABELS[v]}`,
+        measured: pass ? `all 16 ≥ ${TARGETS.storeOpsToRedis}× (lowest ${u.fmtRatio(min)})` : `lowest ${u.fmtRatio(min)}; below: ${cells.join("; ")}`,
+        pass,
+      });
+    }
+  }
+  if (http) {
+    for (const v of VARIANTS) {
+      const r = http.ratios[v].reqPerSec;
+      out.push({ id: `http-vs-MemoryStore-${v}`, target: `HTTP req/s ≥ ${TARGETS.httpToMemoryStore}× MemoryStore, ${LABELS[v]}`, measured: u.fmtRatio(r.toMemoryStore), pass: r.toMemoryStore >= TARGETS.httpToMemoryStore });
+      const ceiling = u.ratio(http.results.MemoryStore.reqPerSec, http.results.redis.reqPerSec);
+      out.push({ id: `http-vs-redis-${v}`, target: `HTTP req/s ≥ ${TARGETS.httpToRedis}× connect-redis, ${LABELS[v]}`, measured: `${u.fmtRatio(r.toRedis)} (MemoryStore ${u.fmtRatio(ceiling)})`, pass: r.toRedis >= TARGETS.httpToRedis });
+    }
+  }
+  if (memory) {
+    for (const count of memory.counts) {
+      const m = memory.results[count].multicast;
+      out.push({ id: `memory-${count}`, target: `memory ≤ ${TARGETS.memoryToRaw}× raw session bytes at ${u.fmt(count)} sessions`, measured: `${u.fmt(m.rssPerSession)} B / ${m.rawBytesPerSession} B = ${u.fmtRatio(m.ratioToRaw)}`, pass: m.ratioToRaw <= TARGETS.memoryToRaw });
+    }
+  }
+  return out;
+}
+
+// ---- Markdown
+const table = (header, rows, align) => {
+  const a = align || header.map((_, i) => (i === 0 ? "---" : "---:"));
+  return [`| ${header.join(" | ")} |`, `|${a.join("|")}|`, ...rows.map((r) => `| ${r.join(" | ")} |`)].join("\n");
+};
+
+function markdown(results, verdicts) {
+  const { meta, store, http, cluster, memory } = results;
+  const m = meta.machine;
+  const parts = [];
+  parts.push(`# Benchmark results\n`);
+  parts.push(
+    `One run of \`npm run bench\`, ${meta.date}, ${Math.round(meta.seconds)} s. Machine: ${m.cpus} × ${m.cpu}, ${m.memoryGB} GB, ${m.platform}; Node ${m.node}; ${meta.redisVersion}; engine ${meta.engine}. All traffic on 127.0.0.1. Load average before the run: ${meta.loadBefore.join(", ")}.\n`
+  );
+  if (meta.engineChanged) parts.push(`**The engine binary changed during the run: these figures mix two builds.**\n`);
+  parts.push(`![chart](chart.svg)\n`);
+  parts.push(`## Targets\n`);
+  parts.push(table(["target", "measured", ""], verdicts.map((v) => [v.target, v.measured, v.pass ? "pass" : "**MISS**"]), ["---", "---", "---"]) + "\n");
+
+  if (store) {
+    parts.push(`## Store operations\n`);
+    parts.push(
+      `ops/s, median of ${store.rounds} rounds, all stores in the bench process (connect-redis talks to the bench's redis-server; "node of 3" replicates every write to two other processes). Ratios: multicast / MemoryStore and multicast / connect-redis.\n`
+    );
+    for (const size of store.sizes) {
+      for (const mode of Object.keys(size.modes)) {
+        const header = ["op", ...STORES.map((s) => LABELS[s]), "1 node / Mem", "1 node / redis", "node of 3 / Mem", "node of 3 / redis"];
+        const rows = OPS.map((op) => {
+          const { opsPerSec, ratios } = size.modes[mode][op];
+          return [op, ...STORES.map((s) => u.fmt(opsPerSec[s])), u.fmtRatio(ratios.multicast.toMemoryStore), u.fmtRatio(ratios.multicast.toRedis), u.fmtRatio(ratios.multicastCluster.toMemoryStore), u.fmtRatio(ratios.multicastCluster.toRedis)];
+        });
+        parts.push(`**≈${size.size} session (${size.bytes} B of JSON), ${MODE_LABELS[mode]}, ${u.fmt(size.sids)} sids**\n\n${table(header, rows)}\n`);
+      }
+    }
+  }
+  if (http) {
+    parts.push(`## HTTP\n`);
+    parts.push(`${http.method}.\n`);
+    const rows = STORES.map((s) => {
+      const r = http.results[s];
+      const ra = http.ratios[s];
+      return [LABELS[s], u.fmt(r.reqPerSec), `${r.latencyMs.p50} ms`, `${r.latencyMs.p99} ms`, ra ? u.fmtRatio(ra.reqPerSec.toMemoryStore) : "", ra ? u.fmtRatio(ra.reqPerSec.toRedis) : "", `${r.non2xx + r.errors}`];
+    });
+    parts.push(table(["store", "req/s", "p50", "p99", "req/s / MemoryStore", "req/s / connect-redis", "errors + non-2xx"], rows) + "\n");
+  }
+  if (cluster) {
+    parts.push(`## Cluster\n`);
+    const c = cluster;
+    const mc = c.multicast;
+    const rows = [
+      ["replication latency p50 (set() called on A → get() returns it on B)", `${mc.latency.fromCall.p50} µs`, `${c.redis.latency.fromCall.p50} µs`, u.fmtRatio(c.ratios.latencyP50)],
+      ["replication latency p99", `${mc.latency.fromCall.p99} µs`, `${c.redis.latency.fromCall.p99} µs`, u.fmtRatio(c.ratios.latencyP99)],
+      ["  multicast, from set() returned on A: p50 / p99", `${mc.latency.p50} / ${mc.latency.p99} µs`, "", ""],
+      [`replicated writes/s (${u.fmt(mc.throughput.sessions)} sessions, A → all visible on B)`, `${u.fmt(mc.throughput.writesPerSec)}${c.lossless ? "" : " (LOSSY)"}`, u.fmt(c.redis.throughput.writesPerSec), u.fmtRatio(c.ratios.writesPerSec)],
+      [`state transfer of ${u.fmt(mc.transfer.runs[0].length)} sessions to a new node, until ready() (connect-redis: all() of them)`, `${u.fmt(mc.transfer.medianMs)} ms`, `${u.fmt(c.redis.readAll.ms)} ms`, u.fmtRatio(c.ratios.transferVsRedisAll)],
+    ];
+    parts.push(`${c.method.latency}. Throughput: ${c.method.throughput}. Transfer: ${c.method.transfer}. Ratios are multicast / connect-redis (below 1 is better for times).\n`);
+    parts.push(table(["measure", "multicast", "connect-redis", "ratio"], rows) + "\n");
+  }
+  if (memory) {
+    parts.push(`## Memory\n`);
+    parts.push(`${memory.method}.\n`);
+    const rows = memory.counts.map((count) => {
+      const r = memory.results[count];
+      return [
+        u.fmt(count),
+        `${r.multicast.rawBytesPerSession} B`,
+        `${u.fmt(r.multicast.rssPerSession)} B (${u.fmtRatio(r.multicast.ratioToRaw)})`,
+        `${u.fmt(r.MemoryStore.rssPerSession)} B (${u.fmtRatio(r.MemoryStore.ratioToRaw)})`,
+        `${u.fmt(r.redis.rssPerSession)} B (${u.fmtRatio(r.redis.ratioToRaw)})`,
+        u.fmtRatio(r.ratios.toMemoryStore),
+        u.fmtRatio(r.ratios.toRedis),
+      ];
+    });
+    parts.push(table(["sessions", "raw JSON / session", "multicast RSS / session (× raw)", "MemoryStore (× raw)", "redis-server (× raw)", "multicast / MemoryStore", "multicast / redis-server"], rows) + "\n");
+  }
+  return parts.join("\n");
+}
+
+// ---- SVG: one panel per store-op configuration (log scale) and one for HTTP req/s (linear)
+const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+const short = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(n >= 1e7 ? 0 : 1)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(n >= 1e4 ? 0 : 1)}k` : String(Math.round(n))).replace(".0", "");
+
+function svg(results) {
+  const panels = [];
+  if (results.store) {
+    for (const size of results.store.sizes) {
+      for (const mode of Object.keys(size.modes)) {
+        panels.push({
+          title: `Store ops/s, ≈${size.size} sessions, ${MODE_LABELS[mode]} (log scale)`,
+          log: true,
+          groups: OPS.map((op) => ({ label: op, values: STORES.map((s) => size.modes[mode][op].opsPerSec[s]) })),
+        });
+      }
+    }
+  }
+  if (results.http) {
+    panels.push({
+      title: `HTTP req/s, Express + express-session, ${results.http.connections} connections (linear scale)`,
+      log: false,
+      groups: [{ label: "GET / (read + increment a counter)", values: STORES.map((s) => results.http.results[s].reqPerSec) }],
+    });
+  }
+  const W = 980;
+  const PH = 250; // panel height
+  const top = 64;
+  const left = 70;
+  const right = 20;
+  const plotH = PH - 80;
+  const H = top + panels.length * PH + 10;
+  const out = [];
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" font-size="12">`);
+  out.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`);
+  const m = results.meta.machine;
+  out.push(`<text x="${left}" y="22" font-size="15" font-weight="bold">express-session stores, one run: ${esc(results.meta.date.slice(0, 10))}</text>`);
+  out.push(`<text x="${left}" y="40" fill="#555">${esc(`${m.cpus} × ${m.cpu}, ${m.memoryGB} GB, Node ${m.node}, ${results.meta.redisVersion.split(" ").slice(0, 3).join(" ")}`)}</text>`);
+  // legend
+  let lx = left;
+  for (const s of STORES) {
+    out.push(`<rect x="${lx}" y="48" width="12" height="12" fill="${COLORS[s]}"/><text x="${lx + 16}" y="58">${esc(LABELS[s])}</text>`);
+    lx += 24 + LABELS[s].length * 7;
+  }
+  panels.forEach((p, k) => {
+    const y0 = top + k * PH + 30; // top of plot area
+    const plotW = W - left - right;
+    const all = p.groups.flatMap((g) => g.values).filter((v) => v > 0);
+    const max = Math.max(...all);
+    let scale;
+    let ticks;
+    if (p.log) {
+      const lo = Math.pow(10, Math.floor(Math.log10(Math.min(...all))));
+      const hi = Math.pow(10, Math.ceil(Math.log10(max)));
+      scale = (v) => (v > 0 ? (Math.log10(v / lo) / Math.log10(hi / lo)) * plotH : 0);
+      ticks = [];
+      for (let t = lo; t <= hi * 1.0001; t *= 10) ticks.push(t);
+    } else {
+      const step = niceStep(max / 5);
+      const hi = Math.ceil(max / step) * step;
+      scale = (v) => (v / hi) * plotH;
+      ticks = [];
+      for (let t = 0; t <= hi + step / 2; t += step) ticks.push(t);
+    }
+    out.push(`<text x="${left}" y="${y0 - 10}" font-size="13" font-weight="bold">${esc(p.title)}</text>`);
+    for (const t of ticks) {
+      const y = y0 + plotH - scale(t);
+      out.push(`<line x1="${left}" x2="${W - right}" y1="${y.toFixed(1)}" y2="${y.toFixed(1)}" stroke="#e3e3e3"/>`);
+      out.push(`<text x="${left - 6}" y="${(y + 4).toFixed(1)}" text-anchor="end" fill="#555">${short(t)}</text>`);
+    }
+    out.push(`<line x1="${left}" x2="${W - right}" y1="${y0 + plotH}" y2="${y0 + plotH}" stroke="#333"/>`);
+    const groupW = plotW / p.groups.length;
+    const barW = Math.min(36, (groupW * 0.8) / STORES.length);
+    p.groups.forEach((g, gi) => {
+      const gx = left + gi * groupW + (groupW - barW * STORES.length) / 2;
+      g.values.forEach((v, si) => {
+        const h = scale(v);
+        const x = gx + si * barW;
+        const y = y0 + plotH - h;
+        out.push(`<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${Math.max(0, h).toFixed(1)}" fill="${COLORS[STORES[si]]}"><title>${esc(`${LABELS[STORES[si]]} ${g.label}: ${u.fmt(v)}`)}</title></rect>`);
+        out.push(`<text x="${(x + (barW - 2) / 2).toFixed(1)}" y="${(y - 3).toFixed(1)}" text-anchor="middle" font-size="10" fill="#333">${short(v)}</text>`);
+      });
+      out.push(`<text x="${(left + gi * groupW + groupW / 2).toFixed(1)}" y="${y0 + plotH + 16}" text-anchor="middle" font-size="12">${esc(g.label)}</text>`);
+    });
+  });
+  out.push(`</svg>`);
+  return out.join("\n") + "\n";
+}
+
+function niceStep(raw) {
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  for (const f of [1, 2, 2.5, 5, 10]) if (raw <= f * p) return f * p;
+  return 10 * p;
+}
+
+module.exports = { evaluate, markdown, svg, TARGETS };
