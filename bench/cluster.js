@@ -23,7 +23,7 @@
 const crypto = require("crypto");
 const fs = require("fs");
 const u = require("./util");
-const { startRedis } = require("./redis");
+const { runAlone } = require("./redis");
 
 const LATENCY_WRITES = Number(process.env.BENCH_LATENCY_WRITES) || 10000;
 const LATENCY_WARMUP = 1000;
@@ -207,20 +207,5 @@ if (require.main === module) {
     console.error("cluster bench: no result after 180 s, giving up");
     process.exit(1);
   }, 180000).unref();
-  (async () => {
-    const redis = await startRedis();
-    try {
-      const m = u.machine();
-      console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | engine ${u.addonHash()}`);
-      const result = await run({ redisPort: redis.port });
-      const file = u.writeJSON("cluster.json", { date: new Date().toISOString(), machine: m, engine: { addonSha256: u.addonHash() }, ...result });
-      console.log(`written ${file}`);
-    } finally {
-      await redis.stop();
-      u.killAll();
-    }
-  })().catch((err) => {
-    console.error(err);
-    process.exitCode = 1;
-  });
+  runAlone("cluster.json", (redis) => run({ redisPort: redis.port }));
 }

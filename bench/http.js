@@ -15,7 +15,7 @@
 const path = require("path");
 const autocannon = require("autocannon");
 const u = require("./util");
-const { startRedis } = require("./redis");
+const { runAlone } = require("./redis");
 
 const CONNECTIONS = Number(process.env.BENCH_HTTP_CONNECTIONS) || 32;
 const SECONDS = Number(process.env.BENCH_HTTP_SECONDS) || 8;
@@ -172,20 +172,5 @@ async function run({ redisPort, log = console.log } = {}) {
 module.exports = { run, STORE_LABELS };
 
 if (require.main === module) {
-  (async () => {
-    const redis = await startRedis();
-    try {
-      const m = u.machine();
-      console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | ${redis.version}`);
-      const result = await run({ redisPort: redis.port });
-      const file = u.writeJSON("http.json", { date: new Date().toISOString(), machine: m, engine: { addonSha256: u.addonHash() }, ...result });
-      console.log(`written ${file}`);
-    } finally {
-      await redis.stop();
-      u.killAll();
-    }
-  })().catch((err) => {
-    console.error(err);
-    process.exitCode = 1;
-  });
+  runAlone("http.json", (redis) => run({ redisPort: redis.port }));
 }

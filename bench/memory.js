@@ -10,7 +10,7 @@
 //   BENCH_MEMORY_COUNTS=100000,1000000
 const crypto = require("crypto");
 const u = require("./util");
-const { startRedis } = require("./redis");
+const { runAlone } = require("./redis");
 
 const COUNTS = (process.env.BENCH_MEMORY_COUNTS || "100000,1000000").split(",").map(Number);
 const BYTES = 1024;
@@ -110,18 +110,5 @@ async function run({ redis, log = console.log } = {}) {
 module.exports = { run, COUNTS };
 
 if (require.main === module) {
-  (async () => {
-    const redis = await startRedis();
-    try {
-      const result = await run({ redis });
-      const file = u.writeJSON("memory.json", { date: new Date().toISOString(), machine: u.machine(), engine: { addonSha256: u.addonHash() }, ...result });
-      console.log(`written ${file}`);
-    } finally {
-      await redis.stop();
-      u.killAll();
-    }
-  })().catch((err) => {
-    console.error(err);
-    process.exitCode = 1;
-  });
+  runAlone("memory.json", (redis) => run({ redis }));
 }

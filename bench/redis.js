@@ -7,7 +7,8 @@ const path = require("path");
 const { spawn, spawnSync, execFileSync } = require("child_process");
 const { createClient } = require("redis");
 const { RedisStore } = require("connect-redis");
-const { rssOf, sleep } = require("./util");
+const u = require("./util");
+const { rssOf, sleep } = u;
 
 function ensureInstalled() {
   try {
@@ -93,4 +94,29 @@ async function redisStore(port, prefix = "sess:") {
   return store;
 }
 
-module.exports = { startRedis, redisStore, ensureInstalled };
+
+/**
+ * Runs one part of the bench on its own (`node bench/<part>.js`): starts redis-server, runs
+ * `run(redis)`, writes its result to bench/results/`file`, and always stops what it started.
+ */
+function runAlone(file, run) {
+  (async () => {
+    const redis = await startRedis();
+    try {
+      const m = u.machine();
+      console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | ${redis.version} | engine ${u.addonHash()}`);
+      const result = await run(redis);
+      const written = u.writeJSON(file, { date: new Date().toISOString(), machine: m, engine: { addonSha256: u.addonHash() }, ...result });
+      console.log(`written ${written}`);
+    } finally {
+      await redis.stop();
+      u.killAll();
+    }
+  })().catch((err) => {
+    console.error(err);
+    process.exitCode = 1;
+  });
+}
+
+module.exports = {
+  runAlone, startRedis, redisStore, ensureInstalled };

@@ -14,7 +14,7 @@ const session = require("express-session");
 const v8 = require("v8");
 const vm = require("vm");
 const u = require("./util");
-const { startRedis, redisStore } = require("./redis");
+const { redisStore, runAlone } = require("./redis");
 
 const SIDS = Number(process.env.BENCH_SIDS) || 10000;
 const ROUNDS = Number(process.env.BENCH_ROUNDS) || 3;
@@ -172,20 +172,5 @@ function printSize(log, { size, bytes, sids, modes }, mode, names) {
 module.exports = { run, OPS, MODES, MODE_LABELS, STORE_LABELS };
 
 if (require.main === module) {
-  (async () => {
-    const redis = await startRedis();
-    try {
-      const m = u.machine();
-      console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | ${redis.version}`);
-      const result = await run({ redisPort: redis.port });
-      const file = u.writeJSON("store.json", { date: new Date().toISOString(), machine: m, engine: { addonSha256: u.addonHash() }, ...result });
-      console.log(`written ${file}`);
-    } finally {
-      await redis.stop();
-      u.killAll();
-    }
-  })().catch((err) => {
-    console.error(err);
-    process.exitCode = 1;
-  });
+  runAlone("store.json", (redis) => run({ redisPort: redis.port }));
 }
