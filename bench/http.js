@@ -11,7 +11,7 @@
 //   node bench/http.js   (alone; `npm run bench` runs it as part of bench/index.js)
 // Each store is measured ROUNDS times (a new server each time, stores in a rotated order); its
 // figure is its best round.
-//   BENCH_HTTP_CONNECTIONS=32 BENCH_HTTP_SECONDS=8 BENCH_HTTP_WARMUP=2 BENCH_HTTP_SESSIONS=1000 BENCH_HTTP_ROUNDS=2
+//   BENCH_HTTP_CONNECTIONS=32 BENCH_HTTP_SECONDS=8 BENCH_HTTP_WARMUP=2 BENCH_HTTP_SESSIONS=1000 BENCH_HTTP_ROUNDS=3
 const path = require("path");
 const autocannon = require("autocannon");
 const u = require("./util");
@@ -21,7 +21,7 @@ const CONNECTIONS = Number(process.env.BENCH_HTTP_CONNECTIONS) || 32;
 const SECONDS = Number(process.env.BENCH_HTTP_SECONDS) || 8;
 const WARMUP = Number(process.env.BENCH_HTTP_WARMUP) || 2;
 const SESSIONS = Number(process.env.BENCH_HTTP_SESSIONS) || 1000;
-const ROUNDS = Number(process.env.BENCH_HTTP_ROUNDS) || 2;
+const ROUNDS = Number(process.env.BENCH_HTTP_ROUNDS) || 3;
 const SESSION_BYTES = 1024;
 const SERVER = path.join(__dirname, "http-server.js");
 const STORE_LABELS = {
