@@ -12,6 +12,7 @@ const crypto = require("crypto");
 const session = require("express-session");
 const MulticastStore = require("..")(session);
 const { redisStore } = require("./redis");
+const { makeSession } = require("./util");
 
 const now = process.hrtime.bigint;
 // length() with a callback: MemoryStore's has no Promise form.
@@ -22,21 +23,6 @@ const logs = [];
 const logger = { debug() {}, trace() {}, info: (m) => logs.push(m), warn: (m) => logs.push(m), error: (m) => logs.push(m) };
 
 // A realistic ≈`bytes` session: express-session's Cookie plus user data, grown with cart items.
-function makeSession(bytes) {
-  const sess = {
-    cookie: new session.Cookie({ maxAge: 86400000, httpOnly: true, sameSite: "lax" }),
-    user: { id: 0, name: "Ada Lovelace", email: "ada@example.com", roles: ["user", "editor"], locale: "en-GB" },
-    csrfSecret: crypto.randomBytes(18).toString("base64url"),
-    returnTo: "/account/orders?page=2",
-    flash: { info: ["Welcome back!"] },
-    cart: [],
-  };
-  for (let i = 0; JSON.stringify(sess).length < bytes; i++) {
-    sess.cart.push({ sku: `SKU-${100000 + i}`, name: `Product #${i}`, qty: 1 + (i % 3), price: 9.99 + i, addedAt: 1700000000000 + i * 60000 });
-  }
-  return sess;
-}
-
 // Latency, writer side: the parent relays { write: i } once the reader has seen i - 1.
 // Timestamps right before set() is called and as soon as it returns (the engine has stored and
 // queued the write): the interval to B is measured from both.

@@ -24,13 +24,7 @@ const SESSIONS = Number(process.env.BENCH_HTTP_SESSIONS) || 1000;
 const ROUNDS = Number(process.env.BENCH_HTTP_ROUNDS) || 3;
 const SESSION_BYTES = 1024;
 const SERVER = path.join(__dirname, "http-server.js");
-const STORE_LABELS = {
-  MemoryStore: "MemoryStore",
-  memorystore: "memorystore",
-  redis: "connect-redis",
-  multicast: "multicast (1 node)",
-  multicastCluster: "multicast (node of 3)",
-};
+const { STORE_LABELS } = u;
 
 let serverCount = 0;
 async function startServer(name, redisPort) {

@@ -22,13 +22,7 @@ const SIZES = [1024, 16 * 1024];
 const OPS = ["set", "get", "touch", "destroy"]; // set populates, destroy empties: a round leaves the store empty
 const MODES = { sequential: 1, inflight64: 64 };
 const MODE_LABELS = { sequential: "sequential", inflight64: "64 in flight" };
-const STORE_LABELS = {
-  MemoryStore: "MemoryStore",
-  memorystore: "memorystore",
-  redis: "connect-redis",
-  multicast: "multicast (1 node)",
-  multicastCluster: "multicast (node of 3)",
-};
+const { STORE_LABELS } = u;
 
 // A full GC before each measurement, so one store's garbage is not collected on another's clock.
 v8.setFlagsFromString("--expose-gc");

@@ -29,6 +29,15 @@ function makeSession(bytes, id = 48213) {
   return sess;
 }
 
+/** The stores every bench compares, and how tables name them. */
+const STORE_LABELS = {
+  MemoryStore: "MemoryStore",
+  memorystore: "memorystore",
+  redis: "connect-redis",
+  multicast: "multicast (1 node)",
+  multicastCluster: "multicast (node of 3)",
+};
+
 const makeSids = (n) => Array.from({ length: n }, () => crypto.randomBytes(24).toString("base64url")); // like uid-safe(24)
 
 function machine() {
@@ -156,6 +165,7 @@ function rssOf(pid) {
 }
 
 module.exports = {
+  STORE_LABELS,
   ADDON,
   RESULTS_DIR,
   makeSession,
