@@ -17,7 +17,7 @@ const closedError = () => storeError("ERR_STORE_CLOSED", "the store is closed");
 // Callbacks are never called synchronously; without a callback, a Promise is returned.
 function settle(callback, err, value) {
   if (typeof callback === "function") {
-    process.nextTick(callback, err, value);
+    setImmediate(callback, err, value);
     return undefined;
   }
   return err ? Promise.reject(err) : Promise.resolve(value);
@@ -50,15 +50,17 @@ module.exports = function expressSessionMulticast(session) {
       this._isReady = false;
       this._readyKeepAlive = null;
       this._ready = new Promise((resolve) => (this._resolveReady = resolve));
-      const NativeEngine = loadEngine();
+      const native = loadEngine();
       try {
-        this._engine = new NativeEngine(JSON.stringify(engineOptions), (json) => this._onEngineEvent(json));
+        this._engine = new native.NativeEngine(JSON.stringify(engineOptions), (json) => this._onEngineEvent(json));
       } catch (err) {
         // The engine rejects invalid options with status InvalidArg: surface them as TypeError.
         if (err && err.code === "InvalidArg") throw new TypeError(err.message);
         throw err;
       }
       this.options = JSON.parse(this._engine.config());
+      this._native = native;
+      this._handle = this._engine.handle();
       this._onSignal = null;
       const networked = this.options.multicast !== false || this.options.peers.length > 0;
       if (this.options.gracefullShutdown && networked) this._handleSignals();
@@ -117,7 +119,7 @@ module.exports = function expressSessionMulticast(session) {
       let session = null;
       let err = null;
       try {
-        const json = this._engine.get(sid);
+        const json = this._native.get(this._handle, sid);
         if (json !== null) session = JSON.parse(json);
       } catch (e) {
         err = e;
@@ -127,26 +129,34 @@ module.exports = function expressSessionMulticast(session) {
 
     set(sid, session, callback) {
       if (this._closed) return settle(callback, closedError());
-      let json;
+      let status;
       try {
-        json = JSON.stringify(session);
+        status = this._native.set(this._handle, sid, JSON.stringify(session), cookieExpiry(session.cookie));
       } catch (e) {
-        return settle(callback, e);
+        return settle(callback, e); // not serializable, or a sid that is not a string
       }
-      const status = this._engine.set(sid, json, cookieExpiry(session.cookie));
       return settle(callback, status === SESSION_TOO_LARGE ? this._tooLarge(sid) : null);
     }
 
     touch(sid, session, callback) {
       if (this._closed) return settle(callback, closedError());
       const cookie = session && session.cookie;
-      const status = this._engine.touch(sid, cookie ? JSON.stringify(cookie) : null, cookieExpiry(cookie));
+      let status;
+      try {
+        status = this._native.touch(this._handle, sid, cookie ? JSON.stringify(cookie) : null, cookieExpiry(cookie));
+      } catch (e) {
+        return settle(callback, e);
+      }
       return settle(callback, status === SESSION_TOO_LARGE ? this._tooLarge(sid) : null);
     }
 
     destroy(sid, callback) {
       if (this._closed) return settle(callback, closedError());
-      this._engine.destroy(sid);
+      try {
+        this._native.destroy(this._handle, sid);
+      } catch (e) {
+        return settle(callback, e);
+      }
       return settle(callback, null);
     }
 

@@ -12,6 +12,7 @@
 // Each store is measured ROUNDS times (a new server each time, stores in a rotated order); its
 // figure is its best round.
 //   BENCH_HTTP_CONNECTIONS=32 BENCH_HTTP_SECONDS=8 BENCH_HTTP_WARMUP=2 BENCH_HTTP_SESSIONS=1000 BENCH_HTTP_ROUNDS=3
+//   BENCH_HTTP_STORES=MemoryStore,multicast (a subset, for profiling; ratios need their peer)
 const path = require("path");
 const autocannon = require("autocannon");
 const u = require("./util");
@@ -25,6 +26,7 @@ const ROUNDS = Number(process.env.BENCH_HTTP_ROUNDS) || 3;
 const SESSION_BYTES = 1024;
 const SERVER = path.join(__dirname, "http-server.js");
 const { STORE_LABELS } = u;
+const STORES = process.env.BENCH_HTTP_STORES ? process.env.BENCH_HTTP_STORES.split(",") : Object.keys(STORE_LABELS);
 
 let serverCount = 0;
 async function startServer(name, redisPort) {
@@ -119,7 +121,7 @@ async function measureStore(name, redisPort) {
 }
 
 async function run({ redisPort, log = console.log } = {}) {
-  const names = Object.keys(STORE_LABELS);
+  const names = STORES.filter((n) => n in STORE_LABELS);
   const runs = Object.fromEntries(names.map((n) => [n, []]));
   for (let r = 0; r < ROUNDS; r++) {
     for (let k = 0; k < names.length; k++) {
@@ -132,10 +134,10 @@ async function run({ redisPort, log = console.log } = {}) {
   // each store's figure: its best round (noise on a shared machine only ever slows a run down)
   const stores = Object.fromEntries(names.map((n) => [n, { ...runs[n].reduce((a, b) => (b.reqPerSec > a.reqPerSec ? b : a)), rounds: runs[n].map((s) => ({ reqPerSec: s.reqPerSec, p99: s.latencyMs.p99 })) }]));
   const ratios = {};
-  for (const n of ["multicast", "multicastCluster"]) {
+  for (const n of ["multicast", "multicastCluster"].filter((n) => stores[n])) {
     ratios[n] = {
-      reqPerSec: { toMemoryStore: u.ratio(stores[n].reqPerSec, stores.MemoryStore.reqPerSec), toRedis: u.ratio(stores[n].reqPerSec, stores.redis.reqPerSec) },
-      p99: { toMemoryStore: u.ratio(stores[n].latencyMs.p99, stores.MemoryStore.latencyMs.p99), toRedis: u.ratio(stores[n].latencyMs.p99, stores.redis.latencyMs.p99) },
+      reqPerSec: { toMemoryStore: u.ratio(stores[n].reqPerSec, stores.MemoryStore?.reqPerSec), toRedis: u.ratio(stores[n].reqPerSec, stores.redis?.reqPerSec) },
+      p99: { toMemoryStore: u.ratio(stores[n].latencyMs.p99, stores.MemoryStore?.latencyMs.p99), toRedis: u.ratio(stores[n].latencyMs.p99, stores.redis?.latencyMs.p99) },
     };
   }
   const rows = names.map((n) => {

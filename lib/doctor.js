@@ -56,7 +56,7 @@ async function runDoctor(options, { durationMs = DEFAULT_DURATION_MS, sizes = PR
     observed.multicastPort = await freeUdpPort(engineOptions.use);
   }
 
-  const NativeEngine = loadEngine();
+  const { NativeEngine } = loadEngine();
   const logs = [];
   const errors = [];
   const onEvent = (json) => {

@@ -2,13 +2,14 @@
 // Loads the addon built by scripts/build.js at `npm install` time.
 const path = require("path");
 
-let NativeEngine = null;
+let addon = null;
 
+/** The addon: `NativeEngine`, and the per-request calls `get`, `set`, `touch`, `destroy` that take `engine.handle()`. */
 function loadEngine() {
-  if (NativeEngine) return NativeEngine;
+  if (addon) return addon;
   const file = path.join(__dirname, "..", "express_session_multicast.node");
   try {
-    ({ NativeEngine } = require(file));
+    addon = require(file);
   } catch (err) {
     const hint = new Error(
       `express-session-multicast: the native engine could not be loaded from ${file} (${err.message}). ` +
@@ -18,7 +19,7 @@ function loadEngine() {
     hint.cause = err;
     throw hint;
   }
-  return NativeEngine;
+  return addon;
 }
 
 module.exports = { loadEngine };

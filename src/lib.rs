@@ -9,6 +9,8 @@ pub mod crypto;
 pub mod doctor;
 pub mod engine;
 pub mod events;
+#[cfg(feature = "node")]
+mod fast_calls;
 pub mod fragment;
 pub mod link;
 pub mod membership;
@@ -25,23 +27,28 @@ pub mod wire;
 mod node {
     use std::sync::Arc;
 
-    use napi::bindgen_prelude::Function;
+    use napi::bindgen_prelude::{Function, Object, ToNapiValue};
     use napi::threadsafe_function::ThreadsafeFunctionCallMode;
-    use napi::{Error, Result, Status};
+    use napi::{sys, Env, Error, JsValue, Result, Status};
     use napi_derive::napi;
 
-    use crate::engine::{Engine, WriteError};
+    use crate::engine::Engine;
     use crate::events::EventSink;
+    use crate::fast_calls;
     use crate::options::Config;
 
-    /// Status codes of write calls, mirrored in index.js.
-    const OK: u32 = 0;
-    const SESSION_TOO_LARGE: u32 = 1;
+    /// get/set/touch/destroy, bound without napi-rs's per-call glue (see fast_calls.rs).
+    #[napi(module_exports)]
+    pub fn export_fast_calls(exports: Object, env: Env) -> Result<()> {
+        fast_calls::register(env.raw(), exports.raw())
+    }
 
-    fn write_status(result: std::result::Result<(), WriteError>) -> u32 {
-        match result {
-            Ok(()) => OK,
-            Err(WriteError::TooLarge) => SESSION_TOO_LARGE,
+    /// The engine as the first argument of the fast calls.
+    pub struct EngineHandle(sys::napi_value);
+
+    impl ToNapiValue for EngineHandle {
+        unsafe fn to_napi_value(_env: sys::napi_env, handle: Self) -> Result<sys::napi_value> {
+            Ok(handle.0)
         }
     }
 
@@ -51,14 +58,9 @@ mod node {
         Config::from_json(&options).map_err(|e| Error::new(Status::InvalidArg, e.to_string()))
     }
 
-    /// Absolute expiry from JS (`NaN` when the cookie has none).
-    fn expires(ms: f64) -> Option<u64> {
-        ms.is_finite().then(|| ms.max(0.0) as u64)
-    }
-
     #[napi]
     pub struct NativeEngine {
-        engine: Engine,
+        engine: Arc<Engine>,
     }
 
     #[napi]
@@ -90,32 +92,17 @@ mod node {
             let engine = Engine::start(config, events).map_err(|e| {
                 Error::new(Status::GenericFailure, format!("express-session-multicast: cannot start the engine: {e}"))
             })?;
-            Ok(NativeEngine { engine })
+            Ok(NativeEngine { engine: Arc::new(engine) })
+        }
+
+        #[napi(catch_unwind)]
+        pub fn handle(&self, env: Env) -> Result<EngineHandle> {
+            fast_calls::create_handle(env.raw(), self.engine.clone()).map(EngineHandle)
         }
 
         #[napi(catch_unwind)]
         pub fn config(&self) -> String {
             self.engine.config().to_json().to_string()
-        }
-
-        #[napi(catch_unwind)]
-        pub fn get(&self, sid: String) -> Option<String> {
-            self.engine.get(&sid).map(|doc| doc.to_string())
-        }
-
-        #[napi(catch_unwind)]
-        pub fn set(&self, sid: String, json: String, expires_ms: f64) -> u32 {
-            write_status(self.engine.set(&sid, json, expires(expires_ms)))
-        }
-
-        #[napi(catch_unwind)]
-        pub fn touch(&self, sid: String, cookie_json: Option<String>, expires_ms: f64) -> u32 {
-            write_status(self.engine.touch(&sid, cookie_json, expires(expires_ms)))
-        }
-
-        #[napi(catch_unwind)]
-        pub fn destroy(&self, sid: String) {
-            self.engine.destroy(&sid)
         }
 
         #[napi(catch_unwind)]

@@ -185,6 +185,28 @@ describe("store methods", () => {
       assert.deepEqual({ ...(await store.all()) }, { bare: { user: "bob" } });
     });
 
+    it("round-trips any text: non-ASCII data, emoji, lone surrogates, long and non-ASCII sids", async () => {
+      const sess = sessionData({ name: "Zoë Ł. 日本語", emoji: "😀👍", lone: "\ud800x\udfff", plain: "ascii" });
+      const sids = ["s".repeat(124), "s".repeat(125), "long-".repeat(100), "sïd-é-日本-😀", "😀".repeat(40)];
+      for (const sid of sids) await store.set(sid, sess);
+      for (const sid of sids) assert.deepEqual(await store.get(sid), asStored(sess), `sid of ${sid.length} chars`);
+      assert.equal(await store.length(), sids.length);
+      assert.deepEqual(Object.keys(await store.all()).sort(), [...sids].sort());
+      for (const sid of sids) await store.destroy(sid);
+      assert.equal(await store.length(), 0);
+    });
+
+    it("a sid that is not a string fails the call's callback with a TypeError (nothing thrown, nothing stored)", async () => {
+      for (const sid of [42, null, undefined, { id: "x" }]) {
+        for (const [method, args] of [["set", [sessionData()]], ["touch", [sessionData()]], ["get", []], ["destroy", []]]) {
+          const err = await new Promise((resolve) => store[method](sid, ...args, (e) => resolve(e)));
+          assert.ok(err instanceof TypeError, `${method}(${String(sid)}): ${err}`);
+          assert.match(err.message, /express-session-multicast: expected a string/);
+        }
+      }
+      assert.equal(await store.length(), 0);
+    });
+
     it("overwrites the previous value of the sid", async () => {
       await store.set("sid", sessionData({ v: 1 }));
       await store.set("sid", sessionData({ v: 2 }));
