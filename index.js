@@ -61,6 +61,13 @@ module.exports = function expressSessionMulticast(session) {
       this.options = JSON.parse(this._engine.config());
       this._native = native;
       this._handle = this._engine.handle();
+      // Writes queue in the engine and go to the network once per event-loop turn that wrote:
+      // a burst of writes costs one wake-up of the network thread (src/outbox.rs).
+      this._flushScheduled = false;
+      this._flush = () => {
+        this._flushScheduled = false;
+        if (!this._closed) this._native.flush(this._handle);
+      };
       this._onSignal = null;
       const networked = this.options.multicast !== false || this.options.peers.length > 0;
       if (this.options.gracefullShutdown && networked) this._handleSignals();
@@ -135,6 +142,7 @@ module.exports = function expressSessionMulticast(session) {
       } catch (e) {
         return settle(callback, e); // not serializable, or a sid that is not a string
       }
+      this._wrote();
       return settle(callback, status === SESSION_TOO_LARGE ? this._tooLarge(sid) : null);
     }
 
@@ -147,6 +155,7 @@ module.exports = function expressSessionMulticast(session) {
       } catch (e) {
         return settle(callback, e);
       }
+      this._wrote();
       return settle(callback, status === SESSION_TOO_LARGE ? this._tooLarge(sid) : null);
     }
 
@@ -157,13 +166,21 @@ module.exports = function expressSessionMulticast(session) {
       } catch (e) {
         return settle(callback, e);
       }
+      this._wrote();
       return settle(callback, null);
     }
 
     clear(callback) {
       if (this._closed) return settle(callback, closedError());
       this._engine.clear();
+      this._wrote();
       return settle(callback, null);
+    }
+
+    _wrote() {
+      if (this._flushScheduled) return;
+      this._flushScheduled = true;
+      setImmediate(this._flush);
     }
 
     all(callback) {

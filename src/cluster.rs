@@ -19,7 +19,6 @@ use parking_lot::Mutex;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::clock::{now_ms, Clock};
 use crate::doctor::{PongBudget, Probes};
@@ -28,6 +27,7 @@ use crate::fragment::{self, Reassembler};
 use crate::link::Link;
 use crate::membership::{Change, Member, MemberState, Members};
 use crate::options::Config;
+use crate::outbox::Outbox;
 use crate::reliable::{Receipt, ReceiveWindow, SendBuffer};
 use crate::table::{Op, Table};
 use crate::transfer::{self, SyncContext};
@@ -154,6 +154,8 @@ pub struct Cluster {
     ready: AtomicBool,
     /// Wakes the bootstrap as soon as a member is found.
     member_found: tokio::sync::Notify,
+    /// Local writes to replicate.
+    outbox: Arc<Outbox>,
 }
 
 impl Cluster {
@@ -164,7 +166,7 @@ impl Cluster {
         table: Arc<Table>,
         clock: Arc<Clock>,
         events: EventSink,
-        outbox: UnboundedReceiver<Op>,
+        outbox: Arc<Outbox>,
     ) -> std::io::Result<Arc<Cluster>> {
         let Sockets { group, group_addr, listen, unicast, tcp, me } = transport::open(&config)?;
         let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
@@ -193,6 +195,7 @@ impl Cluster {
             events,
             ready: AtomicBool::new(false),
             member_found: tokio::sync::Notify::new(),
+            outbox,
             config,
         });
         if let Some(group) = group {
@@ -202,7 +205,7 @@ impl Cluster {
             tokio::spawn(cluster.clone().receive_loop(Some(listen), false));
         }
         tokio::spawn(cluster.clone().receive_loop(None, false));
-        tokio::spawn(cluster.clone().send_loop(outbox));
+        tokio::spawn(cluster.clone().send_loop());
         tokio::spawn(cluster.clone().tick_loop());
         tokio::spawn(cluster.clone().accept_loop(tcp));
         tokio::spawn(cluster.clone().bootstrap());
@@ -319,20 +322,27 @@ impl Cluster {
         self.broadcast(&self.link.seal(msg)).await;
     }
 
-    /// Announces our leave (graceful shutdown). Sent twice: a lost leave costs a failureTimeout.
+    /// Sends the writes still queued, then announces our leave (graceful shutdown). The leave
+    /// is sent twice: a lost leave costs a failureTimeout.
     pub async fn leave(&self) {
         if self.config.observer {
             return;
+        }
+        let queued = self.outbox.take();
+        if !queued.is_empty() {
+            self.send_ops(queued).await;
         }
         for _ in 0..2 {
             self.broadcast_message(&Message::Leave).await;
         }
     }
 
-    async fn send_loop(self: Arc<Self>, mut outbox: UnboundedReceiver<Op>) {
-        let mut batch = Vec::with_capacity(256);
-        while outbox.recv_many(&mut batch, 4096).await > 0 {
-            self.send_ops(std::mem::take(&mut batch)).await;
+    async fn send_loop(self: Arc<Self>) {
+        loop {
+            let ops = self.outbox.flushed().await;
+            if !ops.is_empty() {
+                self.send_ops(ops).await;
+            }
         }
     }
 
@@ -641,6 +651,8 @@ impl Cluster {
         let mut next_heartbeat = Instant::now();
         loop {
             ticker.tick().await;
+            // Writes nobody flushed go out within a tick.
+            self.outbox.flush();
             let now = Instant::now();
             if now >= next_heartbeat && !self.config.observer {
                 // A steady cadence: ticks only decide how late a heartbeat may be, not how often.

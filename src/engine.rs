@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::clock::{now_ms, Clock};
 use crate::cluster::Cluster;
@@ -15,6 +14,7 @@ use crate::crypto::Codec;
 use crate::link::Link;
 use crate::events::{Event, EventSink, Level};
 use crate::options::Config;
+use crate::outbox::Outbox;
 use crate::table::{expiry, Op, Table};
 use crate::wire::{self, Header};
 
@@ -40,7 +40,7 @@ pub struct Engine {
     table: Arc<Table>,
     counters: Arc<Counters>,
     /// Local writes on their way to the cluster; `None` when the node is not networked.
-    outbox: Option<UnboundedSender<Op>>,
+    outbox: Option<Arc<Outbox>>,
     /// Taken by `close()`: dropping it stops every thread and releases the event callback.
     running: Mutex<Option<Running>>,
 }
@@ -78,11 +78,11 @@ impl Engine {
                 });
             }
             let link = Arc::new(Link::new(header, Codec::new(&config.cluster, &config.secrets)));
-            let (tx, rx) = mpsc::unbounded_channel();
+            let queue = Arc::new(Outbox::default());
             let _runtime = runtime.enter();
-            match Cluster::start(config.clone(), link, table.clone(), clock.clone(), events.clone(), rx) {
+            match Cluster::start(config.clone(), link, table.clone(), clock.clone(), events.clone(), queue.clone()) {
                 Ok(started) => {
-                    outbox = Some(tx);
+                    outbox = Some(queue);
                     cluster = Some(started);
                 }
                 Err(e) => {
@@ -138,6 +138,13 @@ impl Engine {
 
     pub fn clear(&self) {
         self.write(Op::Clear { version: self.clock.tick() });
+    }
+
+    /// Hands the writes made since the last flush to the network thread (see outbox.rs).
+    pub fn flush(&self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.flush();
+        }
     }
 
     pub fn all_json(&self) -> String {
@@ -200,7 +207,8 @@ impl Engine {
         serde_json::Value::Array(members)
     }
 
-    /// Announces the leave, then stops every background task and thread. Idempotent.
+    /// Sends the writes still queued and announces the leave, then stops every background task
+    /// and thread. Idempotent.
     pub fn close(&self) {
         if let Some(Running { runtime, cluster }) = self.running.lock().take() {
             if let Some(cluster) = &cluster {
@@ -238,8 +246,7 @@ impl Engine {
     fn write(&self, op: Op) {
         self.table.apply(&op);
         if let Some(outbox) = &self.outbox {
-            // Fails only once the runtime is gone (closed): nothing left to replicate to.
-            let _ = outbox.send(op);
+            outbox.push(op);
         }
     }
 }
@@ -315,6 +322,11 @@ mod tests {
             if i % 7 == 0 {
                 writer.touch(&format!("s{i}"), Some(format!(r#"{{"t":{i}}}"#)), expires).unwrap();
             }
+            // As the JS adapter does at the end of an event-loop turn (the other tests rely on
+            // the tick's flush).
+            if i % 10 == 0 {
+                writer.flush();
+            }
         }
         nodes[1].destroy("s42");
         assert!(wait_for_convergence(&nodes, 2_999), "stats: {}", nodes[0].stats());
@@ -323,6 +335,28 @@ mod tests {
             assert_eq!(n.get("s7").as_deref(), Some(r#"{"n":7,"cookie":{"t":7}}"#), "the touch replicated too");
         }
         assert!(stat(&nodes, "retransmissions") > 0, "loss must have been repaired by retransmission");
+        nodes.iter().for_each(Engine::close);
+    }
+
+    /// Multicast loops every datagram back to its sender; the kernel filter drops our own data
+    /// before the node sees it, while our heartbeats still loop back (that is how the node
+    /// knows multicast reaches this host). A second node still gets every write.
+    #[test]
+    fn own_data_is_dropped_in_the_kernel_not_by_the_node() {
+        let nodes = loopback_cluster("own-echo", 2, Default::default());
+        let expires = Some(now_ms() + 600_000);
+        // ≈1 KB each: one datagram per write.
+        for i in 0..500 {
+            nodes[0].set(&format!("s{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000)), expires).unwrap();
+            nodes[0].flush();
+        }
+        assert!(wait_for_convergence(&nodes, 500), "stats: {}", nodes[1].stats());
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = nodes[0].stats();
+        let own = stats["ownLoopback"].as_u64().unwrap();
+        assert!(stats["datagramsSent"].as_u64().unwrap() >= 500, "stats: {stats}");
+        assert!(own > 0, "heartbeats still loop back: {stats}");
+        assert!(own < 100, "our 500 data datagrams must not come back: {stats}");
         nodes.iter().for_each(Engine::close);
     }
 

@@ -1,11 +1,15 @@
-//! The four calls every request makes (get, set, touch, destroy), bound with raw Node-API.
+//! The calls every request makes (get, set, touch, destroy, and the end-of-turn flush), bound
+//! with raw Node-API.
 //!
 //! napi-rs 3's generated glue allocates a borrow-tracking scope and takes a process-wide lock
 //! on every call; for a call whose real work is a few hundred nanoseconds that doubled its
 //! cost under HTTP load (and each freed scope made glibc consolidate its heap on the next
-//! 1 KB allocation). These four skip it: they take the engine as an external handle (made by
+//! 1 KB allocation). These skip it: they take the engine as an external handle (made by
 //! `NativeEngine.handle()`), read their strings straight into Rust, and catch every panic.
 //! Everything else goes through napi-rs (lib.rs).
+
+// Registered by napi-derive, which compiles its registration out of test builds.
+#![cfg_attr(test, allow(dead_code))]
 
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -43,10 +47,10 @@ unsafe extern "C" fn drop_handle(_env: Env, data: *mut c_void, _hint: *mut c_voi
     let _ = catch_unwind(|| drop(unsafe { Arc::from_raw(data as *const Engine) }));
 }
 
-/// Adds `get`, `set`, `touch` and `destroy` to the addon's exports.
+/// Adds `get`, `set`, `touch`, `destroy` and `flush` to the addon's exports.
 pub fn register(env: Env, exports: Value) -> napi::Result<()> {
-    let calls: [(&str, unsafe extern "C" fn(Env, sys::napi_callback_info) -> Value); 4] =
-        [("get", get), ("set", set), ("touch", touch), ("destroy", destroy)];
+    let calls: [(&str, unsafe extern "C" fn(Env, sys::napi_callback_info) -> Value); 5] =
+        [("get", get), ("set", set), ("touch", touch), ("destroy", destroy), ("flush", flush)];
     for (name, call) in calls {
         let mut function = ptr::null_mut();
         let name_c = CString::new(name).expect("no NUL in a call name");
@@ -66,7 +70,7 @@ pub fn register(env: Env, exports: Value) -> napi::Result<()> {
 /// `get(handle, sid)`: the session's JSON, or null.
 unsafe extern "C" fn get(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
-        let (engine, [_, sid, ..]) = arguments(env, info)?;
+        let (engine, [_, sid, ..]) = arguments(env, info, 2)?;
         match with_str(env, sid, |sid| engine.get(sid))? {
             None => null(env),
             // Most sessions are ASCII: V8 copies Latin-1 without decoding it.
@@ -79,7 +83,7 @@ unsafe extern "C" fn get(env: Env, info: sys::napi_callback_info) -> Value {
 /// `set(handle, sid, json, expiresMs)`: a write status.
 unsafe extern "C" fn set(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
-        let (engine, [_, sid, json, expires]) = arguments(env, info)?;
+        let (engine, [_, sid, json, expires]) = arguments(env, info, 2)?;
         let (json, expires) = (owned_string(env, json)?, expiry(env, expires)?);
         let status = with_str(env, sid, |sid| engine.set(sid, json, expires))?;
         write_status(env, status)
@@ -89,7 +93,7 @@ unsafe extern "C" fn set(env: Env, info: sys::napi_callback_info) -> Value {
 /// `touch(handle, sid, cookieJson | null, expiresMs)`: a write status.
 unsafe extern "C" fn touch(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
-        let (engine, [_, sid, cookie, expires]) = arguments(env, info)?;
+        let (engine, [_, sid, cookie, expires]) = arguments(env, info, 2)?;
         let cookie = if is_nullish(env, cookie)? { None } else { Some(owned_string(env, cookie)?) };
         let expires = expiry(env, expires)?;
         let status = with_str(env, sid, |sid| engine.touch(sid, cookie, expires))?;
@@ -100,8 +104,17 @@ unsafe extern "C" fn touch(env: Env, info: sys::napi_callback_info) -> Value {
 /// `destroy(handle, sid)`.
 unsafe extern "C" fn destroy(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
-        let (engine, [_, sid, ..]) = arguments(env, info)?;
+        let (engine, [_, sid, ..]) = arguments(env, info, 2)?;
         with_str(env, sid, |sid| engine.destroy(sid))?;
+        null(env)
+    })
+}
+
+/// `flush(handle)`: hands this turn's writes to the network thread (see outbox.rs).
+unsafe extern "C" fn flush(env: Env, info: sys::napi_callback_info) -> Value {
+    guard(env, || {
+        let (engine, _) = arguments(env, info, 1)?;
+        engine.flush();
         null(env)
     })
 }
@@ -122,12 +135,13 @@ fn guard(env: Env, call: impl FnOnce() -> Result<Value, Refusal>) -> Value {
     ptr::null_mut()
 }
 
-/// The engine behind the first argument, and the first four arguments (undefined if missing).
-fn arguments<'a>(env: Env, info: sys::napi_callback_info) -> Result<(&'a Engine, [Value; 4]), Refusal> {
+/// The engine behind the first argument, and the first four arguments (undefined if missing);
+/// refused with fewer than `required`.
+fn arguments<'a>(env: Env, info: sys::napi_callback_info, required: usize) -> Result<(&'a Engine, [Value; 4]), Refusal> {
     let mut argv = [ptr::null_mut(); 4];
     let mut argc = argv.len();
     let status = unsafe { sys::napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), ptr::null_mut()) };
-    if status != sys::Status::napi_ok || argc < 2 {
+    if status != sys::Status::napi_ok || argc < required {
         return Err("expected an engine handle and a session id");
     }
     let mut data = ptr::null_mut();

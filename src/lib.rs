@@ -16,6 +16,7 @@ pub mod link;
 pub mod membership;
 pub mod metrics;
 pub mod options;
+pub mod outbox;
 pub mod reliable;
 pub mod replay;
 pub mod table;
@@ -37,7 +38,7 @@ mod node {
     use crate::fast_calls;
     use crate::options::Config;
 
-    /// get/set/touch/destroy, bound without napi-rs's per-call glue (see fast_calls.rs).
+    /// get/set/touch/destroy/flush, bound without napi-rs's per-call glue (see fast_calls.rs).
     #[napi(module_exports)]
     pub fn export_fast_calls(exports: Object, env: Env) -> Result<()> {
         fast_calls::register(env.raw(), exports.raw())

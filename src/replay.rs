@@ -17,7 +17,8 @@ pub const MAX_SENDERS: usize = 8192;
 
 struct Window {
     highest: u64,
-    /// Bit `i` set = packet number `highest - i` seen.
+    /// A ring: bit `pn % WINDOW` set = packet number `pn` seen, for the numbers in
+    /// `(highest - WINDOW, highest]`. Moving up clears only the slots that enter the window.
     seen: Box<[u64; WORDS]>,
     last_used: u64,
 }
@@ -27,42 +28,34 @@ impl Window {
         Window { highest: 0, seen: Box::new([0; WORDS]), last_used: 0 }
     }
 
-    fn bit(&mut self, back: u64) -> (&mut u64, u64) {
-        (&mut self.seen[(back / 64) as usize], 1u64 << (back % 64))
+    fn slot(pn: u64) -> (usize, u64) {
+        let bit = pn % WINDOW;
+        ((bit / 64) as usize, 1u64 << (bit % 64))
     }
 
     /// Marks `pn` seen; false when it was seen before or is too old.
     fn accept(&mut self, pn: u64) -> bool {
         if pn > self.highest {
-            self.shift(pn - self.highest);
+            if pn - self.highest >= WINDOW {
+                self.seen.fill(0);
+            } else {
+                for entering in self.highest + 1..pn {
+                    let (word, mask) = Self::slot(entering);
+                    self.seen[word] &= !mask;
+                }
+            }
             self.highest = pn;
-            let (word, mask) = self.bit(0);
-            *word |= mask;
+            let (word, mask) = Self::slot(pn);
+            self.seen[word] |= mask;
             return true;
         }
-        let back = self.highest - pn;
-        if back >= WINDOW {
+        if self.highest - pn >= WINDOW {
             return false;
         }
-        let (word, mask) = self.bit(back);
-        let fresh = *word & mask == 0;
-        *word |= mask;
+        let (word, mask) = Self::slot(pn);
+        let fresh = self.seen[word] & mask == 0;
+        self.seen[word] |= mask;
         fresh
-    }
-
-    /// Moves the window up by `by` numbers.
-    fn shift(&mut self, by: u64) {
-        if by >= WINDOW {
-            self.seen.fill(0);
-            return;
-        }
-        let (words, bits) = ((by / 64) as usize, (by % 64) as u32);
-        for i in (0..WORDS).rev() {
-            let from = i.checked_sub(words);
-            let high = from.map_or(0, |f| self.seen[f]);
-            let low = from.and_then(|f| f.checked_sub(1)).map_or(0, |f| self.seen[f]);
-            self.seen[i] = if bits == 0 { high } else { (high << bits) | (low >> (64 - bits)) };
-        }
     }
 }
 

@@ -29,6 +29,8 @@ use crate::table::{Data, Entry, Op};
 pub const MAGIC: [u8; 2] = *b"SM";
 pub const WIRE_VERSION: u8 = 1;
 pub const HEADER_BYTES: usize = 36;
+/// Where the message kind sits in the header (read by the kernel filter of transport.rs too).
+pub const KIND_AT: usize = 3;
 pub const PACKET_NUMBER_AT: usize = 24;
 pub const KEY_ID_AT: usize = 32;
 /// Room kept for the trailer in every datagram budget: the larger of the CRC and the AEAD tag,
@@ -483,7 +485,7 @@ pub fn peek_header(packet: &[u8], cluster: u32) -> Result<(Kind, Header), Decode
     if packet[2] != WIRE_VERSION {
         return Err(DecodeError::BadVersion);
     }
-    let kind = Kind::from_u8(packet[3]).ok_or(DecodeError::BadKind)?;
+    let kind = Kind::from_u8(packet[KIND_AT]).ok_or(DecodeError::BadKind)?;
     let mut r = Reader(&packet[4..HEADER_BYTES]);
     let header = Header { cluster: r.u32()?, node: r.u64()?, incarnation: r.u64()? };
     if header.cluster != cluster {

@@ -1,0 +1,105 @@
+//! Local writes on their way to the network thread.
+//!
+//! Waking the network thread costs a syscall and an inter-processor interrupt, more than the
+//! write itself; so a write only queues, and the queue is handed over by `flush()`, which the
+//! JS adapter calls once per event-loop turn that wrote. A burst of writes in one turn costs one
+//! wake-up. The queue also hands itself over once it holds `FLUSH_OPS` writes or `FLUSH_BYTES`
+//! bytes (a long synchronous loop of writes does not pile up), and the cluster's tick drains
+//! whatever is left, so a missing flush delays a write by one tick at most, never loses it.
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::table::Op;
+use crate::wire;
+
+/// Writes that wake the network thread without waiting for a flush.
+const FLUSH_OPS: usize = 256;
+/// Queued bytes that wake the network thread without waiting for a flush.
+const FLUSH_BYTES: usize = 256 << 10;
+
+#[derive(Default)]
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    ops: Vec<Op>,
+    bytes: usize,
+}
+
+impl Outbox {
+    pub fn push(&self, op: Op) {
+        let mut queue = self.queue.lock();
+        queue.bytes += wire::op_len(&op);
+        queue.ops.push(op);
+        if queue.ops.len() >= FLUSH_OPS || queue.bytes >= FLUSH_BYTES {
+            drop(queue);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Hands the queued writes to the network thread.
+    pub fn flush(&self) {
+        if !self.queue.lock().ops.is_empty() {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Everything queued so far, in write order.
+    pub fn take(&self) -> Vec<Op> {
+        let mut queue = self.queue.lock();
+        queue.bytes = 0;
+        std::mem::take(&mut queue.ops)
+    }
+
+    /// Waits for a flush, then takes the queue (possibly empty: a tick may have drained it).
+    pub async fn flushed(&self) -> Vec<Op> {
+        self.ready.notified().await;
+        self.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::Version;
+
+    fn op(i: usize) -> Op {
+        Op::Destroy { sid: format!("s{i}").into(), version: Version { hlc: i as u64, node: 1 } }
+    }
+
+    fn flushed_within(outbox: &Outbox, ms: u64) -> Option<Vec<Op>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_millis(ms), outbox.flushed()).await.ok() })
+    }
+
+    #[test]
+    fn writes_wait_for_a_flush_and_come_out_in_order() {
+        let outbox = Outbox::default();
+        (0..3).for_each(|i| outbox.push(op(i)));
+        assert!(flushed_within(&outbox, 50).is_none(), "no flush, no hand-over");
+        outbox.flush();
+        let batch = flushed_within(&outbox, 1000).expect("handed over after a flush");
+        assert_eq!(batch, (0..3).map(op).collect::<Vec<_>>());
+        assert!(outbox.take().is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_hands_itself_over() {
+        let outbox = Outbox::default();
+        (0..FLUSH_OPS).for_each(|i| outbox.push(op(i)));
+        assert_eq!(flushed_within(&outbox, 1000).expect("handed over at FLUSH_OPS").len(), FLUSH_OPS);
+    }
+
+    #[test]
+    fn a_flush_of_nothing_wakes_nobody() {
+        let outbox = Outbox::default();
+        outbox.flush();
+        assert!(flushed_within(&outbox, 50).is_none());
+    }
+}
