@@ -314,6 +314,8 @@ declare namespace expressSessionMulticast {
         /** Joined and finished the initial state transfer (or found itself alone). */
         ready: boolean;
         datagramsSent?: number;
+        /** Batches of local writes handed to the network thread: writes close together share one. */
+        writeBatches?: number;
         bytesSent?: number;
         datagramsReceived?: number;
         bytesReceived?: number;

@@ -5,6 +5,8 @@ const { normalizeOptions } = require("./lib/options");
 
 // Status codes returned by the engine's write calls (0 = ok).
 const SESSION_TOO_LARGE = 1;
+// Writes closer together than this are flushed to the network together (see _wrote).
+const FLUSH_GAP_MS = 0.05;
 
 function storeError(code, message) {
   const err = new Error(`express-session-multicast: ${message}`);
@@ -61,16 +63,17 @@ module.exports = function expressSessionMulticast(session) {
       this.options = JSON.parse(this._engine.config());
       this._native = native;
       this._handle = this._engine.handle();
-      // Writes queue in the engine and go to the network once per event-loop turn that wrote:
-      // a burst of writes costs one wake-up of the network thread (src/outbox.rs).
+      // Writes queue in the engine; a flush hands them to the network thread (src/outbox.rs).
       this._flushScheduled = false;
+      this._lastFlush = -Infinity;
       this._flush = () => {
         this._flushScheduled = false;
+        this._lastFlush = performance.now();
         if (!this._closed) this._native.flush(this._handle);
       };
       this._onSignal = null;
-      const networked = this.options.multicast !== false || this.options.peers.length > 0;
-      if (this.options.gracefullShutdown && networked) this._handleSignals();
+      this._networked = this.options.multicast !== false || this.options.peers.length > 0;
+      if (this.options.gracefullShutdown && this._networked) this._handleSignals();
       process.nextTick(() => this.emit("connect"));
     }
 
@@ -177,10 +180,15 @@ module.exports = function expressSessionMulticast(session) {
       return settle(callback, null);
     }
 
+    // A flush ends each event-loop turn that wrote, so a lone write leaves at once and a burst
+    // in one turn costs one wake-up of the network thread. Writes that keep coming less than
+    // FLUSH_GAP_MS apart are flushed by a 1 ms timer instead: a stream of writes then costs a
+    // wake-up per millisecond, not one per write (the engine also hands over every 256 writes).
     _wrote() {
-      if (this._flushScheduled) return;
+      if (this._flushScheduled || !this._networked) return;
       this._flushScheduled = true;
-      setImmediate(this._flush);
+      if (performance.now() - this._lastFlush >= FLUSH_GAP_MS) setImmediate(this._flush);
+      else setTimeout(this._flush, 1).unref();
     }
 
     all(callback) {

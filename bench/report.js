@@ -103,7 +103,9 @@ function markdown(results, verdicts) {
           const { opsPerSec, ratios } = size.modes[mode][op];
           return [op, ...STORES.map((s) => u.fmt(opsPerSec[s])), u.fmtRatio(ratios.multicast.toMemoryStore), u.fmtRatio(ratios.multicast.toRedis), u.fmtRatio(ratios.multicastCluster.toMemoryStore), u.fmtRatio(ratios.multicastCluster.toRedis)];
         });
-        parts.push(`**≈${size.size} session (${size.bytes} B of JSON), ${MODE_LABELS[mode]}, ${u.fmt(size.sids)} sids**\n\n${table(header, rows)}\n`);
+        const cpu = size.modes[mode].set.clusterCpuUsPerSet;
+        const cpuLine = cpu ? `\nCPU per set on the node of 3 (all three processes share this machine's CPUs): its JS thread ${cpu.js} µs, its network thread ${cpu.net} µs, the two peers together ${cpu.peers} µs.\n` : "";
+        parts.push(`**≈${size.size} session (${size.bytes} B of JSON), ${MODE_LABELS[mode]}, ${u.fmt(size.sids)} sids**\n\n${table(header, rows)}\n${cpuLine}`);
       }
     }
   }

@@ -93,12 +93,28 @@ function measure(store, op, sids, sess, inflight) {
   });
 }
 
-async function round(stores, names, r, sids, sess, samples) {
+// CPU time the node-of-3 cluster spends per set, summed over rounds: what replication costs
+// besides the JS work every store does (on this machine, all three nodes share its CPUs).
+const CPU_PARTS = ["js", "net", "peers"];
+function cpuSnapshot(pids) {
+  const [self, ...peers] = pids.map(u.cpuNs);
+  return { js: self.js, net: self.net, peers: peers.reduce((sum, p) => sum + p.js + p.net + p.other, 0) };
+}
+
+async function round(stores, names, r, sids, sess, samples, cpu) {
   for (let k = 0; k < names.length; k++) {
     const name = names[(k + r) % names.length];
     for (const mode of Object.keys(MODES)) {
       for (const op of OPS) {
+        const metered = cpu && name === "multicastCluster" && op === "set";
+        const before = metered && cpuSnapshot(cpu.pids);
         const opsPerSec = await measure(stores[name], op, sids, sess, MODES[mode]);
+        if (metered) {
+          await u.sleep(100); // the peers finish applying the last writes
+          const after = cpuSnapshot(cpu.pids);
+          for (const part of CPU_PARTS) cpu.ns[mode][part] += after[part] - before[part];
+          cpu.sets[mode] += sids.length;
+        }
         if (samples) samples[mode][op][name].push(Math.round(opsPerSec));
       }
     }
@@ -118,7 +134,12 @@ async function run({ redisPort, log = console.log } = {}) {
       const bytes = JSON.stringify(sess).length;
       const samples = Object.fromEntries(Object.keys(MODES).map((m) => [m, Object.fromEntries(OPS.map((op) => [op, Object.fromEntries(names.map((n) => [n, []]))]))]));
       await round(stores, names, 0, sids.slice(0, Math.min(count, 2000)), sess, null); // warm-up, not recorded
-      for (let r = 0; r < ROUNDS; r++) await round(stores, names, r, sids, sess, samples);
+      const cpu = {
+        pids: [process.pid, ...peers.map((p) => p.child.pid)],
+        ns: Object.fromEntries(Object.keys(MODES).map((m) => [m, { js: 0, net: 0, peers: 0 }])),
+        sets: Object.fromEntries(Object.keys(MODES).map((m) => [m, 0])),
+      };
+      for (let r = 0; r < ROUNDS; r++) await round(stores, names, r, sids, sess, samples, cpu);
       const modes = {};
       for (const mode of Object.keys(MODES)) {
         modes[mode] = {};
@@ -130,6 +151,8 @@ async function run({ redisPort, log = console.log } = {}) {
           }
           modes[mode][op] = { opsPerSec, ratios, samples: samples[mode][op] };
         }
+        // µs of CPU per set on the node of 3: its JS thread, its network thread, both peers together
+        modes[mode].set.clusterCpuUsPerSet = Object.fromEntries(CPU_PARTS.map((part) => [part, u.round2(cpu.ns[mode][part] / cpu.sets[mode] / 1000)]));
       }
       sizes.push({ size: u.kb(bytes), bytes, sids: count, modes });
       for (const mode of Object.keys(MODES)) printSize(log, sizes[sizes.length - 1], mode, names);
@@ -158,6 +181,8 @@ function printSize(log, { size, bytes, sids, modes }, mode, names) {
   console.log = log;
   try {
     u.printTable(`session ≈${size} (${bytes.toLocaleString("en-US")} bytes of JSON), ${MODE_LABELS[mode]}, ${sids.toLocaleString("en-US")} sids, ops/s`, header, rows);
+    const c = modes[mode].set.clusterCpuUsPerSet;
+    console.log(`CPU per set on the node of 3: JS thread ${c.js} µs, network thread ${c.net} µs, the two peers ${c.peers} µs`);
   } finally {
     console.log = saved;
   }

@@ -164,6 +164,22 @@ function rssOf(pid) {
   return m ? Number(m[1]) * 1024 : NaN;
 }
 
+// On-CPU time of a process so far, in ns, split into its main (JS) thread, the engine's network
+// thread ("session-multicast") and the rest (GC, libuv): Linux /proc/<pid>/task/*/schedstat.
+function cpuNs(pid) {
+  const cpu = { js: 0, net: 0, other: 0 };
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const ns = Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+      const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8");
+      cpu[tid === String(pid) ? "js" : comm.startsWith("session-multi") ? "net" : "other"] += ns;
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return cpu;
+}
+
 module.exports = {
   STORE_LABELS,
   ADDON,
@@ -191,4 +207,5 @@ module.exports = {
   printTable,
   writeJSON,
   rssOf,
+  cpuNs,
 };

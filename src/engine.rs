@@ -338,11 +338,11 @@ mod tests {
         nodes.iter().for_each(Engine::close);
     }
 
-    /// Multicast loops every datagram back to its sender; the kernel filter drops our own data
-    /// before the node sees it, while our heartbeats still loop back (that is how the node
-    /// knows multicast reaches this host). A second node still gets every write.
+    /// Multicast loops every datagram back to its sender: the node recognizes its own by header
+    /// and source address and drops them as `ownLoopback`, not as drops or replays; a second
+    /// node still gets every write.
     #[test]
-    fn own_data_is_dropped_in_the_kernel_not_by_the_node() {
+    fn own_looped_back_datagrams_are_recognized_not_dropped_as_bad() {
         let nodes = loopback_cluster("own-echo", 2, Default::default());
         let expires = Some(now_ms() + 600_000);
         // ≈1 KB each: one datagram per write.
@@ -353,10 +353,8 @@ mod tests {
         assert!(wait_for_convergence(&nodes, 500), "stats: {}", nodes[1].stats());
         std::thread::sleep(Duration::from_millis(200));
         let stats = nodes[0].stats();
-        let own = stats["ownLoopback"].as_u64().unwrap();
-        assert!(stats["datagramsSent"].as_u64().unwrap() >= 500, "stats: {stats}");
-        assert!(own > 0, "heartbeats still loop back: {stats}");
-        assert!(own < 100, "our 500 data datagrams must not come back: {stats}");
+        assert!(stats["ownLoopback"].as_u64().unwrap() >= 500, "stats: {stats}");
+        assert_eq!(stats["dropped"], serde_json::json!({}), "stats: {stats}");
         nodes.iter().for_each(Engine::close);
     }
 

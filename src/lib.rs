@@ -40,6 +40,7 @@ mod node {
 
     /// get/set/touch/destroy/flush, bound without napi-rs's per-call glue (see fast_calls.rs).
     #[napi(module_exports)]
+    #[cfg_attr(test, allow(dead_code))]
     pub fn export_fast_calls(exports: Object, env: Env) -> Result<()> {
         fast_calls::register(env.raw(), exports.raw())
     }

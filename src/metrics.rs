@@ -23,6 +23,7 @@ const SIMPLE: &[(&str, &str, Kind, &str, f64)] = &[
     ("purged", "purged_total", Kind::Counter, "Expired sessions and old tombstones purged from memory.", 1.0),
     ("rejectedTooLarge", "rejected_too_large_total", Kind::Counter, "Writes refused for exceeding maxSessionBytes.", 1.0),
     ("datagramsSent", "datagrams_sent_total", Kind::Counter, "UDP datagrams sent.", 1.0),
+    ("writeBatches", "write_batches_total", Kind::Counter, "Batches of local writes handed to the network thread.", 1.0),
     ("bytesSent", "sent_bytes_total", Kind::Counter, "UDP bytes sent.", 1.0),
     ("datagramsReceived", "datagrams_received_total", Kind::Counter, "UDP datagrams received.", 1.0),
     ("bytesReceived", "received_bytes_total", Kind::Counter, "UDP bytes received.", 1.0),

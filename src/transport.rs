@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::options::{Config, Family};
-use crate::wire::{Kind, NodeInfo, KIND_AT};
+use crate::wire::NodeInfo;
 
 /// Socket buffers large enough for bursts (a fragmented 1 MB session is ~750 datagrams);
 /// the kernel caps them at net.core.rmem_max / wmem_max.
@@ -98,7 +98,6 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
         unicast.set_only_v6(true)?;
     }
     bind(&unicast, SocketAddr::new(iface.ip, 0), "the node's unicast UDP port")?;
-    let own = unicast.local_addr()?.as_socket().ok_or_else(|| io::Error::other("the unicast socket has no address"))?;
 
     let group_addr = config.multicast.map(|group| SocketAddr::new(group, config.multicast_port));
     let group = match (group_addr, iface.ip) {
@@ -111,7 +110,6 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
             socket.set_reuse_address(true)?;
             bind(&socket, bind_addr(addr), "the cluster's UDP port (multicastPort)")?;
             socket.join_multicast_v4(g.ip(), &ip)?;
-            ignore_own_data(&socket, own);
             Some(socket)
         }
         (Some(addr @ SocketAddr::V6(g)), IpAddr::V6(_)) => {
@@ -123,7 +121,6 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
             socket.set_reuse_address(true)?;
             bind(&socket, bind_addr(addr), "the cluster's UDP port (multicastPort)")?;
             socket.join_multicast_v6(g.ip(), iface.index)?;
-            ignore_own_data(&socket, own);
             Some(socket)
         }
         _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "multicast group and interface families differ")),
@@ -163,51 +160,6 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
         tcp,
         me,
     })
-}
-
-/// Multicast loops every datagram back to its sender, which would receive, authenticate and
-/// drop its own data: on a busy node that was a third of the network thread's work. This
-/// classic BPF filter drops, in the kernel, the group datagrams that come from our own unicast
-/// socket (source address and port) and carry data; our other kinds (heartbeats, probes) still
-/// loop back, which is how the node and the doctor see that multicast reaches this host.
-/// Best effort: without it (not Linux, or refused) the node drops its own data itself.
-fn ignore_own_data(group: &Socket, own: SocketAddr) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use socket2::SockFilter;
-        const LOAD_WORD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-        const LOAD_HALF: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
-        const LOAD_BYTE: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
-        const JUMP_IF_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-        const RETURN: u16 = 0x06; // BPF_RET | BPF_K: how many bytes to keep, 0 drops
-        const IP_HEADER: u32 = 0xfff0_0000; // SKF_NET_OFF: offsets from the IP header
-        const UDP_HEADER_BYTES: u32 = 8; // offsets from the UDP header otherwise
-
-        // (load, offset, value): all must be equal for the datagram to be dropped.
-        let mut checks = vec![(LOAD_HALF, 0, u32::from(own.port()))];
-        match own.ip() {
-            IpAddr::V4(ip) => checks.push((LOAD_WORD, IP_HEADER + 12, u32::from(ip))),
-            IpAddr::V6(ip) => {
-                for (i, word) in ip.octets().chunks_exact(4).enumerate() {
-                    let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-                    checks.push((LOAD_WORD, IP_HEADER + 8 + 4 * i as u32, word));
-                }
-            }
-        }
-        checks.push((LOAD_BYTE, UDP_HEADER_BYTES + KIND_AT as u32, Kind::Data as u32));
-        let mut program = Vec::with_capacity(2 * checks.len() + 2);
-        for (i, (load, offset, value)) in checks.iter().enumerate() {
-            // On a mismatch, skip the checks left (two instructions each) and the drop.
-            let to_accept = 2 * (checks.len() - i - 1) + 1;
-            program.push(SockFilter::new(*load, 0, 0, *offset));
-            program.push(SockFilter::new(JUMP_IF_EQUAL, 0, to_accept as u8, *value));
-        }
-        program.push(SockFilter::new(RETURN, 0, 0, 0));
-        program.push(SockFilter::new(RETURN, 0, 0, u32::MAX));
-        let _ = group.attach_filter(&program);
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = (group, own);
 }
 
 /// Binds, saying which address and what for when it fails (a port in use, most often).

@@ -159,6 +159,7 @@ const METRIC_OF = {
   purged: ["purged_total", true],
   rejectedTooLarge: ["rejected_too_large_total", true],
   datagramsSent: ["datagrams_sent_total", true],
+  writeBatches: ["write_batches_total", true],
   bytesSent: ["sent_bytes_total", true],
   datagramsReceived: ["datagrams_received_total", true],
   bytesReceived: ["received_bytes_total", true],

@@ -18,6 +18,7 @@ const {
   assertBefore,
   spy,
 } = require("./helpers");
+const { waitUntil } = require("./cluster/harness");
 
 /** JSON round trip: what a store is expected to give back for a session it was given. */
 const asStored = (sess) => JSON.parse(JSON.stringify(sess));
@@ -495,5 +496,53 @@ describe("several stores in one process", () => {
     assert.equal(await b.length(), 0);
     assert.equal(a.members().length, 1);
     assert.equal(b.members().length, 1);
+  });
+});
+
+describe("writes to the network", () => {
+  afterEach(closeStores);
+  const KB = "x".repeat(1_000); // ≈1 KB sessions: one datagram each
+
+  async function pair(heartbeatInterval = 100) {
+    const cluster = uniqueCluster("flush");
+    const a = createStore({ cluster, heartbeatInterval, failureTimeout: 4 * heartbeatInterval });
+    const b = createStore({ cluster, heartbeatInterval, failureTimeout: 4 * heartbeatInterval });
+    await within(10_000, Promise.all([a.ready(), b.ready()]), "ready()");
+    await waitUntil(() => a.members().length === 2 && b.members().length === 2, 5_000);
+    return { a, b };
+  }
+
+  it("a lone write replicates as one batch", async () => {
+    const { a, b } = await pair();
+    const before = a.stats().writeBatches;
+    await a.set("lone", sessionData({ pad: KB }));
+    await waitUntil(async () => (await b.get("lone")) != null, 2_000);
+    assert.equal(a.stats().writeBatches, before + 1);
+  });
+
+  it("writes made back to back share wake-ups of the network thread, and every one replicates", async () => {
+    const { a, b } = await pair();
+    const before = a.stats();
+    const count = 2_000;
+    for (let i = 0; i < count; i++) await callbackValue((cb) => a.set(`s${i}`, sessionData({ i, pad: KB }), cb));
+    await waitUntil(async () => (await b.length()) === count, 10_000);
+    const after = a.stats();
+    const batches = after.writeBatches - before.writeBatches;
+    assert.ok(after.datagramsSent - before.datagramsSent >= count, "one datagram per write at least");
+    assert.ok(batches < count / 5, `${count} writes took ${batches} batches`);
+    assert.equal((await b.get("s1999")).i, 1999);
+  });
+
+  it("writes made in one synchronous loop leave without waiting for the turn to end", async () => {
+    // Heartbeats every 5 s: the cluster's tick (its fallback flush) runs every 100 ms at most.
+    const { a, b } = await pair(5_000);
+    const before = a.stats().writeBatches;
+    for (let i = 0; i < 1_000; i++) a.set(`sync${i}`, sessionData({ i, pad: KB }), () => {});
+    // Still inside the turn: the engine hands over every 256 writes by itself (3 batches by
+    // now), where a tick would make one batch at most in this time.
+    const deadline = Date.now() + 90;
+    while (a.stats().writeBatches - before < 3 && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    assert.ok(a.stats().writeBatches - before >= 3, `batches before the turn ended: ${JSON.stringify(a.stats())}`);
+    await waitUntil(async () => (await b.length()) === 1_000, 10_000);
   });
 });

@@ -98,6 +98,7 @@ const counters: number[] = [
 const ready: boolean = stats.ready;
 const network: (number | undefined)[] = [
     stats.datagramsSent,
+    stats.writeBatches,
     stats.bytesSent,
     stats.datagramsReceived,
     stats.bytesReceived,
