@@ -98,10 +98,56 @@ pub fn expiry(cookie_expires: Option<u64>, now: u64, session_ttl_ms: Option<u64>
 /// Replaces the top-level `cookie` of a session JSON object, keeping every other member as is.
 /// Returns `None` when `doc` is not a JSON object (it is then served unchanged).
 pub fn splice_cookie(doc: &str, cookie: &str) -> Option<String> {
-    let mut members: IndexMap<String, &RawValue> = serde_json::from_str(doc).ok()?;
     let cookie: &RawValue = serde_json::from_str(cookie).ok()?;
-    members.insert("cookie".to_owned(), cookie);
-    serde_json::to_string(&members).ok()
+    splice_leading_cookie(doc, cookie.get()).or_else(|| {
+        let mut members: IndexMap<String, &RawValue> = serde_json::from_str(doc).ok()?;
+        members.insert("cookie".to_owned(), cookie);
+        serde_json::to_string(&members).ok()
+    })
+}
+
+/// express-session writes the cookie first (`{"cookie":{…},…}`): then only the cookie is
+/// scanned and replaced, not the whole session (a touch of a 16 KB session was a 16 KB parse).
+fn splice_leading_cookie(doc: &str, cookie: &str) -> Option<String> {
+    const LEAD: &str = r#"{"cookie":"#;
+    let old = doc.strip_prefix(LEAD)?;
+    let rest = &old[object_len(old.as_bytes())?..];
+    if !(rest.starts_with(',') || rest.starts_with('}')) {
+        return None;
+    }
+    Some([LEAD, cookie, rest].concat())
+}
+
+/// Length of the JSON object at the start of `json` (strings and escapes respected), if it is
+/// one and it ends.
+fn object_len(json: &[u8]) -> Option<usize> {
+    if json.first() != Some(&b'{') {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &byte) in json.iter().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Counts for `stats()`.
@@ -500,6 +546,32 @@ mod tests {
         assert_eq!(splice_cookie(r#"{"a":1}"#, "true").as_deref(), Some(r#"{"a":1,"cookie":true}"#));
         assert_eq!(splice_cookie("[1]", "{}"), None);
         assert_eq!(splice_cookie("{}", "{bad"), None);
+    }
+
+    /// The fast path (cookie first, as express-session writes it) gives exactly what the full
+    /// parse gives, braces, quotes and escapes in strings included; anything else falls back.
+    #[test]
+    fn splice_of_a_leading_cookie_matches_the_full_parse() {
+        let full = |doc: &str, cookie: &str| {
+            let mut members: IndexMap<String, &RawValue> = serde_json::from_str(doc).unwrap();
+            members.insert("cookie".to_owned(), serde_json::from_str(cookie).unwrap());
+            serde_json::to_string(&members).unwrap()
+        };
+        let cookie = r#"{"originalMaxAge":60000,"expires":"2030-01-01T00:00:00.000Z","path":"/"}"#;
+        for doc in [
+            r#"{"cookie":{"path":"/"},"user":"a"}"#,
+            r#"{"cookie":{"path":"/{\"}[","nested":{"a":[1,{"b":"}"}]}},"user":{"x":"\\"}}"#,
+            r#"{"cookie":{}}"#,
+            r#"{"cookie":{"a":"\\\""},"b":"}"}"#,
+        ] {
+            assert_eq!(splice_leading_cookie(doc, cookie).as_deref(), Some(full(doc, cookie).as_str()), "{doc}");
+            assert_eq!(splice_cookie(doc, cookie), Some(full(doc, cookie)));
+        }
+        // Not first, not an object, unterminated, trailing garbage: the full parse decides.
+        for doc in [r#"{"a":1,"cookie":{}}"#, r#"{"cookie":null,"a":1}"#, r#"{"cookie":{"a":"}"#, r#"{"cookie":{}x"#] {
+            assert_eq!(splice_leading_cookie(doc, cookie), None, "{doc}");
+        }
+        assert_eq!(splice_cookie(r#"{"cookie":null,"a":1}"#, cookie), Some(full(r#"{"cookie":null,"a":1}"#, cookie)));
     }
 
     #[test]
