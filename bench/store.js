@@ -107,6 +107,7 @@ async function round(stores, names, r, sids, sess, samples, cpu) {
     for (const mode of Object.keys(MODES)) {
       for (const op of OPS) {
         const metered = cpu && name === "multicastCluster" && op === "set";
+        if (metered) await u.sleep(100); // the previous op's replication is over
         const before = metered && cpuSnapshot(cpu.pids);
         const opsPerSec = await measure(stores[name], op, sids, sess, MODES[mode]);
         if (metered) {

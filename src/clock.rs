@@ -48,7 +48,12 @@ impl Clock {
 
     /// A fresh version for a local write, greater than any version issued or observed so far.
     pub fn tick(&self) -> Version {
-        let wall = now_ms() << COUNTER_BITS;
+        self.tick_at(now_ms())
+    }
+
+    /// `tick` when the caller has just read the wall clock (`now_ms`).
+    pub fn tick_at(&self, now_ms: u64) -> Version {
+        let wall = now_ms << COUNTER_BITS;
         let prev = self
             .last
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(wall.max(last + 1)))

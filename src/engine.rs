@@ -112,7 +112,7 @@ impl Engine {
             sid: sid.into(),
             doc: doc.into(),
             expires_at: expiry(cookie_expires, now, self.config.session_ttl_ms),
-            version: self.clock.tick(),
+            version: self.clock.tick_at(now),
         };
         self.write(op);
         Ok(())
@@ -126,7 +126,7 @@ impl Engine {
             sid: sid.into(),
             cookie: cookie.map(Arc::from),
             expires_at: expiry(cookie_expires, now, self.config.session_ttl_ms),
-            version: self.clock.tick(),
+            version: self.clock.tick_at(now),
         };
         self.write(op);
         Ok(())
