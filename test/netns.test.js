@@ -598,6 +598,38 @@ describe("netns: fault tolerance between hosts in network namespaces", function 
     assert.equal(lost, 0);
   });
 
+  it("no multicast: with the group dropped by every host's firewall, nodes find each other through peers given by host name, replicate, and a restarted node gets the state back", async () => {
+    const three = hosts(3);
+    topology.nameHosts(topo);
+    for (const host of three) topology.dropMulticast(host);
+    const base = clusterOptions();
+    const options = { ...base, peers: three.map((h) => `${h.name}:${base.multicastPort}`) };
+    const nodes = await startHosts(three, options);
+    const [A, B, C] = nodes;
+    await allAlive(nodes);
+    for (const node of nodes) {
+      const others = (await node.call("members")).filter((m) => !m.self);
+      assert.deepEqual(others.map((m) => m.address).sort(), nodes.filter((n) => n !== node).map((n) => n.host.ipv4).sort(), `${node.name} knows the others`);
+    }
+    const started = Date.now();
+    for (const [i, node] of nodes.entries()) await node.call("bulkSet", `p${i}-`, 300, 200);
+    await B.call("destroy", "p0-7");
+    const convergenceMs = await converge(nodes, { count: 899, since: started, timeoutMs: 15_000 });
+    const dropped = three.map((h) => topology.droppedPackets(h).v4);
+    assert.ok(dropped.every((n) => n > 0), `each host's firewall dropped the group's datagrams: ${dropped}`);
+    // The silent group is reported once per node, at the end of its discovery window.
+    const silentGroup = (n) => n.logs.some((l) => /heard neither its own datagrams nor any other node/.test(l.message));
+    await waitUntil(() => nodes.every(silentGroup), 5_000, { what: "each node logged that it hears nothing on the group" });
+
+    await C.kill("SIGKILL");
+    await A.call("bulkSet", "after-", 100, 200);
+    const C2 = await startOn(three[2], options, "C2");
+    assert.equal(await C2.call("length"), 999, "the restarted node holds every session when ready() resolves");
+    await converge([A, B, C2], { count: 999, timeoutMs: 15_000 });
+    assertNoErrors([A, B, C2]);
+    report({ scenario: "peers-no-multicast", nodes: 3, writes: 1_001, loss: 0, convergenceMs, sessionsLost: 0, note: `group datagrams dropped per host: ${dropped.join(", ")}` });
+  });
+
   it("a node whose JS event loop is blocked for 5 s is not declared dead, and replication resumes after", async () => {
     const BLOCK_MS = 5_000;
     const base = clusterOptions({ failureTimeout: 1_000 });

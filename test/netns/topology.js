@@ -13,9 +13,12 @@
 // veths); so do process exit, SIGINT and SIGTERM, whatever happened before.
 const { execFileSync } = require("node:child_process");
 const crypto = require("node:crypto");
+const fs = require("node:fs");
+const path = require("node:path");
 
 const V4_PREFIX = "198.18.0."; // RFC 2544 benchmarking range
 const V6_PREFIX = "2001:db8:5e55::"; // RFC 3849 documentation range
+const ETC_NETNS = "/etc/netns"; // per-namespace /etc files of `ip netns exec`
 
 const created = new Set(); // namespaces of this process that still exist
 let runCounter = 0;
@@ -41,6 +44,7 @@ function deleteNamespace(ns) {
   } catch {
     // already gone
   }
+  fs.rmSync(path.join(ETC_NETNS, ns), { recursive: true, force: true });
   created.delete(ns);
 }
 
@@ -160,6 +164,18 @@ function create({ hosts = 3, extra = [] } = {}) {
   return topo;
 }
 
+/**
+ * Lets the hosts reach each other by name (h1, h2, …, IPv4): writes /etc/netns/<ns>/hosts, which
+ * `ip netns exec` mounts over /etc/hosts for what runs in that namespace. Removed with the host.
+ */
+function nameHosts(topo) {
+  const lines = ["127.0.0.1 localhost", ...topo.hosts.map((h) => `${h.ipv4} ${h.name}`)].join("\n") + "\n";
+  for (const host of topo.hosts) {
+    fs.mkdirSync(path.join(ETC_NETNS, host.ns), { recursive: true });
+    fs.writeFileSync(path.join(ETC_NETNS, host.ns, "hosts"), lines);
+  }
+}
+
 /** Deletes the topology's namespaces (and so its veths and bridge). Idempotent. */
 function destroy(topo) {
   if (!topo) return;
@@ -235,6 +251,7 @@ module.exports = {
   iptables,
   udpLoss,
   dropMulticast,
+  nameHosts,
   flushFirewall,
   droppedPackets,
   heal,
