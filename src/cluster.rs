@@ -447,10 +447,12 @@ impl Cluster {
         self.stats.datagrams_received.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         // Multicast loops every datagram back to its sender: recognized by header and source
-        // address, it is dropped before the crypto and decoding it would cost (a third of the
-        // network thread's work on a busy node). A recording of our packets sent from anywhere
-        // else is authenticated like any packet, and counted as the replay it is.
-        if from == self.me.addr && wire::peek_header(bytes, self.link.header().cluster).is_ok_and(|(_, h)| h.node == self.link.header().node) {
+        // address, it is dropped before the crypto and the decoding it would cost. A recording
+        // of our packets sent from anywhere else is authenticated like any packet, and counted
+        // as the replay it is.
+        let own = self.link.header();
+        let looped_back = from == self.me.addr && wire::peek_header(bytes, own.cluster).is_ok_and(|(_, h)| h.node == own.node);
+        if looped_back {
             self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
             return;
         }
