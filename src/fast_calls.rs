@@ -142,7 +142,7 @@ fn arguments<'a>(env: Env, info: sys::napi_callback_info, required: usize) -> Re
     let mut argc = argv.len();
     let status = unsafe { sys::napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), ptr::null_mut()) };
     if status != sys::Status::napi_ok || argc < required {
-        return Err("expected an engine handle and a session id");
+        return Err(if required > 1 { "expected an engine handle and a session id" } else { "expected an engine handle" });
     }
     let mut data = ptr::null_mut();
     if unsafe { sys::napi_get_value_external(env, argv[0], &mut data) } != sys::Status::napi_ok || data.is_null() {
