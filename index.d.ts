@@ -32,14 +32,18 @@ declare class MulticastStoreBase extends Store {
 
     /**
      * Stores a session (last writer wins). `session` is not mutated. Its expiry is taken
-     * from `session.cookie.expires` (see the README, "Session expiry").
-     * Fails with `ERR_SESSION_TOO_LARGE` when its JSON exceeds `maxSessionBytes`.
+     * from `session.cookie.expires`, else from `ttl` (see the README, "Session expiry").
+     * Fails with `ERR_SESSION_TOO_LARGE` when it exceeds `maxSessionBytes`, with
+     * `ERR_SESSION_NOT_SERIALIZABLE` when it cannot be stored as it is (a BigInt, a cycle, a Map
+     * or Set without a `serializer`), and with `ERR_INVALID_TTL` when a `ttl` function returns no
+     * positive number. Nothing is stored then.
      */
     set(sid: string, session: SessionData, callback: (err: Error | null) => void): void;
     set(sid: string, session: SessionData): Promise<void>;
 
     /**
      * Updates only the stored cookie and expiry of an existing session; never its data.
+     * Does nothing with `disableTouch`; with `touchAfter`, a small step is kept on this node.
      */
     touch(sid: string, session: SessionData, callback: (err: Error | null) => void): void;
     touch(sid: string, session: SessionData): Promise<void>;
@@ -68,7 +72,8 @@ declare class MulticastStoreBase extends Store {
 
     /**
      * Leaves the cluster gracefully and releases every socket and thread. Idempotent.
-     * Afterwards every store method fails with `ERR_STORE_CLOSED`.
+     * Emits `disconnect` (express-session then serves requests without a session), and every
+     * store method called afterwards fails with `ERR_STORE_CLOSED`.
      */
     close(): Promise<void>;
 
@@ -85,24 +90,24 @@ declare class MulticastStoreBase extends Store {
      */
     metrics(): string;
 
-    /** The engine is up. */
-    on(event: "connect", listener: () => void): this;
-    /** The engine stopped (`close()`) or failed. Not emitted when peers are lost. */
-    on(event: "disconnect", listener: (error?: Error) => void): this;
+    /**
+     * The store can serve no more: emitted once, after `close()`. Never for a network failure
+     * (that is an `error` event) nor when peers are lost (`member` events). The store never
+     * emits `connect`: it serves from construction on.
+     */
+    on(event: "disconnect", listener: () => void): this;
     /** A member joined, left, became suspect, was declared dead, or came back. */
     on(event: "member", listener: (event: expressSessionMulticast.MemberEvent) => void): this;
     /** A failure the application must know about (never a bad datagram from the network). */
     on(event: "error", listener: (error: Error) => void): this;
     on(event: string | symbol, listener: (...args: any[]) => void): this;
 
-    once(event: "connect", listener: () => void): this;
-    once(event: "disconnect", listener: (error?: Error) => void): this;
+    once(event: "disconnect", listener: () => void): this;
     once(event: "member", listener: (event: expressSessionMulticast.MemberEvent) => void): this;
     once(event: "error", listener: (error: Error) => void): this;
     once(event: string | symbol, listener: (...args: any[]) => void): this;
 
-    off(event: "connect", listener: () => void): this;
-    off(event: "disconnect", listener: (error?: Error) => void): this;
+    off(event: "disconnect", listener: () => void): this;
     off(event: "member", listener: (event: expressSessionMulticast.MemberEvent) => void): this;
     off(event: "error", listener: (error: Error) => void): this;
     off(event: string | symbol, listener: (...args: any[]) => void): this;
@@ -128,6 +133,12 @@ declare function expressSessionMulticast(
 ): expressSessionMulticast.MulticastStoreConstructor;
 
 declare namespace expressSessionMulticast {
+    /**
+     * The factory itself, under a name (the same function as the default export):
+     * `import { createStore } from "express-session-multicast"`.
+     */
+    const createStore: typeof expressSessionMulticast;
+
     /** A store instance (the class itself is returned by the factory). */
     interface MulticastStore extends MulticastStoreBase {}
 
@@ -211,8 +222,41 @@ declare namespace expressSessionMulticast {
         sessionTTL?: number;
 
         /**
-         * On SIGINT/SIGTERM, announce the leave to the cluster, then let the signal do what it
-         * would have done without this store. (The historical spelling, kept for compatibility.)
+         * Seconds a session lives when its cookie has no expiry (express-session's default
+         * cookie has none), or a function of the session returning them (called on each set
+         * and touch; a result that is not a positive finite number fails that call with
+         * `ERR_INVALID_TTL`). A cookie's own expiry always wins; `useSessionTTL` caps both.
+         * @default 86400 (one day)
+         */
+        ttl?: number | ((session: SessionData) => number);
+
+        /**
+         * When true, `touch` does nothing: a session's expiry moves only when it is saved.
+         * @default false
+         */
+        disableTouch?: boolean;
+
+        /**
+         * Seconds: a touch that moves a session's expiry forward by less than this is kept on
+         * this node and not sent to the others, which may then expire the session up to this
+         * much earlier. `0` sends every touch.
+         * @default 0
+         */
+        touchAfter?: number;
+
+        /**
+         * How sessions are turned into text and back, for sessions that hold what JSON cannot
+         * (Dates that must stay Dates, Maps, Sets, BigInts). The shape of connect-redis's
+         * option. Every node of the cluster needs the same serializer.
+         * @default JSON (refusing Maps, Sets, BigInts and cycles)
+         */
+        serializer?: Serializer;
+
+        /**
+         * On SIGINT/SIGTERM that the app does not handle itself: leave the cluster, then let the
+         * signal end the process. When the app handles the signal, the store serves on while
+         * the app drains, and leaves when the process exits. (The historical spelling, kept for
+         * compatibility.)
          * @default true
          */
         gracefullShutdown?: boolean;
@@ -270,6 +314,12 @@ declare namespace expressSessionMulticast {
         failureTimeout?: number;
     }
 
+    /** Turns a session (without its cookie, which the store keeps as JSON) into text and back. */
+    interface Serializer {
+        stringify(session: any): string;
+        parse(text: string): any;
+    }
+
     /** `store.options`: the validated options with their defaults filled in. */
     interface MulticastStoreNormalizedOptions {
         use: "v4" | "v6";
@@ -281,6 +331,11 @@ declare namespace expressSessionMulticast {
         useSessionTTL: boolean;
         /** Seconds. */
         sessionTTL: number;
+        /** Seconds, or the function given. */
+        ttl: number | ((session: SessionData) => number);
+        disableTouch: boolean;
+        /** Seconds. */
+        touchAfter: number;
         gracefullShutdown: boolean;
         /** `"<n key(s)>"` when `secret` is set (the keys themselves are never shown), else `null`. */
         secret: string | null;
@@ -309,6 +364,16 @@ declare namespace expressSessionMulticast {
         purged: number;
         /** Writes refused with ERR_SESSION_TOO_LARGE. */
         rejectedTooLarge: number;
+        /** Touches kept on this node and not replicated (`touchAfter`). */
+        localTouches: number;
+        /**
+         * `"up"`: networked; `"off"`: not networked by configuration (`multicast: false`, no
+         * `peers`); `"failed"`: the network could not start and the node serves its sessions
+         * alone (see `networkError`); `"closed"`: after `close()`.
+         */
+        network: "up" | "off" | "failed" | "closed";
+        /** Why the network could not start, when `network` is `"failed"`. */
+        networkError?: string;
         /** Reachable members, this node included. */
         members: number;
         /** Joined and finished the initial state transfer (or found itself alone). */
@@ -358,7 +423,8 @@ declare namespace expressSessionMulticast {
         tcpPort: number | null;
         /** Incarnation number: a restarted node is a new incarnation. */
         incarnation: number;
-        state: "alive" | "suspect" | "dead" | "left";
+        /** `"isolated"`: this node, when its network failed at start and it serves alone. */
+        state: "alive" | "suspect" | "dead" | "left" | "isolated";
         /** True for this node. */
         self: boolean;
         /** When this node last heard from the member (epoch ms); `null` for itself or if never heard. */
@@ -372,7 +438,12 @@ declare namespace expressSessionMulticast {
     }
 
     /** `code` of the errors returned by store operations. */
-    type StoreErrorCode = "ERR_SESSION_TOO_LARGE" | "ERR_STORE_CLOSED" | "ERR_NETWORK";
+    type StoreErrorCode =
+        | "ERR_SESSION_TOO_LARGE"
+        | "ERR_SESSION_NOT_SERIALIZABLE"
+        | "ERR_INVALID_TTL"
+        | "ERR_STORE_CLOSED"
+        | "ERR_NETWORK";
 
     /** An error returned by a store operation. */
     interface StoreError extends Error {

@@ -1,5 +1,6 @@
 "use strict";
-// express-session adapter: JSON and callbacks live here, everything else in the Rust engine.
+// express-session adapter: serialization and callbacks live here, everything else in the Rust
+// engine.
 const { loadEngine } = require("./lib/native");
 const { normalizeOptions } = require("./lib/options");
 
@@ -8,8 +9,8 @@ const SESSION_TOO_LARGE = 1;
 // Writes closer together than this are flushed to the network together (see _wrote).
 const FLUSH_GAP_MS = 0.05;
 
-function storeError(code, message) {
-  const err = new Error(`express-session-multicast: ${message}`);
+function storeError(code, message, cause) {
+  const err = new Error(`express-session-multicast: ${message}`, cause === undefined ? undefined : { cause });
   err.code = code;
   return err;
 }
@@ -33,6 +34,56 @@ function cookieExpiry(cookie) {
   return typeof expires === "number" ? expires : Date.parse(expires);
 }
 
+// JSON.stringify writes these as {} and loses what they hold, without a word.
+const isLossy = (value) => value instanceof Map || value instanceof Set || value instanceof WeakMap || value instanceof WeakSet;
+
+/** The first value inside `value` that JSON would store as {}: its key path and type; or null. */
+function findLossy(value) {
+  if (isLossy(value)) return { path: "", type: value.constructor.name };
+  if (typeof value.toJSON === "function") return null; // stored as its toJSON says (Date, Buffer, Cookie)
+  const isArray = Array.isArray(value);
+  for (const key in value) {
+    const item = value[key];
+    if (typeof item !== "object" || item === null || !Object.prototype.hasOwnProperty.call(value, key)) continue;
+    const found = findLossy(item);
+    if (found) {
+      found.path = (isArray ? `[${key}]` : `.${key}`) + found.path;
+      return found;
+    }
+  }
+  return null;
+}
+
+/** The default codec: JSON, refusing what JSON cannot hold instead of storing it damaged. */
+const jsonCodec = {
+  encode(session) {
+    const json = JSON.stringify(session); // throws on a BigInt or a circular reference
+    if (typeof json !== "string") throw new TypeError(`a session must be an object (got ${typeof session})`);
+    const lossy = findLossy(session);
+    if (lossy) throw new TypeError(`session${lossy.path} is a ${lossy.type}, which JSON stores as {}; use the "serializer" option`);
+    return json;
+  },
+  decode: (stored) => stored,
+};
+
+// With a serializer the engine stores {"cookie":…,"data":"<serialized>"}: the cookie stays plain
+// JSON, first, so a touch replaces it (src/table.rs, splice_cookie) whatever the format.
+function serializerCodec(serializer) {
+  return {
+    encode(session) {
+      const { cookie, ...data } = session;
+      const text = serializer.stringify(data);
+      if (typeof text !== "string") throw new TypeError(`serializer.stringify returned ${typeof text}, not a string`);
+      return `{"cookie":${JSON.stringify(cookie ?? null)},"data":${JSON.stringify(text)}}`;
+    },
+    decode(stored) {
+      const session = serializer.parse(stored.data);
+      if (stored.cookie !== null) session.cookie = stored.cookie;
+      return session;
+    },
+  };
+}
+
 module.exports = function expressSessionMulticast(session) {
   const Store = session && (session.Store || (session.session && session.session.Store));
   if (typeof Store !== "function") {
@@ -45,10 +96,11 @@ module.exports = function expressSessionMulticast(session) {
   class MulticastStore extends Store {
     constructor(options = {}) {
       super();
-      const { engineOptions, logger } = normalizeOptions(options);
+      const { engineOptions, logger, serializer, ttl } = normalizeOptions(options);
       this.logger = logger;
+      this._codec = serializer ? serializerCodec(serializer) : jsonCodec;
+      this._ttl = ttl; // a function, or undefined (a number of seconds goes to the engine)
       this._closed = null;
-      this._disconnected = false;
       this._isReady = false;
       this._readyKeepAlive = null;
       this._ready = new Promise((resolve) => (this._resolveReady = resolve));
@@ -61,6 +113,7 @@ module.exports = function expressSessionMulticast(session) {
         throw err;
       }
       this.options = JSON.parse(this._engine.config());
+      if (ttl) this.options.ttl = ttl;
       this._native = native;
       this._handle = this._engine.handle();
       // Writes queue in the engine; a flush hands them to the network thread (src/outbox.rs).
@@ -72,9 +125,12 @@ module.exports = function expressSessionMulticast(session) {
         if (!this._closed) this._native.flush(this._handle);
       };
       this._onSignal = null;
+      this._onExit = null;
       this._networked = this.options.multicast !== false || this.options.peers.length > 0;
-      if (this.options.gracefullShutdown && this._networked) this._handleSignals();
-      process.nextTick(() => this.emit("connect"));
+      if (this.options.gracefullShutdown && this._networked) this._handleShutdown();
+      // No "connect" event: the store serves from here on. express-session starts out attached
+      // to it, and a "connect" only matters after a "disconnect", which a closed store never
+      // follows with one.
     }
 
     // Engine events arrive as JSON from the engine's threads, on this thread's event loop.
@@ -100,10 +156,6 @@ module.exports = function expressSessionMulticast(session) {
           else this.logger.error(err.message);
           break;
         }
-        case "disconnect":
-          this._disconnected = true;
-          this.emit("disconnect");
-          break;
       }
     }
 
@@ -113,15 +165,19 @@ module.exports = function expressSessionMulticast(session) {
       this._resolveReady();
     }
 
-    // On SIGINT/SIGTERM: announce the leave, then let the signal do what it would have done
-    // without us: end the process if no other handler is left, or leave it to the app's handlers.
-    _handleSignals() {
+    // The node leaves the cluster when the process ends, whatever ends it but SIGKILL: a
+    // signal that nothing else handles is re-raised after the leave; when the app handles it,
+    // the app drains its server first, and the store serves until the process exits.
+    _handleShutdown() {
       this._onSignal = (signal) => {
+        if (process.listenerCount(signal) > 0) return;
         this.close();
-        if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+        process.kill(process.pid, signal);
       };
+      this._onExit = () => this.close(); // synchronous: sends what is queued and the leave
       process.once("SIGINT", this._onSignal);
       process.once("SIGTERM", this._onSignal);
+      process.once("exit", this._onExit);
     }
 
     get(sid, callback) {
@@ -130,7 +186,7 @@ module.exports = function expressSessionMulticast(session) {
       let err = null;
       try {
         const json = this._native.get(this._handle, sid);
-        if (json !== null) session = JSON.parse(json);
+        if (json !== null) session = this._codec.decode(JSON.parse(json));
       } catch (e) {
         err = e;
       }
@@ -139,11 +195,18 @@ module.exports = function expressSessionMulticast(session) {
 
     set(sid, session, callback) {
       if (this._closed) return settle(callback, closedError());
+      let doc;
+      try {
+        doc = this._codec.encode(session);
+      } catch (e) {
+        const reason = `session "${sid}" cannot be stored: ${e.message}; nothing was stored`;
+        return settle(callback, storeError("ERR_SESSION_NOT_SERIALIZABLE", reason, e));
+      }
       let status;
       try {
-        status = this._native.set(this._handle, sid, JSON.stringify(session), cookieExpiry(session.cookie));
+        status = this._native.set(this._handle, sid, doc, this._expiry(sid, session));
       } catch (e) {
-        return settle(callback, e); // not serializable, or a sid that is not a string
+        return settle(callback, e); // a bad ttl() result, or a sid that is not a string
       }
       this._wrote();
       return settle(callback, status === SESSION_TOO_LARGE ? this._tooLarge(sid) : null);
@@ -151,15 +214,33 @@ module.exports = function expressSessionMulticast(session) {
 
     touch(sid, session, callback) {
       if (this._closed) return settle(callback, closedError());
+      if (this.options.disableTouch) return settle(callback, null);
       const cookie = session && session.cookie;
       let status;
       try {
-        status = this._native.touch(this._handle, sid, cookie ? JSON.stringify(cookie) : null, cookieExpiry(cookie));
+        status = this._native.touch(this._handle, sid, cookie ? JSON.stringify(cookie) : null, this._expiry(sid, session));
       } catch (e) {
         return settle(callback, e);
       }
       this._wrote();
       return settle(callback, status === SESSION_TOO_LARGE ? this._tooLarge(sid) : null);
+    }
+
+    /** The session's expiry for the engine, epoch ms: its cookie's, else a `ttl` function's, else NaN (the engine's default). */
+    _expiry(sid, session) {
+      const expires = cookieExpiry(session && session.cookie);
+      if (!Number.isNaN(expires) || !this._ttl) return expires;
+      let seconds;
+      try {
+        seconds = this._ttl(session);
+      } catch (e) {
+        throw storeError("ERR_INVALID_TTL", `ttl() threw for session "${sid}": ${e && e.message}; nothing was stored`, e);
+      }
+      if (typeof seconds !== "number" || !Number.isFinite(seconds) || seconds <= 0) {
+        const got = typeof seconds === "number" ? seconds : typeof seconds;
+        throw storeError("ERR_INVALID_TTL", `ttl() returned ${got} for session "${sid}", not a positive number of seconds; nothing was stored`);
+      }
+      return Date.now() + seconds * 1000;
     }
 
     destroy(sid, callback) {
@@ -197,6 +278,7 @@ module.exports = function expressSessionMulticast(session) {
       let err = null;
       try {
         sessions = JSON.parse(this._engine.all());
+        if (this._codec !== jsonCodec) for (const sid in sessions) sessions[sid] = this._codec.decode(sessions[sid]);
       } catch (e) {
         err = e;
       }
@@ -223,18 +305,22 @@ module.exports = function expressSessionMulticast(session) {
       return this._ready;
     }
 
-    /** Leaves the cluster and releases every socket and thread. Idempotent. */
+    /**
+     * Leaves the cluster and releases every socket and thread. Idempotent. The store can serve
+     * no more: it emits "disconnect" (express-session then runs requests without a session), and
+     * calls made afterwards fail with ERR_STORE_CLOSED.
+     */
     close() {
       if (!this._closed) {
         if (this._onSignal) {
           process.removeListener("SIGINT", this._onSignal);
           process.removeListener("SIGTERM", this._onSignal);
+          process.removeListener("exit", this._onExit);
         }
         this._engine.close();
         this._closed = Promise.resolve();
         this._markReady();
-        // Once per stop: a network that failed at start has already reported its disconnect.
-        if (!this._disconnected) process.nextTick(() => this.emit("disconnect"));
+        process.nextTick(() => this.emit("disconnect"));
       }
       return this._closed;
     }
@@ -255,3 +341,7 @@ module.exports = function expressSessionMulticast(session) {
 
   return MulticastStore;
 };
+
+// The factory again under a name, for `import { createStore } from "express-session-multicast"`:
+// Node finds ESM named exports of a CommonJS module by reading `module.exports.<name> =`.
+module.exports.createStore = module.exports;

@@ -1,6 +1,7 @@
 "use strict";
-// The JS-only options (logger, Buffers in `secret`) are checked here; every other option is
-// validated by the engine (src/options.rs), which throws a TypeError naming the option.
+// The JS-only options (logger, serializer, a ttl function, Buffers in `secret`) are checked
+// here; every other option is validated by the engine (src/options.rs), which throws a TypeError
+// naming the option.
 
 function optionError(name, expected, value) {
   let shown;
@@ -29,20 +30,33 @@ function secretToJson(secret) {
   return secret;
 }
 
+function checkSerializer(serializer) {
+  if (serializer === undefined) return undefined;
+  // Any value with the two methods: a plain object, JSON itself, a class with static ones (superjson).
+  const ok = serializer != null && typeof serializer.stringify === "function" && typeof serializer.parse === "function";
+  if (!ok) throw optionError("serializer", "an object with stringify and parse functions", serializer);
+  return serializer;
+}
+
 function normalizeOptions(options) {
   if (options === null || typeof options !== "object" || Array.isArray(options)) {
     throw new TypeError("express-session-multicast: options must be an object");
   }
-  const { logger, ...rest } = options;
+  const { logger, serializer, ...rest } = options;
+  // A ttl function is called per write here; a number of seconds is the engine's.
+  const ttl = typeof rest.ttl === "function" ? rest.ttl : undefined;
+  if (ttl) delete rest.ttl;
   const engineOptions = {};
   for (const [key, value] of Object.entries(rest)) {
     if (value === undefined) continue;
     if (typeof value === "function" || typeof value === "symbol" || typeof value === "bigint") {
       throw optionError(key, "a plain value", typeof value);
     }
+    // JSON would turn these into null, which reads as "not set".
+    if (typeof value === "number" && !Number.isFinite(value)) throw optionError(key, "a finite number", value);
     engineOptions[key] = key === "secret" ? secretToJson(value) : value;
   }
-  return { engineOptions, logger: checkLogger(logger) };
+  return { engineOptions, logger: checkLogger(logger), serializer: checkSerializer(serializer), ttl };
 }
 
 module.exports = { normalizeOptions };

@@ -26,7 +26,7 @@ use crate::events::{Event, EventSink, Level};
 use crate::fragment::{self, Reassembler};
 use crate::link::Link;
 use crate::membership::{Change, Member, MemberState, Members};
-use crate::options::Config;
+use crate::options::{Config, Peer};
 use crate::outbox::Outbox;
 use crate::reliable::{Receipt, ReceiveWindow, SendBuffer};
 use crate::table::{Op, Table};
@@ -149,6 +149,8 @@ pub struct Cluster {
     group_addr: Option<SocketAddr>,
     /// Addresses the configured `peers` resolve to (their cluster port).
     peers: Mutex<Vec<SocketAddr>>,
+    /// Said once that the configured `peers` resolve to this node only.
+    warned_peers_only_me: AtomicBool,
     unicast: UdpSocket,
     sync: SyncContext,
     state: Mutex<State>,
@@ -180,6 +182,7 @@ impl Cluster {
             me,
             group_addr,
             peers: Mutex::new(Vec::new()),
+            warned_peers_only_me: AtomicBool::new(false),
             unicast,
             sync: SyncContext { table, clock, link: link.clone(), max_frame },
             link,
@@ -305,6 +308,13 @@ impl Cluster {
         }
         resolved.sort();
         resolved.dedup();
+        // Checked at every resolution (names change), said once.
+        let me = SocketAddr::new(self.me.addr.ip(), self.me.listen_port);
+        if let Some(warning) = peers_only_me_warning(&self.config.peers, &resolved, me, self.group_addr) {
+            if !self.warned_peers_only_me.swap(true, Ordering::Relaxed) {
+                self.log(Level::Warn, warning);
+            }
+        }
         let count = resolved.len();
         let mut peers = self.peers.lock();
         if *peers != resolved {
@@ -931,5 +941,86 @@ impl Cluster {
         }
         self.ready.store(true, Ordering::Release);
         (self.events)(Event::Ready);
+    }
+}
+
+/// The warning to log when the configured `peers` (resolved: `resolved`) name this node only
+/// (`me`: its address and cluster port), `None` otherwise. A node skips itself among its peers,
+/// so such peers never lead it to another member. Typical cause: several workers on one host
+/// (pm2, Node's `cluster` module) given the same options; they can all bind the one cluster port
+/// (it is shared), but a datagram sent to it reaches only one of them.
+fn peers_only_me_warning(
+    peers: &[Peer],
+    resolved: &[SocketAddr],
+    me: SocketAddr,
+    group: Option<SocketAddr>,
+) -> Option<String> {
+    if resolved.is_empty() || resolved.iter().any(|p| *p != me) {
+        return None;
+    }
+    let listed = json!(peers.iter().map(Peer::to_string).collect::<Vec<_>>());
+    let outcome = match group {
+        None => "it has no one to replicate to and stays a cluster of one".to_owned(),
+        Some(group) => format!("they lead it to no other node (only multicast on {group} can)"),
+    };
+    let host = match me {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    Some(format!(
+        "peers {listed} resolve to this node only ({me}, its own multicastPort): a node skips itself, so {outcome}. \
+         Workers on one host (pm2, Node's cluster module) cannot reach each other through a port they share (a \
+         datagram sent to it reaches only one of them): give each worker a multicastPort of its own (e.g. {} + \
+         worker index) and list every worker's {host}:port in peers, or drop peers and use multicast on loopback \
+         (ipv4 \"127.0.0.1\", multicastTTL 0, multicast not false).",
+        me.port()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn peer(host: &str, port: u16) -> Peer {
+        Peer { host: host.into(), port }
+    }
+
+    #[test]
+    fn peers_resolving_to_this_node_only_are_reported() {
+        let me = addr("127.0.0.1:4000");
+        let peers = [peer("127.0.0.1", 4000)];
+        let warning = peers_only_me_warning(&peers, &[me], me, None).expect("a warning");
+        assert!(
+            warning.starts_with(r#"peers ["127.0.0.1:4000"] resolve to this node only (127.0.0.1:4000"#),
+            "{warning}"
+        );
+        for part in ["no one to replicate to", "multicastPort of its own", "4000 + worker index", "multicastTTL 0"] {
+            assert!(warning.contains(part), "{part:?} missing from: {warning}");
+        }
+        // Names that resolve to this node (resolution deduplicates the addresses).
+        let names = [peer("localhost", 4000), peer("127.0.0.1", 4000)];
+        assert!(peers_only_me_warning(&names, &[me], me, None).is_some());
+        // With multicast on, the peers are useless but the node is not alone for sure.
+        let group = addr("239.255.77.77:4000");
+        let warning = peers_only_me_warning(&peers, &[me], me, Some(group)).expect("a warning");
+        assert!(warning.contains("only multicast on 239.255.77.77:4000"), "{warning}");
+        assert!(!warning.contains("no one to replicate to"), "{warning}");
+    }
+
+    #[test]
+    fn peers_naming_another_node_or_nothing_yet_are_not_reported() {
+        let me = addr("127.0.0.1:4000");
+        let peers = [peer("127.0.0.1", 4000), peer("127.0.0.1", 4001)];
+        // This node among others (every worker lists every worker: the right configuration).
+        assert_eq!(peers_only_me_warning(&peers, &[me, addr("127.0.0.1:4001")], me, None), None);
+        // Another port, or another address with this port: another node.
+        assert_eq!(peers_only_me_warning(&peers, &[addr("127.0.0.1:4001")], me, None), None);
+        assert_eq!(peers_only_me_warning(&peers, &[addr("10.0.0.7:4000")], me, None), None);
+        // Names not resolved (yet): they may name other nodes later, so nothing to say now.
+        assert_eq!(peers_only_me_warning(&[peer("app.svc", 4000)], &[], me, None), None);
     }
 }

@@ -31,6 +31,7 @@ pub enum WriteError {
 struct Counters {
     purged: AtomicU64,
     too_large: AtomicU64,
+    local_touches: AtomicU64,
 }
 
 pub struct Engine {
@@ -41,6 +42,8 @@ pub struct Engine {
     counters: Arc<Counters>,
     /// Local writes on their way to the cluster; `None` when the node is not networked.
     outbox: Option<Arc<Outbox>>,
+    /// Why the network could not start, when it could not (the store then serves alone).
+    network_error: Option<String>,
     /// Taken by `close()`: dropping it stops every thread and releases the event callback.
     running: Mutex<Option<Running>>,
 }
@@ -52,7 +55,8 @@ struct Running {
 
 impl Engine {
     /// Starts the engine. Only a runtime that cannot start is an error: a network that cannot
-    /// start is reported through `events` (error, then disconnect) and the store works locally.
+    /// start is reported through `events` (an error) and in `stats()`, and the store serves on
+    /// alone: express-session must keep its sessions (README "Errors at start").
     pub fn start(config: Config, events: EventSink) -> std::io::Result<Engine> {
         let node_id = rand::random::<u64>() | 1;
         let header = Header { cluster: wire::cluster_id(&config.cluster), node: node_id, incarnation: now_ms() };
@@ -66,7 +70,7 @@ impl Engine {
         let counters = Arc::<Counters>::default();
         runtime.spawn(sweep_forever(table.clone(), counters.clone()));
 
-        let (mut outbox, mut cluster) = (None, None);
+        let (mut outbox, mut cluster, mut network_error) = (None, None, None);
         if config.multicast.is_some() || !config.peers.is_empty() {
             if config.secrets.is_empty() {
                 events(Event::Log {
@@ -86,15 +90,17 @@ impl Engine {
                     cluster = Some(started);
                 }
                 Err(e) => {
-                    events(Event::Error { code: "ERR_NETWORK", message: format!("express-session-multicast: cannot join the cluster: {e}") });
-                    events(Event::Disconnect);
+                    let message = format!("cannot join the cluster: {e}; serving this node's sessions alone");
+                    events(Event::Error { code: "ERR_NETWORK", message: format!("express-session-multicast: {message}") });
                     events(Event::Ready);
+                    network_error = Some(message);
                 }
             }
         } else {
             events(Event::Ready);
         }
-        Ok(Engine { config, header, clock, table, counters, outbox, running: Mutex::new(Some(Running { runtime, cluster })) })
+        let running = Mutex::new(Some(Running { runtime, cluster }));
+        Ok(Engine { config, header, clock, table, counters, outbox, network_error, running })
     }
 
     pub fn config(&self) -> &Config {
@@ -111,25 +117,31 @@ impl Engine {
         let op = Op::Set {
             sid: sid.into(),
             doc: doc.into(),
-            expires_at: expiry(cookie_expires, now, self.config.session_ttl_ms),
+            expires_at: self.expiry(cookie_expires, now),
             version: self.clock.tick_at(now),
         };
         self.write(op);
         Ok(())
     }
 
-    /// Persists a new cookie and expiry without touching the data.
+    /// Persists a new cookie and expiry without touching the data. With `touchAfter`, a touch
+    /// that moves the expiry only a little is kept on this node (see `Table::extend_locally`).
     pub fn touch(&self, sid: &str, cookie: Option<String>, cookie_expires: Option<u64>) -> Result<(), WriteError> {
         self.check_size(cookie.as_ref().map_or(0, String::len))?;
         let now = now_ms();
-        let op = Op::Touch {
-            sid: sid.into(),
-            cookie: cookie.map(Arc::from),
-            expires_at: expiry(cookie_expires, now, self.config.session_ttl_ms),
-            version: self.clock.tick_at(now),
-        };
+        let expires_at = self.expiry(cookie_expires, now);
+        let threshold = self.config.touch_after_ms;
+        if threshold > 0 && self.table.extend_locally(sid, expires_at, now, threshold) {
+            self.counters.local_touches.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let op = Op::Touch { sid: sid.into(), cookie: cookie.map(Arc::from), expires_at, version: self.clock.tick_at(now) };
         self.write(op);
         Ok(())
+    }
+
+    fn expiry(&self, cookie_expires: Option<u64>, now: u64) -> u64 {
+        expiry(cookie_expires, now, self.config.session_ttl_ms, self.config.ttl_ms)
     }
 
     pub fn destroy(&self, sid: &str) {
@@ -164,7 +176,12 @@ impl Engine {
             "entries": counts.entries,
             "purged": self.counters.purged.load(Ordering::Relaxed),
             "rejectedTooLarge": self.counters.too_large.load(Ordering::Relaxed),
+            "localTouches": self.counters.local_touches.load(Ordering::Relaxed),
+            "network": self.network_state(),
         });
+        if let Some(error) = &self.network_error {
+            stats["networkError"] = json!(error);
+        }
         let cluster = self.cluster();
         stats["members"] = json!(1 + cluster.as_ref().map_or(0, |c| c.reachable_members()));
         stats["ready"] = json!(cluster.as_ref().is_none_or(|c| c.is_ready()));
@@ -176,6 +193,17 @@ impl Engine {
             }
         }
         stats
+    }
+
+    /// `"up"`, `"off"` (not networked by configuration), `"failed"` (serving alone after a
+    /// network failure at start) or `"closed"`.
+    fn network_state(&self) -> &'static str {
+        match (&*self.running.lock(), &self.network_error) {
+            (None, _) => "closed",
+            (Some(_), Some(_)) => "failed",
+            (Some(Running { cluster: None, .. }), None) => "off",
+            (Some(Running { cluster: Some(_), .. }), None) => "up",
+        }
     }
 
     /// `stats()` and `members()` in the Prometheus text format.
@@ -197,7 +225,8 @@ impl Engine {
             "port": port,
             "tcpPort": tcp_port,
             "incarnation": self.header.incarnation,
-            "state": "alive",
+            // A node whose network failed at start serves alone, cut off from the cluster.
+            "state": if self.network_error.is_some() { "isolated" } else { "alive" },
             "self": true,
             "lastHeard": null,
         })];

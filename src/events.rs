@@ -23,8 +23,6 @@ pub enum Event {
     Log { level: Level, message: String },
     /// A failure the app must know about; the engine goes on where it can.
     Error { code: &'static str, message: String },
-    /// The engine stopped (networking could not start, or it failed).
-    Disconnect,
 }
 
 impl Event {
@@ -42,7 +40,6 @@ impl Event {
                 json!({ "event": "log", "level": level, "message": message })
             }
             Event::Error { code, message } => json!({ "event": "error", "code": code, "message": message }),
-            Event::Disconnect => json!({ "event": "disconnect" }),
         };
         value.to_string()
     }

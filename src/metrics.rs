@@ -22,6 +22,7 @@ const SIMPLE: &[(&str, &str, Kind, &str, f64)] = &[
     ("ready", "ready", Kind::Gauge, "1 once the node has joined and received the cluster's state.", 1.0),
     ("purged", "purged_total", Kind::Counter, "Expired sessions and old tombstones purged from memory.", 1.0),
     ("rejectedTooLarge", "rejected_too_large_total", Kind::Counter, "Writes refused for exceeding maxSessionBytes.", 1.0),
+    ("localTouches", "local_touches_total", Kind::Counter, "Touches kept on this node, not replicated (touchAfter).", 1.0),
     ("datagramsSent", "datagrams_sent_total", Kind::Counter, "UDP datagrams sent.", 1.0),
     ("writeBatches", "write_batches_total", Kind::Counter, "Batches of local writes handed to the network thread.", 1.0),
     ("bytesSent", "sent_bytes_total", Kind::Counter, "UDP bytes sent.", 1.0),
@@ -63,6 +64,12 @@ pub fn render(stats: &Value, members: &[Value]) -> String {
             let _ = writeln!(out, "{PREFIX}{name} {}", value * factor);
         }
     }
+    if let Some(current) = stats.get("network").and_then(Value::as_str) {
+        family(&mut out, "network", Kind::Gauge, "1 for the node's network state: up, off (not networked), failed (serving alone) or closed.");
+        for state in ["up", "off", "failed", "closed"] {
+            let _ = writeln!(out, "{PREFIX}network{{state=\"{state}\"}} {}", u8::from(state == current));
+        }
+    }
     family(&mut out, "members", Kind::Gauge, "Cluster members known to this node (itself included), by state.");
     for state in ["alive", "suspect", "dead", "left"] {
         let count = members.iter().filter(|m| m["state"] == state).count();
@@ -85,7 +92,7 @@ mod tests {
     #[test]
     fn renders_families_with_help_type_and_base_units() {
         let stats = json!({
-            "sessions": 3, "ready": true, "datagramsSent": 10, "replicationLagMs": 250,
+            "sessions": 3, "ready": true, "datagramsSent": 10, "replicationLagMs": 250, "network": "failed",
             "dropped": { "authFailed": 2, "we\"ird": 1 },
         });
         let members = [json!({ "state": "alive" }), json!({ "state": "dead" })];
@@ -95,6 +102,7 @@ mod tests {
         assert!(text.contains("session_multicast_ready 1\n"));
         assert!(text.contains("session_multicast_replication_lag_seconds 0.25\n"));
         assert!(text.contains("session_multicast_members{state=\"dead\"} 1\n"));
+        assert!(text.contains("session_multicast_network{state=\"failed\"} 1\nsession_multicast_network{state=\"closed\"} 0\n"));
         assert!(text.contains("session_multicast_dropped_total{reason=\"authFailed\"} 2\n"));
         assert!(text.contains("reason=\"we\\\"ird\""));
         assert!(!text.contains("tombstones"), "absent figures are not invented");

@@ -51,6 +51,13 @@ pub struct Config {
     /// `Some(ms)` when `useSessionTTL` is on.
     pub session_ttl_ms: Option<u64>,
     pub session_ttl_secs: f64,
+    /// `ttl` in ms: the lifetime of a session whose cookie has no expiry; `None` = one day.
+    /// (A `ttl` function is evaluated in JS and arrives as the write's expiry.)
+    pub ttl_ms: Option<u64>,
+    /// `disableTouch`: `touch` stores nothing (applied in JS).
+    pub disable_touch: bool,
+    /// `touchAfter` in ms: a touch moving the replicated expiry forward by less is kept local.
+    pub touch_after_ms: u64,
     pub graceful_shutdown: bool,
     /// Key ring: the first seals, all open. Empty = unauthenticated cluster.
     pub secrets: Vec<Secret>,
@@ -92,6 +99,9 @@ impl Default for Config {
             multicast_ttl: 1,
             session_ttl_ms: None,
             session_ttl_secs: 5000.0,
+            ttl_ms: None,
+            disable_touch: false,
+            touch_after_ms: 0,
             graceful_shutdown: true,
             secrets: Vec::new(),
             cluster: "default".into(),
@@ -133,6 +143,9 @@ const KNOWN: &[&str] = &[
     "multicastTTL",
     "useSessionTTL",
     "sessionTTL",
+    "ttl",
+    "disableTouch",
+    "touchAfter",
     "gracefullShutdown",
     "gracefulShutdown",
     "secret",
@@ -148,6 +161,19 @@ fn integer(name: &str, value: &Value, min: u64, max: u64) -> Result<u64, OptionE
         .as_u64()
         .filter(|n| (min..=max).contains(n))
         .ok_or_else(|| invalid(name, &format!("an integer from {min} to {max}"), value))
+}
+
+/// A positive, finite number of seconds, in whole milliseconds (at least 1).
+fn seconds_to_ms(name: &str, value: &Value, expected: &str) -> Result<u64, OptionError> {
+    value
+        .as_f64()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s * 1000.0 < u64::MAX as f64)
+        .map(secs_to_ms)
+        .ok_or_else(|| invalid(name, expected, value))
+}
+
+fn secs_to_ms(secs: f64) -> u64 {
+    (secs * 1000.0).round().max(1.0) as u64
 }
 
 fn boolean(name: &str, value: &Value) -> Result<bool, OptionError> {
@@ -257,14 +283,24 @@ impl Config {
             c.multicast_ttl = integer("multicastTTL", v, 0, 255)? as u32;
         }
         if let Some(v) = get("sessionTTL") {
-            c.session_ttl_secs = v
-                .as_f64()
-                .filter(|s| s.is_finite() && *s > 0.0 && *s * 1000.0 < u64::MAX as f64)
-                .ok_or_else(|| invalid("sessionTTL", "a positive number of seconds", v))?;
+            seconds_to_ms("sessionTTL", v, "a positive number of seconds")?;
+            c.session_ttl_secs = v.as_f64().unwrap_or_default();
+        }
+        if let Some(v) = get("ttl") {
+            c.ttl_ms = Some(seconds_to_ms("ttl", v, "a positive number of seconds, or a function returning one")?);
+        }
+        if let Some(v) = get("disableTouch") {
+            c.disable_touch = boolean("disableTouch", v)?;
+        }
+        if let Some(v) = get("touchAfter") {
+            c.touch_after_ms = match v.as_f64() {
+                Some(0.0) => 0,
+                _ => seconds_to_ms("touchAfter", v, "a number of seconds, 0 or more")?,
+            };
         }
         if let Some(v) = get("useSessionTTL") {
             if boolean("useSessionTTL", v)? {
-                c.session_ttl_ms = Some((c.session_ttl_secs * 1000.0).round().max(1.0) as u64);
+                c.session_ttl_ms = Some(secs_to_ms(c.session_ttl_secs));
             }
         }
         let graceful = [get("gracefullShutdown"), get("gracefulShutdown")];
@@ -335,6 +371,9 @@ impl Config {
             "multicastTTL": self.multicast_ttl,
             "useSessionTTL": self.session_ttl_ms.is_some(),
             "sessionTTL": self.session_ttl_secs,
+            "ttl": self.ttl_ms.unwrap_or(crate::table::DEFAULT_LIFETIME_MS) as f64 / 1000.0,
+            "disableTouch": self.disable_touch,
+            "touchAfter": self.touch_after_ms as f64 / 1000.0,
             "gracefullShutdown": self.graceful_shutdown,
             "secret": if self.secrets.is_empty() { Value::Null } else { json!(format!("<{} key(s)>", self.secrets.len())) },
             "cluster": self.cluster,
@@ -375,6 +414,10 @@ mod tests {
             (json!({ "multicastTTL": 256 }), "multicastTTL"),
             (json!({ "useSessionTTL": "yes" }), "useSessionTTL"),
             (json!({ "sessionTTL": 0 }), "sessionTTL"),
+            (json!({ "ttl": 0 }), "ttl"),
+            (json!({ "ttl": "1h" }), "ttl"),
+            (json!({ "disableTouch": 1 }), "disableTouch"),
+            (json!({ "touchAfter": -1 }), "touchAfter"),
             (json!({ "gracefullShutdown": "no" }), "gracefullShutdown"),
             (json!({ "gracefullShutdown": true, "gracefulShutdown": false }), "gracefulShutdown"),
             (json!({ "secret": "" }), "secret"),
@@ -403,8 +446,12 @@ mod tests {
             "multicastTTL": 0, "useSessionTTL": true, "sessionTTL": 0.05, "gracefulShutdown": false,
             "secret": ["pass", { "base64": key }], "cluster": "shop", "peers": ["a.svc:4000", "[fd00::1]:5"],
             "maxSessionBytes": 1000, "heartbeatInterval": 100, "failureTimeout": 600,
+            "ttl": 1.5, "disableTouch": true, "touchAfter": 60,
         }))
         .unwrap();
+        assert_eq!((c.ttl_ms, c.disable_touch, c.touch_after_ms), (Some(1500), true, 60_000));
+        assert_eq!(c.to_json()["ttl"], json!(1.5));
+        assert_eq!(Config::from_json(&json!({ "touchAfter": 0 })).unwrap().touch_after_ms, 0);
         assert_eq!(c.session_ttl_ms, Some(50));
         assert!(!c.graceful_shutdown);
         assert_eq!(c.secrets, vec![Secret::Passphrase("pass".into()), Secret::Key([7; 32])]);

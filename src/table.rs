@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 
 use crate::clock::Version;
 
-/// A session with neither cookie expiry nor `useSessionTTL` lives this long after its last write.
+/// A session with neither cookie expiry, `ttl` nor `useSessionTTL` lives this long after its last
+/// write.
 pub const DEFAULT_LIFETIME_MS: u64 = 86_400_000;
 /// A tombstone outlives the destroyed session's expiry, and lives at least this long, so that no
 /// late or replayed write brings the session back.
@@ -52,6 +53,9 @@ pub struct Entry {
     pub cookie: Option<Arc<str>>,
     /// Absolute expiry, epoch ms, from the cookie register.
     pub expires_at: u64,
+    /// A later expiry from touches kept on this node (`touchAfter`); never replicated, and void
+    /// once a newer cookie version arrives.
+    pub local_expires_at: u64,
 }
 
 impl Entry {
@@ -62,11 +66,17 @@ impl Entry {
             cookie_version: Version::ZERO,
             cookie: None,
             expires_at: 0,
+            local_expires_at: 0,
         }
     }
 
+    /// The expiry this node enforces: the replicated one, or a later local touch's.
+    pub fn effective_expiry(&self) -> u64 {
+        self.expires_at.max(self.local_expires_at)
+    }
+
     pub fn is_visible(&self, now: u64) -> bool {
-        matches!(self.data, Data::Live(_)) && self.expires_at > now
+        matches!(self.data, Data::Live(_)) && self.effective_expiry() > now
     }
 
     /// When the sweeper may forget this entry.
@@ -75,7 +85,7 @@ impl Entry {
             Data::Deleted => self
                 .expires_at
                 .max(self.data_version.millis() + TOMBSTONE_MIN_RETENTION_MS),
-            _ => self.expires_at,
+            _ => self.effective_expiry(),
         }
     }
 
@@ -84,15 +94,18 @@ impl Entry {
     }
 }
 
-/// Absolute expiry of a session written `now` (DESIGN §2): the cookie's own expiry; with
-/// `session_ttl_ms` (useSessionTTL) the earlier of that and now + TTL; otherwise one day.
-pub fn expiry(cookie_expires: Option<u64>, now: u64, session_ttl_ms: Option<u64>) -> u64 {
-    match (cookie_expires, session_ttl_ms) {
-        (Some(cookie), Some(ttl)) => cookie.min(now.saturating_add(ttl)),
-        (None, Some(ttl)) => now.saturating_add(ttl),
-        (Some(cookie), None) => cookie,
-        (None, None) => now.saturating_add(DEFAULT_LIFETIME_MS),
-    }
+/// Absolute expiry of a session written `now` (README "Session expiry"): the cookie's own expiry,
+/// else now + `ttl` (one day when unset); with `session_ttl_ms` (useSessionTTL) never later than
+/// now + that.
+pub fn expiry(cookie_expires: Option<u64>, now: u64, session_ttl_ms: Option<u64>, ttl_ms: Option<u64>) -> u64 {
+    let lifetime = |ms: u64| now.saturating_add(ms);
+    let own = match (cookie_expires, ttl_ms, session_ttl_ms) {
+        (Some(cookie), _, _) => cookie,
+        (None, Some(ttl), _) => lifetime(ttl),
+        (None, None, Some(session_ttl)) => lifetime(session_ttl),
+        (None, None, None) => lifetime(DEFAULT_LIFETIME_MS),
+    };
+    session_ttl_ms.map_or(own, |session_ttl| own.min(lifetime(session_ttl)))
 }
 
 /// Replaces the top-level `cookie` of a session JSON object, keeping every other member as is.
@@ -174,7 +187,7 @@ impl Table {
     pub fn get(&self, sid: &str, now: u64) -> Option<Arc<str>> {
         let entry = self.entries.get(sid)?;
         match &entry.data {
-            Data::Live(doc) if entry.expires_at > now => Some(doc.clone()),
+            Data::Live(doc) if entry.effective_expiry() > now => Some(doc.clone()),
             _ => None,
         }
     }
@@ -198,8 +211,8 @@ impl Table {
                     data: Data::Live(doc.clone()),
                     data_version: *version,
                     cookie_version: *version,
-                    cookie: None,
                     expires_at: *expires_at,
+                    ..Entry::absent()
                 },
             ),
             Op::Touch { sid, cookie, expires_at, version } => self.merge(
@@ -232,6 +245,7 @@ impl Table {
                 entry.cookie_version = incoming.cookie_version;
                 entry.cookie = incoming.cookie.clone();
                 entry.expires_at = incoming.expires_at;
+                entry.local_expires_at = 0;
             }
             // A cookie touched after the data was written replaces the data's own cookie.
             if (data_newer || cookie_newer) && entry.cookie_version > entry.data_version {
@@ -248,6 +262,22 @@ impl Table {
         }
         let mut entry = self.entries.entry(sid.into()).or_insert_with(Entry::absent);
         update(&mut entry)
+    }
+
+    /// `touchAfter`: when a touch would move a live session's replicated expiry forward by less
+    /// than `threshold_ms`, and that expiry is still more than `threshold_ms` away, the new expiry
+    /// is kept on this node only (no new version, so digests and peers are unaffected) and this
+    /// returns true. Otherwise nothing changes and the touch must be written as usual.
+    pub fn extend_locally(&self, sid: &str, expires_at: u64, now: u64, threshold_ms: u64) -> bool {
+        let Some(mut entry) = self.entries.get_mut(sid) else { return false };
+        let replicated = entry.expires_at;
+        let small_step = expires_at >= replicated && expires_at - replicated < threshold_ms;
+        let far_from_expiry = replicated.saturating_sub(now) > threshold_ms;
+        if !(matches!(entry.data, Data::Live(_)) && small_step && far_from_expiry) {
+            return false;
+        }
+        entry.local_expires_at = entry.local_expires_at.max(expires_at);
+        true
     }
 
     /// Raises the clear watermark to `mark` (state transfer, anti-entropy).
@@ -277,7 +307,7 @@ impl Table {
         let mut out = String::from("{");
         for item in self.entries.iter() {
             let entry = item.value();
-            if let (Data::Live(doc), true) = (&entry.data, entry.expires_at > now) {
+            if let (Data::Live(doc), true) = (&entry.data, entry.effective_expiry() > now) {
                 if out.len() > 1 {
                     out.push(',');
                 }
@@ -298,7 +328,7 @@ impl Table {
         let mut counts = TableCounts { entries: self.entries.len(), ..TableCounts::default() };
         for item in self.entries.iter() {
             match &item.data {
-                Data::Live(doc) if item.expires_at > now => {
+                Data::Live(doc) if item.effective_expiry() > now => {
                     counts.sessions += 1;
                     counts.session_bytes += doc.len();
                 }
@@ -574,13 +604,39 @@ mod tests {
         assert_eq!(splice_cookie(r#"{"cookie":null,"a":1}"#, cookie), Some(full(r#"{"cookie":null,"a":1}"#, cookie)));
     }
 
+    /// touchAfter: a small step is kept local (seen by get, not by the digest), a large step, a
+    /// step back or a near expiry is not, and a newer replicated cookie voids the local one.
+    #[test]
+    fn small_touches_extend_the_local_expiry_only() {
+        let t = Table::new();
+        t.apply(&set("a", r#"{"cookie":{}}"#, NOW + 1000, v(1, 1)));
+        let digest = t.digest(NOW, 4);
+        assert!(t.extend_locally("a", NOW + 1050, NOW, 100));
+        assert!(t.get("a", NOW + 1020).is_some(), "the local expiry is enforced");
+        assert_eq!(t.digest(NOW, 4), digest, "nothing replicated changed");
+        assert_eq!(t.entry("a").unwrap().newest_version(), v(1, 1));
+        assert!(!t.extend_locally("a", NOW + 1100, NOW, 100), "a step of threshold_ms is replicated");
+        assert!(!t.extend_locally("a", NOW + 900, NOW, 100), "a step back is replicated");
+        assert!(!t.extend_locally("a", NOW + 1050, NOW + 950, 100), "an expiry this close is replicated");
+        assert!(!t.extend_locally("b", NOW + 50, NOW, 100), "unknown sid");
+        t.apply(&touch("a", "{}", NOW + 500, v(2, 1)));
+        assert!(t.get("a", NOW + 600).is_none(), "a newer replicated cookie voids the local expiry");
+        t.apply(&destroy("a", v(3, 1)));
+        assert!(!t.extend_locally("a", NOW + 550, NOW, 100), "a tombstone is never extended");
+    }
+
     #[test]
     fn expiry_rules() {
-        assert_eq!(expiry(Some(NOW + 5), NOW, None), NOW + 5);
-        assert_eq!(expiry(None, NOW, None), NOW + DEFAULT_LIFETIME_MS);
-        assert_eq!(expiry(None, NOW, Some(50)), NOW + 50);
-        assert_eq!(expiry(Some(NOW + 10), NOW, Some(50)), NOW + 10);
-        assert_eq!(expiry(Some(NOW + 90), NOW, Some(50)), NOW + 50);
+        assert_eq!(expiry(Some(NOW + 5), NOW, None, None), NOW + 5);
+        assert_eq!(expiry(None, NOW, None, None), NOW + DEFAULT_LIFETIME_MS);
+        assert_eq!(expiry(None, NOW, Some(50), None), NOW + 50);
+        assert_eq!(expiry(Some(NOW + 10), NOW, Some(50), None), NOW + 10);
+        assert_eq!(expiry(Some(NOW + 90), NOW, Some(50), None), NOW + 50);
+        // ttl replaces the one-day default, never a cookie's expiry; useSessionTTL caps it.
+        assert_eq!(expiry(None, NOW, None, Some(70)), NOW + 70);
+        assert_eq!(expiry(Some(NOW + 5), NOW, None, Some(70)), NOW + 5);
+        assert_eq!(expiry(None, NOW, Some(50), Some(70)), NOW + 50);
+        assert_eq!(expiry(None, NOW, Some(90), Some(70)), NOW + 70);
     }
 
     /// Random writes to a few sids from a few nodes, applied in two random orders with

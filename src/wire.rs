@@ -461,6 +461,7 @@ impl<'a> Reader<'a> {
             cookie_version: self.version()?,
             cookie: self.optional()?,
             expires_at: self.u64()?,
+            local_expires_at: 0,
         };
         Ok((sid, entry))
     }
@@ -617,6 +618,7 @@ mod tests {
             cookie_version: v(2),
             cookie: Some("{}".into()),
             expires_at: 5,
+            local_expires_at: 0,
         };
         vec![
             Message::Join(info()),

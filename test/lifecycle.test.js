@@ -132,7 +132,7 @@ describe("lifecycle", () => {
       assert.ok(sent.at, `the child never got ready; stderr: ${run.stderr}`);
       const about = (type) => events.find((e) => e.type === type && e.id === sent.id);
       assert.ok(events.some((e) => e.type === "join" && e.id === sent.id), "the peer never saw the child join");
-      return { run, sent, events, about };
+      return { run, sent, events, about, peer };
     }
 
     for (const sig of ["SIGTERM", "SIGINT"]) {
@@ -144,16 +144,20 @@ describe("lifecycle", () => {
         assert.equal(about("dead"), undefined);
       });
 
-      it(`${sig} with the app's own handler: it runs, the process goes on until the app ends it, the peer sees the leave`, async () => {
-        const { run, sent, about } = await signalWithPeer("signal-peer-handled", sig);
+      it(`${sig} with the app's own handler: the store serves while the app drains, and leaves when the process exits`, async () => {
+        const { run, about, peer } = await signalWithPeer("signal-peer-handled", sig);
         assertCleanExit(run, "signal-peer-handled");
-        const handled = run.lines.map(safeParse).find((m) => m && m.handled);
+        const messages = run.lines.map(safeParse).filter(Boolean);
+        const handled = messages.find((m) => m.handled);
         assert.equal(handled && handled.handled, sig, "the app's handler did not run");
-        const exiting = run.lines.map(safeParse).find((m) => m && m.exiting);
+        const exiting = messages.find((m) => m.exiting);
         assert.ok(exiting, "the process ended before the app let it");
         assert.ok(run.exitedAt >= exiting.exiting && exiting.exiting - handled.at >= 290, "the process kept running after the signal");
+        assert.equal(messages.find((m) => m.drained)?.drained, "ok", "a write during the drain failed");
         const leave = await waitUntil(() => about("leave"), 2_000, { what: "the peer sees the leave" });
-        assert.ok(leave.at - sent.at < LEAVE_BUDGET_MS, `leave seen ${leave.at - sent.at} ms after ${sig}`);
+        assert.ok(leave.at >= exiting.exiting - 5, `leave seen ${exiting.exiting - leave.at} ms before the app let the process end`);
+        assert.ok(leave.at - run.exitedAt < LEAVE_BUDGET_MS, `leave seen ${leave.at - run.exitedAt} ms after the exit`);
+        assert.equal((await peer.get("drained"))?.sig, sig, "the write made during the drain did not reach the peer");
       });
 
       it(`${sig} with gracefullShutdown: false: no leave (the peer declares it dead later), the signal still kills`, async () => {

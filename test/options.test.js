@@ -43,6 +43,10 @@ describe("options", () => {
       multicastTTL: [{ multicastTTL: 256 }, { multicastTTL: -1 }],
       useSessionTTL: [{ useSessionTTL: "yes" }],
       sessionTTL: [{ sessionTTL: 0 }, { sessionTTL: -5 }, { sessionTTL: "10" }],
+      ttl: [{ ttl: 0 }, { ttl: -1 }, { ttl: "1h" }, { ttl: Infinity }],
+      disableTouch: [{ disableTouch: "yes" }, { disableTouch: 1 }],
+      touchAfter: [{ touchAfter: -1 }, { touchAfter: "60" }],
+      serializer: [{ serializer: {} }, { serializer: { stringify: JSON.stringify } }, { serializer: "json" }],
       gracefullShutdown: [{ gracefullShutdown: "no" }],
       gracefulShutdown: [{ gracefullShutdown: true, gracefulShutdown: false }, { gracefulShutdown: "no" }],
       logger: [{ logger: {} }, { logger: "console" }, { logger: { info() {}, warn() {} } }],
@@ -139,6 +143,9 @@ describe("options", () => {
       assert.equal(o.maxSessionBytes, 1_048_576);
       assert.equal(o.heartbeatInterval, 500);
       assert.equal(o.failureTimeout, 3000);
+      assert.equal(o.ttl, 86400);
+      assert.equal(o.disableTouch, false);
+      assert.equal(o.touchAfter, 0);
     });
 
     it("the default group is 228.0.0.5 (v4) and a transient site-scope group (v6)", () => {

@@ -16,10 +16,14 @@ const TYPES_DIR = path.join(__dirname, "types");
 // ("type" is not "module") as CommonJS. `types`: the Node.js globals (console, Buffer).
 const TSC_FLAGS = ["--noEmit", "--strict", "--module", "nodenext", "--types", "node", "--pretty", "false"];
 
-/** Runs tsc on `file`; resolves with { ok, output }. */
-function tsc(file) {
+// For the imports by package name (a self-reference, through package.json "exports") from .mts
+// (ES module) and .cts (CommonJS) files, as an application compiled for Node.js resolves them.
+const NODENEXT_FLAGS = ["--module", "nodenext", "--moduleResolution", "nodenext"];
+
+/** Runs tsc on `files` (a path or an array of paths), with `extraFlags`; resolves with { ok, output }. */
+function tsc(files, extraFlags = []) {
   try {
-    const output = execFileSync(TSC, [...TSC_FLAGS, file], { cwd: ROOT, encoding: "utf8", stdio: "pipe", timeout: 60_000 });
+    const output = execFileSync(TSC, [...TSC_FLAGS, ...extraFlags, ...[].concat(files)], { cwd: ROOT, encoding: "utf8", stdio: "pipe", timeout: 60_000 });
     return { ok: true, output };
   } catch (err) {
     if (err.status === null || err.status === undefined) throw err; // tsc did not run
@@ -64,6 +68,44 @@ describe("TypeScript typings (index.d.ts)", function () {
       }
     } finally {
       fs.rmSync(file, { force: true });
+    }
+  });
+
+  it("imports by package name type-check from an ES module (.mts) and from CommonJS (.cts): default and { createStore }", () => {
+    const files = ["esm.mts", "cjs.cts"].map((name) => path.join(TYPES_DIR, name));
+    for (const file of files) {
+      assert.match(fs.readFileSync(file, "utf8"), /import createStore, \{ createStore as named \} from "express-session-multicast";/);
+    }
+    const { ok, output } = tsc(files, NODENEXT_FLAGS);
+    assert.ok(ok, `tsc reported errors:\n${output}`);
+  });
+
+  it("tsc rejects a wrong named import and a misuse of the named factory, from .mts and .cts (the check is not vacuous)", () => {
+    const lines = [
+      'import session from "express-session";',
+      'import { createStor } from "express-session-multicast";',
+      'import { createStore } from "express-session-multicast";',
+      "const MulticastStore = createStore(session);",
+      'new MulticastStore({ multicastPort: "4000" });',
+      'createStore("express-session");',
+      "console.log(createStor);",
+      "",
+    ].join("\n");
+    const files = ["mts", "cts"].map((ext) => path.join(TYPES_DIR, `misuse-named-${process.pid}.${ext}`));
+    for (const file of files) fs.writeFileSync(file, lines);
+    try {
+      const { ok, output } = tsc(files, NODENEXT_FLAGS);
+      assert.equal(ok, false, "tsc accepted a misuse");
+      for (const file of files) {
+        const name = path.basename(file).replace(/\./g, "\\.");
+        assert.match(output, new RegExp(`${name}\\(2,\\d+\\): error TS\\d+: .*has no exported member`), `line 2 of ${file} is an error:\n${output}`);
+        for (const line of [5, 6]) {
+          assert.match(output, new RegExp(`${name}\\(${line},\\d+\\): error TS\\d+`), `line ${line} of ${file} is an error:\n${output}`);
+        }
+        assert.doesNotMatch(output, new RegExp(`${name}\\([1347],`), `only the misuses are errors:\n${output}`);
+      }
+    } finally {
+      for (const file of files) fs.rmSync(file, { force: true });
     }
   });
 

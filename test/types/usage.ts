@@ -28,12 +28,25 @@ const options: expressSessionMulticast.MulticastStoreOptions = {
     maxSessionBytes: 1 << 20,
     heartbeatInterval: 500,
     failureTimeout: 3000,
+    ttl: 86400,
+    disableTouch: false,
+    touchAfter: 60,
+    serializer: { stringify: (sess) => JSON.stringify(sess), parse: (text) => JSON.parse(text) },
 };
 const store: expressSessionMulticast.MulticastStore = new MulticastStore(options);
 new MulticastStore();
 new MulticastStore({ use: "v6", ipv6: "::1", multicast: false, gracefulShutdown: false });
 // A logger with only the three required levels is enough.
 new MulticastStore({ logger: { info() {}, warn() {}, error() {} } });
+
+// A ttl function gets the session and returns seconds.
+new MulticastStore({ ttl: (sess: session.SessionData) => (sess.cookie.originalMaxAge ?? 3_600_000) / 1000 });
+// @ts-expect-error a ttl function returns seconds, not a string
+new MulticastStore({ ttl: () => "1h" });
+// @ts-expect-error a serializer needs parse too
+new MulticastStore({ serializer: { stringify: JSON.stringify } });
+const ttlOption: number | ((sess: session.SessionData) => number) = store.options.ttl;
+const touchAfter: number = store.options.touchAfter;
 
 // @ts-expect-error multicastPort is a number
 new MulticastStore({ multicastPort: "4000" });
@@ -93,9 +106,12 @@ const counters: number[] = [
     stats.entries,
     stats.purged,
     stats.rejectedTooLarge,
+    stats.localTouches,
     stats.members,
 ];
 const ready: boolean = stats.ready;
+const networkState: "up" | "off" | "failed" | "closed" = stats.network;
+const networkError: string | undefined = stats.networkError;
 const network: (number | undefined)[] = [
     stats.datagramsSent,
     stats.writeBatches,
@@ -127,7 +143,7 @@ for (const m of members) {
     const ports: (number | null)[] = [m.port, m.tcpPort];
     const incarnation: number = m.incarnation;
     const lastHeard: number | null = m.lastHeard;
-    if (m.state === "alive" || m.state === "suspect" || m.state === "dead" || m.state === "left") {
+    if (m.state === "alive" || m.state === "suspect" || m.state === "dead" || m.state === "left" || m.state === "isolated") {
         console.log(m.id, address, ports, incarnation, lastHeard, m.self);
     }
     // @ts-expect-error "gone" is not a member state
@@ -136,8 +152,7 @@ for (const m of members) {
 const text: string = store.metrics();
 
 // ----- events ------------------------------------------------------------------------------
-store.on("connect", () => console.log("engine up"));
-store.on("disconnect", () => console.log("engine stopped"));
+store.on("disconnect", () => console.log("the store was closed"));
 store.on("member", (event: MemberEvent) => {
     const type: "join" | "leave" | "suspect" | "dead" | "alive" = event.type;
     console.log(type, event.node.id, event.node.state);
@@ -145,9 +160,10 @@ store.on("member", (event: MemberEvent) => {
 store.once("error", (err: Error) => {
     const code = (err as expressSessionMulticast.StoreError).code;
     if (code === "ERR_NETWORK" || code === "ERR_SESSION_TOO_LARGE" || code === "ERR_STORE_CLOSED") console.log(code);
+    if (code === "ERR_SESSION_NOT_SERIALIZABLE" || code === "ERR_INVALID_TTL") console.log(code);
 });
 store.off("member", () => {});
 const logger: expressSessionMulticast.Logger = store.logger;
 const port: number = store.options.multicastPort;
 
-console.log(counters, ready, network, authFailed, sent, text, logger, port, promises);
+console.log(ttlOption, touchAfter, networkState, networkError, counters, ready, network, authFailed, sent, text, logger, port, promises);
