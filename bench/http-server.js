@@ -4,6 +4,8 @@
 //   POST /login  creates a session of ≈1 KB (user, csrf secret, a cart) with a counter at 0
 //   GET  /       reads the session's counter, increments it (so the session is saved) and
 //                answers { count }; 401 without a session
+//   GET  /read   reads the session and leaves it as it is, so express-session does not save it
+//                but calls store.touch (bench/touch.js); 401 without a session
 // Listens on 127.0.0.1, on a port the OS picks.
 const http = require("http");
 const express = require("express");
@@ -39,6 +41,7 @@ serve({
         secret: "bench secret, not a real one",
         resave: false,
         saveUninitialized: false,
+        rolling: false,
         store,
         cookie: { maxAge: 86400000, httpOnly: true, sameSite: "lax" },
       })
@@ -54,6 +57,10 @@ serve({
       if (!req.session.user) return res.status(401).json({ error: "no session" });
       req.session.count = (req.session.count || 0) + 1;
       res.json({ count: req.session.count });
+    });
+    app.get("/read", (req, res) => {
+      if (!req.session.user) return res.status(401).json({ error: "no session" });
+      res.json({ id: req.session.user.id, count: req.session.count });
     });
     server = http.createServer(app);
     server.keepAliveTimeout = 60000;

@@ -165,7 +165,7 @@ async function run({ redisPort, log = console.log } = {}) {
   };
 }
 
-module.exports = { run, STORE_LABELS };
+module.exports = { run, STORE_LABELS, makeSessions };
 
 if (require.main === module) {
   runAlone("http.json", (redis) => run({ redisPort: redis.port }));

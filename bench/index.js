@@ -6,9 +6,11 @@
 //   2. http   (bench/http.js)     Express + express-session under autocannon: req/s and p99
 //   3. cluster (bench/cluster.js) replication latency, replicated writes/s, state transfer
 //   4. memory (bench/memory.js)   resident memory per session at 100,000 and 1,000,000 sessions
+//   5. touch  (bench/touch.js)    read-only requests on a node of 3: datagrams, bytes and peer CPU
+//                                 per request with touchAfter 0 and 60
 // Writes bench/results/<part>.json, and for a full run bench/results/bench.json (everything),
 // summary.md (tables and target verdicts) and chart.svg.
-//   node bench/index.js [store] [http] [cluster] [memory]   (default: all four)
+//   node bench/index.js [store] [http] [cluster] [memory] [touch]   (default: all five)
 // Benchmarks on a small machine are noise-sensitive: run on an otherwise idle machine (the load
 // average is printed first, and recorded).
 const fs = require("fs");
@@ -19,7 +21,7 @@ const u = require("./util");
 const { startRedis } = require("./redis");
 const report = require("./report");
 
-const PARTS = ["store", "http", "cluster", "memory"];
+const PARTS = ["store", "http", "cluster", "memory", "touch"];
 
 function otherBusyProcesses() {
   try {
@@ -60,6 +62,7 @@ async function main() {
       if (part === "http") results.http = await require("./http").run({ redisPort: redis.port });
       if (part === "cluster") results.cluster = await require("./cluster").run({ redisPort: redis.port });
       if (part === "memory") results.memory = await require("./memory").run({ redis });
+      if (part === "touch") results.touch = await require("./touch").run();
       await redis.flush();
       partTimes[part] = { seconds: Math.round((Date.now() - t) / 1000), loadAfter: os.loadavg().map((x) => Math.round(x * 100) / 100), otherBusyProcesses: otherBusyProcesses() };
       console.log(`(${part}: ${partTimes[part].seconds} s, load average ${partTimes[part].loadAfter.join(", ")}${partTimes[part].otherBusyProcesses.length ? `; WARNING: other busy processes: ${partTimes[part].otherBusyProcesses.join(", ")}` : ""})`);
@@ -90,9 +93,15 @@ async function main() {
     u.writeJSON("bench.json", all);
     fs.writeFileSync(path.join(u.RESULTS_DIR, "summary.md"), report.markdown(all, verdicts));
     fs.writeFileSync(path.join(u.RESULTS_DIR, "chart.svg"), report.svg(all));
-    console.log(`\nwritten bench/results/{bench,store,http,cluster,memory}.json, summary.md, chart.svg (${Math.round(meta.seconds)} s)`);
+    console.log(`\nwritten bench/results/{bench,store,http,cluster,memory,touch}.json, summary.md, chart.svg (${Math.round(meta.seconds)} s)`);
   } else {
-    console.log(`\nwritten bench/results/{${Object.keys(results).join(",")}}.json (a partial run: summary.md and chart.svg are only written by a full run)`);
+    // the touch part has a section of its own in summary.md, replaced by a partial run too
+    if (results.touch) {
+      const summary = path.join(u.RESULTS_DIR, "summary.md");
+      const before = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
+      fs.writeFileSync(summary, report.withTouchSection(before, { ...results.touch, date: meta.date }));
+    }
+    console.log(`\nwritten bench/results/{${Object.keys(results).join(",")}}.json (a partial run: summary.md and chart.svg are only written by a full run${results.touch ? ", but for the touch section of summary.md" : ""})`);
   }
 }
 

@@ -150,7 +150,50 @@ function markdown(results, verdicts) {
     });
     parts.push(table(["sessions", "raw JSON / session", "multicast RSS / session (× raw)", "MemoryStore (× raw)", "redis-server (× raw)", "multicast / MemoryStore", "multicast / redis-server"], rows) + "\n");
   }
+  if (results.touch) parts.push(touchSection(results.touch));
   return parts.join("\n");
+}
+
+// The touch-traffic part (bench/touch.js), between markers so that a run of that part alone can
+// replace its section in an existing summary.md (withTouchSection). `touch.date` is set by a run
+// alone; a full run's date is the file's.
+const TOUCH_BEGIN = "<!-- touch: bench/touch.js -->";
+const TOUCH_END = "<!-- /touch -->";
+function touchSection(touch) {
+  const f = (x, digits) => (x === null || x === undefined || Number.isNaN(x) ? "n/a" : x.toFixed(digits));
+  const rows = touch.results.map((m) => [
+    `${m.touchAfter} s`,
+    u.fmt(m.reqPerSec),
+    `${f(m.perRequest.datagramsSent, 3)} (${f(m.perRequestGross.datagramsSent, 3)})`,
+    `${f(m.perRequest.bytesSent, 1)} (${f(m.perRequestGross.bytesSent, 1)})`,
+    `${f(m.perRequest.datagramsReceivedPerPeer, 3)} (${f(m.perRequestGross.datagramsReceivedPerPeer, 3)})`,
+    `${f(m.perRequest.peersCpuUs, 2)} (${f(m.perRequestGross.peersCpuUs, 2)})`,
+    f(m.perRequest.peersNetThreadCpuUs, 2),
+    f(m.perRequest.appNetThreadCpuUs, 2),
+    `${u.fmt(m.localTouches)} (${f(m.localTouchesPerRequest, 2)}/req)`,
+    `${f(m.idlePerSecond.datagramsSent, 1)} dgrams, ${u.fmt(m.idlePerSecond.bytesSent)} B`,
+  ]);
+  const login = touch.results[0].perLogin;
+  const lines = [
+    TOUCH_BEGIN,
+    `## Touch traffic\n`,
+    `${touch.date ? `A run of \`node bench/touch.js\` alone, ${touch.date}. ` : ""}${touch.method}.\n`,
+    table(["touchAfter", "req/s", "datagrams sent / req", "bytes sent / req", "datagrams received / peer / req", "both peers' CPU / req (µs)", "… their network threads (µs)", "app node's network thread / req (µs)", "local touches", "idle baseline / s (app node sent)"], rows) + "\n",
+    `For scale: a login (a set of a ${login.sessionJsonBytes} B session) sent ${f(login.datagramsSent, 2)} datagrams and ${u.fmt(login.bytesSent)} bytes; a touch carries the sid and the cookie (${touch.touchCookieJsonBytes} B of JSON) instead of the session. Figures per request are net of the idle baseline (its rate times the load's duration); in parentheses, gross (heartbeats included). Small negatives are noise, and the peers' CPU leans negative where they receive nothing: their network threads then wake about as often under load as idle (wake-ups/s: ${touch.results.map((m) => `touchAfter ${m.touchAfter}: idle ${m.idlePerSecond.peersNetThreadWakeups ?? "n/a"}, load ${m.loadPerSecond ? m.loadPerSecond.peersNetThreadWakeups : "n/a"}`).join("; ")}), but each wake-up can cost less CPU on a busy machine than on an idle one, so the idle rate over-corrects by a few µs per request. Replicated touches share datagrams (the writes of about a millisecond go out together, up to 1,400 B a datagram), so under load datagrams per request are well below 1: bytes per request are the figure to compare.\n`,
+    ...touch.comparisons.map((c) => `- ${c.text}`),
+    "",
+    TOUCH_END,
+  ];
+  return lines.join("\n") + "\n";
+}
+
+// `summary` with its touch section replaced by `touch`'s, or `touch`'s appended.
+function withTouchSection(summary, touch) {
+  const section = touchSection(touch);
+  const begin = summary.indexOf(TOUCH_BEGIN);
+  const end = summary.indexOf(TOUCH_END);
+  if (begin >= 0 && end > begin) return summary.slice(0, begin) + section + summary.slice(end + TOUCH_END.length).replace(/^\n/, "");
+  return summary.replace(/\n*$/, "\n\n") + section;
 }
 
 // ---- SVG: one panel per store-op configuration (log scale) and one for HTTP req/s (linear)
@@ -247,4 +290,4 @@ function niceStep(raw) {
   return 10 * p;
 }
 
-module.exports = { evaluate, markdown, svg, TARGETS };
+module.exports = { evaluate, markdown, svg, withTouchSection, TARGETS };
