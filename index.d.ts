@@ -71,8 +71,9 @@ declare class MulticastStoreBase extends Store {
     ready(): Promise<void>;
 
     /**
-     * Leaves the cluster gracefully and releases every socket and thread. Idempotent.
-     * Emits `disconnect` (express-session then serves requests without a session), and every
+     * Leaves the cluster gracefully and releases every socket and thread. Idempotent. It first
+     * sends the writes still queued and waits, at most 1 s, until every live member has
+     * acknowledged them (a warning is logged if some did not). Emits `disconnect` (express-session then serves requests without a session), and every
      * store method called afterwards fails with `ERR_STORE_CLOSED`.
      */
     close(): Promise<void>;
@@ -388,6 +389,10 @@ declare namespace expressSessionMulticast {
         retransmissions?: number;
         naksSent?: number;
         naksReceived?: number;
+        /** Cumulative acknowledgements sent to other nodes ("I have your datagrams up to n"), at most one per sender a tick. */
+        acksSent?: number;
+        /** Cumulative acknowledgements received from members. */
+        acksReceived?: number;
         /** Datagrams received twice (retransmissions that were not needed). */
         duplicates?: number;
         /** This node's own multicast datagrams looped back to it (multicast works locally). */

@@ -5,9 +5,12 @@
 //!   large ops), keeps each in the retransmit buffer and multicasts it;
 //! - `receive_loop` (group socket and unicast socket): decodes, routes, applies;
 //! - `tick_loop`: heartbeats with our high-water mark, failure detection, NAKs for gaps,
-//!   anti-entropy syncs when a gap cannot be repaired, and periodically as a safety net;
+//!   coalesced acks, anti-entropy syncs when a gap cannot be repaired, and periodically as a
+//!   safety net;
 //! - `accept_loop`: serves state transfers and anti-entropy syncs over TCP;
-//! - `bootstrap`: join announcement, discovery window, initial state transfer, then `Ready`.
+//! - `bootstrap`: join announcement, discovery window, initial state transfer, then `Ready`;
+//! - `leave` (run by `Engine::close`): the last writes, `Leaving` until every live member has
+//!   acknowledged them (bounded by `LEAVE_TIMEOUT`), then `Leave`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ use crate::link::Link;
 use crate::membership::{Change, Member, MemberState, Members};
 use crate::options::{Config, Peer};
 use crate::outbox::Outbox;
-use crate::reliable::{Receipt, ReceiveWindow, SendBuffer};
+use crate::reliable::{Acks, Receipt, ReceiveWindow, SendBuffer};
 use crate::table::{Op, Table};
 use crate::transfer::{self, SyncContext};
 use crate::transport::{self, Sockets};
@@ -56,6 +59,12 @@ const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
 const BURST: usize = 32;
 /// Syncs served at once; further connections are closed at once (peers retry later).
 const MAX_CONCURRENT_SYNCS: usize = 8;
+/// A leaving node waits at most this long, from the start of its leave, for every live member to
+/// acknowledge its last datagram; then it sends its `Leave` anyway (README "Membership").
+pub const LEAVE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// While it waits, it repeats its `Leaving` this often: each one makes every receiver ack at once
+/// (a lost `Leaving`, or a lost `Ack`, costs this much).
+const LEAVING_REPEAT: Duration = Duration::from_millis(25);
 
 /// Network counters for `stats()`.
 #[derive(Default)]
@@ -69,6 +78,8 @@ pub struct NetStats {
     pub retransmissions: AtomicU64,
     pub naks_sent: AtomicU64,
     pub naks_received: AtomicU64,
+    pub acks_sent: AtomicU64,
+    pub acks_received: AtomicU64,
     pub duplicates: AtomicU64,
     pub own_loopback: AtomicU64,
     pub state_transfers: AtomicU64,
@@ -105,6 +116,8 @@ impl NetStats {
             "retransmissions": get(&self.retransmissions),
             "naksSent": get(&self.naks_sent),
             "naksReceived": get(&self.naks_received),
+            "acksSent": get(&self.acks_sent),
+            "acksReceived": get(&self.acks_received),
             "duplicates": get(&self.duplicates),
             "ownLoopback": get(&self.own_loopback),
             "stateTransfers": get(&self.state_transfers),
@@ -124,6 +137,9 @@ struct Inbound {
     reply_to: SocketAddr,
     /// Its history before we heard it is unknown: sync once to be sure.
     sync_wanted: bool,
+    /// Until a sync with it succeeds, we cannot tell what we have of its stream before we first
+    /// heard it: no ack until then.
+    history_unknown: bool,
     /// No sync with this sender before then.
     next_sync: Instant,
 }
@@ -131,6 +147,8 @@ struct Inbound {
 struct State {
     members: Members,
     send: SendBuffer,
+    /// How far each member acknowledged our stream.
+    acks: Acks,
     inbound: HashMap<u64, Inbound>,
     reassembler: Reassembler,
     /// Peers with a sync in progress (never two at once with the same peer).
@@ -161,6 +179,13 @@ pub struct Cluster {
     member_found: tokio::sync::Notify,
     /// Local writes to replicate.
     outbox: Arc<Outbox>,
+    /// Held while writes are sent: the leave waits for the batch in flight and sends the rest
+    /// itself, so nothing is sent after the last seq it announces.
+    sending: tokio::sync::Mutex<()>,
+    /// Wakes a leave waiting for acks when one moves.
+    ack_moved: tokio::sync::Notify,
+    /// The final `Leave` is sent: nothing is sent or acted upon any more.
+    gone: AtomicBool,
 }
 
 impl Cluster {
@@ -189,6 +214,7 @@ impl Cluster {
             state: Mutex::new(State {
                 members: Members::new(heartbeat, failure_timeout),
                 send: SendBuffer::new(config.hooks.retransmit_datagrams, RETRANSMIT_BYTES),
+                acks: Acks::default(),
                 inbound: HashMap::new(),
                 reassembler: Reassembler::new(reassembly_budget, REASSEMBLY_TIMEOUT),
                 syncing: HashSet::new(),
@@ -202,6 +228,9 @@ impl Cluster {
             ready: AtomicBool::new(false),
             member_found: tokio::sync::Notify::new(),
             outbox,
+            sending: tokio::sync::Mutex::new(()),
+            ack_moved: tokio::sync::Notify::new(),
+            gone: AtomicBool::new(false),
             config,
         });
         if let Some(group) = group {
@@ -335,24 +364,67 @@ impl Cluster {
         self.broadcast(&self.link.seal(msg)).await;
     }
 
-    /// Sends the writes still queued, then announces our leave (graceful shutdown). The leave
-    /// is sent twice: a lost leave costs a failureTimeout.
-    pub async fn leave(&self) {
+    /// Graceful leave: sends the writes still queued, then `Leaving { last_seq }` (repeated every
+    /// LEAVING_REPEAT) until every live (alive) member has acknowledged `last_seq`, answering
+    /// their NAKs meanwhile, or until LEAVE_TIMEOUT; then `Leave`, twice (a lost `Leave` costs a
+    /// failureTimeout). Returns the warning to log when the wait timed out, naming the members
+    /// that did not acknowledge.
+    pub async fn leave(&self) -> Option<String> {
         if self.config.observer {
-            return;
+            return None;
         }
+        let started = Instant::now();
+        let deadline = started + LEAVE_TIMEOUT;
+        // The send loop's batch in flight goes out first; the loop sends nothing after this.
+        let _sending = self.sending.lock().await;
         let queued = self.outbox.take();
         if !queued.is_empty() {
             self.send_ops(queued).await;
         }
+        let last_seq = self.state.lock().send.high_seq();
+        let mut next_leaving = started;
+        let lagging = loop {
+            let lagging = self.lagging(last_seq);
+            let now = Instant::now();
+            if lagging.is_empty() || now >= deadline {
+                break lagging;
+            }
+            if now >= next_leaving {
+                self.broadcast_message(&Message::Leaving { last_seq }).await;
+                next_leaving = now + LEAVING_REPEAT;
+            }
+            let _ = tokio::time::timeout_at(next_leaving.min(deadline).into(), self.ack_moved.notified()).await;
+        };
+        self.gone.store(true, Ordering::Release);
         for _ in 0..2 {
             self.broadcast_message(&Message::Leave).await;
         }
+        (!lagging.is_empty()).then(|| {
+            let names: Vec<String> = lagging.iter().map(|m| format!("{:016x} at {}", m.id, m.info.addr)).collect();
+            format!(
+                "leave: after {} ms, {} live member(s) had not acknowledged this node's last datagram \
+                 (seq {last_seq}): {}; they may miss its last writes (anti-entropy brings them those another \
+                 member has)",
+                started.elapsed().as_millis(),
+                names.len(),
+                names.join(", "),
+            )
+        })
+    }
+
+    /// Alive members that have not acknowledged `seq` yet (suspect and dead ones are not waited for).
+    fn lagging(&self, seq: u64) -> Vec<Member> {
+        let state = self.state.lock();
+        let alive = || state.members.all().filter(|m| m.state == MemberState::Alive);
+        let lagging = state.acks.lagging(seq, alive().map(|m| (m.id, m.incarnation)));
+        alive().filter(|m| lagging.contains(&m.id)).cloned().collect()
     }
 
     async fn send_loop(self: Arc<Self>) {
         loop {
-            let ops = self.outbox.flushed().await;
+            self.outbox.wait().await;
+            let _sending = self.sending.lock().await;
+            let ops = self.outbox.take();
             if !ops.is_empty() {
                 self.send_ops(ops).await;
             }
@@ -450,6 +522,9 @@ impl Cluster {
     }
 
     async fn on_datagram(&self, bytes: &[u8], from: SocketAddr, via_group: bool) {
+        if self.gone.load(Ordering::Acquire) {
+            return;
+        }
         let loss = self.config.hooks.inbound_loss;
         if loss > 0.0 && rand::rng().random_bool(loss) {
             return;
@@ -475,6 +550,12 @@ impl Cluster {
             // us (a NAT, a proxy). Nothing to apply.
             self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        let departed = self.state.lock().members.has_departed(header.node, header.incarnation);
+        if departed && !matches!(msg, Message::Leave | Message::Ping { .. } | Message::Pong { .. }) {
+            // Late (a retransmission or a heartbeat sent just before its Leave) or replayed: a
+            // node that left never becomes a member again, and its stream is not tracked again.
+            return self.stats.drop("departedSender");
         }
         if via_group {
             let mut state = self.state.lock();
@@ -523,9 +604,44 @@ impl Cluster {
                 }
             }
             Message::Leave => {
-                let change = self.state.lock().members.left(header.node, header.incarnation);
+                let change = self.state.lock().members.announced_leave(header.node, header.incarnation);
                 self.forget_stream(header.node);
                 self.report(change);
+            }
+            Message::Leaving { last_seq } => {
+                self.heard(&header, None, now);
+                if self.state.lock().members.get(header.node).is_none() {
+                    return self.stats.drop("unknownSender");
+                }
+                // Normally its stream is tracked already; if not, what came before is unknown
+                // (synced once, and acknowledged only then).
+                self.open_inbound(&header, last_seq.saturating_add(1), from, true);
+                let ack = match self.state.lock().inbound.get_mut(&header.node) {
+                    Some(inbound) if inbound.incarnation == header.incarnation => {
+                        inbound.window.ask_ack(last_seq, now);
+                        self.due_ack(inbound, false)
+                    }
+                    _ => return self.stats.drop("staleIncarnation"),
+                };
+                self.send_ack(ack).await;
+                // Its leave is bounded: what is due is asked for now, not at the next tick.
+                self.send_naks(now, Some(header.node)).await;
+            }
+            Message::Ack { high_seq } => {
+                self.heard(&header, None, now);
+                self.stats.acks_received.fetch_add(1, Ordering::Relaxed);
+                let moved = {
+                    let mut state = self.state.lock();
+                    let State { members, acks, send, .. } = &mut *state;
+                    if members.get(header.node).is_none_or(|m| m.incarnation != header.incarnation) {
+                        drop(state);
+                        return self.stats.drop("unknownSender");
+                    }
+                    acks.ack(header.node, header.incarnation, high_seq, send.high_seq())
+                };
+                if moved {
+                    self.ack_moved.notify_one();
+                }
             }
             Message::Data { seq, payload } => {
                 self.heard(&header, None, now);
@@ -544,6 +660,10 @@ impl Cluster {
                     return;
                 }
                 self.apply_payload(&header, payload, now);
+                // Applied first: an ack says what this node holds. Due here only when the sender
+                // asked (it is leaving); otherwise acks wait for the tick.
+                let ack = self.state.lock().inbound.get_mut(&header.node).and_then(|i| self.due_ack(i, false));
+                self.send_ack(ack).await;
             }
             Message::Nak { ranges } => {
                 self.stats.naks_received.fetch_add(1, Ordering::Relaxed);
@@ -618,26 +738,48 @@ impl Cluster {
         self.sync.table.apply(op);
     }
 
-    /// Starts tracking a sender's stream at `first_seq` unless we already do (same incarnation).
-    /// Returns whether a new stream was opened.
+    /// Starts tracking a sender's stream at `first_seq` unless we already do (same incarnation),
+    /// or it has left. Returns whether a new stream was opened.
     fn open_inbound(&self, header: &Header, first_seq: u64, reply_to: SocketAddr, sync_wanted: bool) -> bool {
         let mut state = self.state.lock();
         // Node ids are drawn anew at each start: a stream is never replaced by another
         // incarnation (that would be a forgery), and `Data` then drops it as stale.
-        if state.inbound.contains_key(&header.node) {
+        if state.inbound.contains_key(&header.node) || state.members.has_departed(header.node, header.incarnation) {
             return false;
         }
         let window = ReceiveWindow::new(first_seq);
-        state.inbound.insert(
-            header.node,
-            Inbound { incarnation: header.incarnation, window, reply_to, sync_wanted, next_sync: Instant::now() },
-        );
+        let inbound = Inbound {
+            incarnation: header.incarnation,
+            window,
+            reply_to,
+            sync_wanted,
+            history_unknown: sync_wanted,
+            next_sync: Instant::now(),
+        };
+        state.inbound.insert(header.node, inbound);
         true
+    }
+
+    /// The ack owed to this sender now, if any (see `ReceiveWindow::take_ack`), and where to send
+    /// it. None before the state transfer, and while what came before we heard it is unknown.
+    fn due_ack(&self, inbound: &mut Inbound, periodic: bool) -> Option<(SocketAddr, u64)> {
+        if inbound.history_unknown || !self.is_ready() {
+            return None;
+        }
+        inbound.window.take_ack(periodic).map(|high_seq| (inbound.reply_to, high_seq))
+    }
+
+    async fn send_ack(&self, ack: Option<(SocketAddr, u64)>) {
+        if let Some((to, high_seq)) = ack {
+            self.stats.acks_sent.fetch_add(1, Ordering::Relaxed);
+            self.send_to(&self.link.seal(&Message::Ack { high_seq }), to).await;
+        }
     }
 
     fn forget_stream(&self, node: u64) {
         let mut state = self.state.lock();
         state.inbound.remove(&node);
+        state.acks.forget(node);
         state.via_group.remove(&node);
         state.reassembler.forget(node);
     }
@@ -675,6 +817,9 @@ impl Cluster {
         let mut next_heartbeat = Instant::now();
         loop {
             ticker.tick().await;
+            if self.gone.load(Ordering::Acquire) {
+                return;
+            }
             // Writes nobody flushed go out within a tick.
             self.outbox.flush();
             let now = Instant::now();
@@ -685,7 +830,8 @@ impl Cluster {
                 self.broadcast_message(&Message::Heartbeat { info: self.me, high_seq }).await;
             }
             self.check_members(now);
-            self.send_naks(now).await;
+            self.send_naks(now, None).await;
+            self.send_acks().await;
             self.start_syncs(now);
         }
     }
@@ -705,13 +851,15 @@ impl Cluster {
         }
     }
 
-    async fn send_naks(&self, now: Instant) {
+    /// NAKs due now, to every sender, or only to `only`.
+    async fn send_naks(&self, now: Instant, only: Option<u64>) {
         let naks: Vec<(SocketAddr, Vec<(u64, u64)>)> = {
             let mut state = self.state.lock();
             state
                 .inbound
-                .values_mut()
-                .filter_map(|i| {
+                .iter_mut()
+                .filter(|(node, _)| only.is_none_or(|only| only == **node))
+                .filter_map(|(_, i)| {
                     let ranges = i.window.due_naks(now, NAK_DELAY, NAK_MAX_SEQS);
                     (!ranges.is_empty()).then_some((i.reply_to, ranges))
                 })
@@ -720,6 +868,17 @@ impl Cluster {
         for (to, ranges) in naks {
             self.stats.naks_sent.fetch_add(1, Ordering::Relaxed);
             self.send_to(&self.link.seal(&Message::Nak { ranges }), to).await;
+        }
+    }
+
+    /// At most one ack per sender a tick, and only if we have more of its stream than we said.
+    async fn send_acks(&self) {
+        let acks: Vec<(SocketAddr, u64)> = {
+            let mut state = self.state.lock();
+            state.inbound.values_mut().filter_map(|i| self.due_ack(i, true)).collect()
+        };
+        for ack in acks {
+            self.send_ack(Some(ack)).await;
         }
     }
 
@@ -763,23 +922,34 @@ impl Cluster {
     async fn anti_entropy(self: Arc<Self>, node: u64, info: NodeInfo) {
         let peer = SocketAddr::new(info.addr.ip(), info.tcp_port);
         let result = transfer::pull(&self.sync, node, peer, false).await;
-        let mut state = self.state.lock();
-        state.syncing.remove(&node);
-        match result {
-            Ok(pulled) => {
-                self.link.prime_replay(&pulled.departed);
-                self.stats.anti_entropy_syncs.fetch_add(1, Ordering::Relaxed);
-                self.stats.sync_entries_received.fetch_add(pulled.entries as u64, Ordering::Relaxed);
-                if let Some(inbound) = state.inbound.get_mut(&node) {
-                    inbound.window.synced(pulled.high_seq);
+        let ack = {
+            let mut state = self.state.lock();
+            state.syncing.remove(&node);
+            match result {
+                Ok(pulled) => {
+                    self.link.prime_replay(&pulled.departed);
+                    self.stats.anti_entropy_syncs.fetch_add(1, Ordering::Relaxed);
+                    self.stats.sync_entries_received.fetch_add(pulled.entries as u64, Ordering::Relaxed);
+                    state.inbound.get_mut(&node).and_then(|inbound| {
+                        inbound.window.synced(pulled.high_seq);
+                        inbound.history_unknown = false;
+                        // A leaving sender may be waiting for just this.
+                        self.due_ack(inbound, false)
+                    })
+                }
+                Err(e) => {
+                    if let Some(inbound) = state.inbound.get_mut(&node).filter(|i| i.history_unknown) {
+                        // Still unknown: try again (at most once a MIN_SYNC_INTERVAL).
+                        inbound.sync_wanted = true;
+                    }
+                    drop(state);
+                    self.stats.drop("syncFailed");
+                    self.log(Level::Debug, format!("anti-entropy with {peer} failed: {e}"));
+                    None
                 }
             }
-            Err(e) => {
-                drop(state);
-                self.stats.drop("syncFailed");
-                self.log(Level::Debug, format!("anti-entropy with {peer} failed: {e}"));
-            }
-        }
+        };
+        self.send_ack(ack).await;
     }
 
     async fn accept_loop(self: Arc<Self>, listener: tokio::net::TcpListener) {
@@ -804,18 +974,20 @@ impl Cluster {
         }
     }
 
-    /// Senders we remember that are not live members: a node that syncs from us rejects
-    /// recordings of them, even if it started after they left.
+    /// Senders we remember that were members and are no longer live: a node that syncs from us
+    /// rejects recordings of them, even if it started after they left. Not a node heard but not
+    /// admitted yet (its join was lost here, say): the syncing node may well hear it alive.
     fn departed_senders(&self) -> Vec<(u64, u64, u64)> {
         let state = self.state.lock();
-        let live = |node: u64, incarnation: u64| {
-            state.members.get(node).is_some_and(|m| m.incarnation == incarnation && m.is_reachable())
+        let gone = |node: u64, incarnation: u64| {
+            let live = state.members.get(node).is_some_and(|m| m.incarnation == incarnation && m.is_reachable());
+            !live && state.members.was_member(node, incarnation)
         };
         let me = self.link.header();
         self.link
             .replay_memory()
             .into_iter()
-            .filter(|(node, incarnation, _)| *node != me.node && !live(*node, *incarnation))
+            .filter(|(node, incarnation, _)| *node != me.node && gone(*node, *incarnation))
             .collect()
     }
 
@@ -908,6 +1080,7 @@ impl Cluster {
         });
         let mut donors: Vec<Member> = self.state.lock().members.reachable().cloned().collect();
         donors.sort_by_key(|m| m.id);
+        let mut transferred = donors.is_empty();
         for donor in donors {
             let peer = SocketAddr::new(donor.info.addr.ip(), donor.info.tcp_port);
             let started = Instant::now();
@@ -920,6 +1093,7 @@ impl Cluster {
                     // greeted us: a digest sync with each of them closes that window.
                     for (node, inbound) in state.inbound.iter_mut() {
                         inbound.sync_wanted = *node != donor.id;
+                        inbound.history_unknown = inbound.sync_wanted;
                     }
                     if let Some(inbound) = state.inbound.get_mut(&donor.id) {
                         inbound.window.synced(pulled.high_seq);
@@ -934,9 +1108,17 @@ impl Cluster {
                             started.elapsed().as_millis()
                         ),
                     );
+                    transferred = true;
                     break;
                 }
                 Err(e) => self.log(Level::Warn, format!("state transfer from {peer} failed: {e}; trying another member")),
+            }
+        }
+        if !transferred {
+            // What the members sent before they greeted us is unknown: a digest sync with each.
+            for inbound in self.state.lock().inbound.values_mut() {
+                inbound.sync_wanted = true;
+                inbound.history_unknown = true;
             }
         }
         self.ready.store(true, Ordering::Release);

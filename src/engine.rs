@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::clock::{now_ms, Clock};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, LEAVE_TIMEOUT};
 use crate::crypto::Codec;
 use crate::link::Link;
 use crate::events::{Event, EventSink, Level};
@@ -20,6 +20,8 @@ use crate::wire::{self, Header};
 
 /// How often expired sessions and old tombstones are purged from memory.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(1000);
+/// Beyond `LEAVE_TIMEOUT`, time for the sends of the leave before `close()` gives up on it.
+const LEAVE_MARGIN: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteError {
@@ -236,16 +238,28 @@ impl Engine {
         serde_json::Value::Array(members)
     }
 
-    /// Sends the writes still queued and announces the leave, then stops every background task
-    /// and thread. Idempotent.
+    /// Leaves the cluster (see `close_reporting`), then stops every background task and thread.
+    /// Idempotent.
     pub fn close(&self) {
-        if let Some(Running { runtime, cluster }) = self.running.lock().take() {
-            if let Some(cluster) = &cluster {
-                let leave = async { tokio::time::timeout(Duration::from_millis(200), cluster.leave()).await };
-                let _ = runtime.block_on(leave);
-            }
-            runtime.shutdown_timeout(Duration::from_secs(1));
+        let _ = self.close_reporting();
+    }
+
+    /// `close()`, returning the warning to log when the leave timed out. The leave sends the
+    /// writes still queued and waits until every live member has acknowledged them, at most
+    /// `LEAVE_TIMEOUT` (1 s), then announces the leave (see `Cluster::leave`).
+    pub fn close_reporting(&self) -> Option<String> {
+        let Running { runtime, cluster } = self.running.lock().take()?;
+        let mut warning = None;
+        if let Some(cluster) = &cluster {
+            // The leave keeps to LEAVE_TIMEOUT by itself; this bounds the sends around it too.
+            let leave = async { tokio::time::timeout(LEAVE_TIMEOUT + LEAVE_MARGIN, cluster.leave()).await };
+            warning = runtime.block_on(leave).unwrap_or_else(|_| {
+                let ms = (LEAVE_TIMEOUT + LEAVE_MARGIN).as_millis();
+                Some(format!("leave: not done after {ms} ms; the other nodes will see this node dead"))
+            });
         }
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        warning
     }
 
     /// Sends connectivity probes of these datagram sizes (the doctor).
@@ -305,8 +319,13 @@ mod tests {
     }
 
     fn loopback_cluster(name: &str, nodes: usize, hooks: crate::options::TestHooks) -> Vec<Engine> {
+        loopback_nodes(name, vec![hooks; nodes])
+    }
+
+    /// One node per item of `hooks`, each with its own.
+    fn loopback_nodes(name: &str, hooks: Vec<crate::options::TestHooks>) -> Vec<Engine> {
         let port = 20_000 + (std::process::id() as u16 % 20_000) + name.len() as u16 * 7;
-        let config = Config {
+        let config = |hooks| Config {
             ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
             multicast_ttl: 0,
             multicast_port: port,
@@ -316,9 +335,16 @@ mod tests {
             hooks,
             ..Config::default()
         };
-        let nodes = (0..nodes).map(|_| Engine::start(config.clone(), crate::events::discard()).unwrap()).collect();
+        let nodes = hooks.into_iter().map(|h| Engine::start(config(h), crate::events::discard()).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(400));
         nodes
+    }
+
+    fn member_state(node: &Engine, id: u64) -> Option<String> {
+        let id = format!("{id:016x}");
+        let members = node.members();
+        let member = members.as_array()?.iter().find(|m| m["id"] == id.as_str())?;
+        member["state"].as_str().map(str::to_owned)
     }
 
     fn wait_for_convergence(nodes: &[Engine], sessions: usize) -> bool {
@@ -440,6 +466,150 @@ mod tests {
         assert_eq!(nodes[2].stats()["stateTransfers"], 1);
         assert_eq!(nodes[0].stats()["members"], 3);
         nodes.iter().for_each(Engine::close);
+    }
+
+    /// A node that leaves right after its last writes takes none of them with it. Three nodes on
+    /// loopback, the two receivers dropping 20% of the datagrams they receive: A writes 200
+    /// sessions (handed to its network thread every 20 writes, as the JS adapter does at the end
+    /// of an event-loop turn) and closes at once. When close() returns, B and C hold all 200: the
+    /// leave waited until both acknowledged A's last datagram, repairing their losses meanwhile.
+    /// Then they list A as left (or dead, if both copies of its Leave were lost), with nothing
+    /// missing. Five runs.
+    #[test]
+    fn a_leaving_node_delivers_its_last_writes_despite_loss() {
+        let lossy = crate::options::TestHooks { inbound_loss: 0.2, ..Default::default() };
+        let mut naks_and_acks = (0, 0);
+        for run in 0..5 {
+            let hooks = vec![Default::default(), lossy.clone(), lossy.clone()];
+            let nodes = loopback_nodes(&format!("lossy-leave{run}"), hooks);
+            let (a, receivers) = (&nodes[0], &nodes[1..]);
+            let expires = Some(now_ms() + 600_000);
+            for i in 0..200 {
+                a.set(&format!("s{i}"), format!(r#"{{"run":{run},"n":{i}}}"#), expires).unwrap();
+                if i % 20 == 19 {
+                    a.flush();
+                }
+            }
+            let started = std::time::Instant::now();
+            let warning = a.close_reporting();
+            let took = started.elapsed();
+            let counts: Vec<usize> = receivers.iter().map(Engine::length).collect();
+            let when = format!("run {run}: sessions on B and C when A's close() returned ({took:?}); {warning:?}");
+            assert_eq!(counts, [200, 200], "{when}");
+            assert_eq!(warning, None, "run {run}");
+            for n in receivers {
+                assert_eq!(n.get("s199").as_deref(), Some(format!(r#"{{"run":{run},"n":199}}"#).as_str()));
+                // Left; dead (after failureTimeout) if both copies of A's Leave were lost.
+                let gone = || matches!(member_state(n, a.header.node).as_deref(), Some("left" | "dead"));
+                assert!(wait_until(gone), "run {run}: A still listed as {:?}", member_state(n, a.header.node));
+                assert_eq!(n.stats()["missingDatagrams"], 0, "run {run}: {}", n.stats());
+            }
+            naks_and_acks.0 += stat(receivers, "naksSent");
+            naks_and_acks.1 += stat(receivers, "acksSent");
+            nodes.iter().for_each(Engine::close);
+        }
+        assert!(naks_and_acks.0 > 0 && naks_and_acks.1 > 0, "losses repaired, acks sent: {naks_and_acks:?}");
+    }
+
+    /// The leave is bounded. B, a fake member speaking the wire format, sends heartbeats (so it
+    /// stays alive to A) and never acknowledges anything: A's close() returns after
+    /// LEAVE_TIMEOUT with a warning naming B, not C, which did acknowledge and has A's write.
+    #[test]
+    fn a_leave_that_times_out_names_the_members_that_did_not_acknowledge() {
+        use crate::wire::{Message, NodeInfo};
+        let nodes = loopback_cluster("leave-timeout", 2, Default::default());
+        let (a, c) = (&nodes[0], &nodes[1]);
+        let port = a.members()[0]["port"].as_u64().unwrap() as u16;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b_id = 0x5e4d_0002;
+        let header = Header { cluster: wire::cluster_id(&a.config.cluster), node: b_id, incarnation: now_ms() };
+        let b = Link::new(header, Codec::new(&a.config.cluster, &[]));
+        let info = NodeInfo { addr: socket.local_addr().unwrap(), tcp_port: 9, listen_port: 0 };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                socket.send_to(&b.seal(&Message::Join(info)), ("127.0.0.1", port)).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let _ = socket.send_to(&b.seal(&Message::Heartbeat { info, high_seq: 0 }), ("127.0.0.1", port));
+                }
+            });
+            assert!(wait_until(|| a.stats()["members"] == 3), "A sees B and C: {}", a.members());
+            a.set("s", "{}".into(), Some(now_ms() + 600_000)).unwrap();
+            let started = std::time::Instant::now();
+            let warning = a.close_reporting();
+            let took = started.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            let warning = warning.expect("a warning");
+            let bound = LEAVE_TIMEOUT + LEAVE_MARGIN + Duration::from_millis(500);
+            assert!(took >= LEAVE_TIMEOUT && took < bound, "{took:?}");
+            assert!(warning.starts_with("leave: after 10"), "{warning}");
+            let named = format!(
+                "1 live member(s) had not acknowledged this node's last datagram (seq 1): {b_id:016x} at {}",
+                info.addr
+            );
+            assert!(warning.contains(&named), "{warning}");
+            assert_eq!(c.get("s").as_deref(), Some("{}"));
+        });
+        nodes.iter().for_each(Engine::close);
+    }
+
+    /// Data from a node after its `Leave` (a late retransmission, or a replay) is dropped as
+    /// `departedSender`: it re-creates no stream of that node, so nothing of it is NAKed and
+    /// `missingDatagrams` stays 0. The node here is a fake member speaking the wire format.
+    #[test]
+    fn data_after_a_leave_reopens_no_stream_and_is_never_naked() {
+        use crate::wire::{Kind, Message, NodeInfo, Payload};
+        let nodes = loopback_cluster("departed-sender", 1, Default::default());
+        let node = &nodes[0];
+        let port = node.members()[0]["port"].as_u64().unwrap() as u16;
+        let to = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        let cluster = wire::cluster_id(&node.config.cluster);
+        let id = 0x5e4d_0001;
+        let header = Header { cluster, node: id, incarnation: now_ms() };
+        let fake = Link::new(header, Codec::new(&node.config.cluster, &[]));
+        let send = |msg: &Message| socket.send_to(&fake.seal(msg), to).unwrap();
+        let set = |seq: u64, sid: &str| {
+            let version = crate::clock::Version { hlc: now_ms() << 16, node: id };
+            let op = Op::Set { sid: sid.into(), doc: "{}".into(), expires_at: now_ms() + 600_000, version };
+            Message::Data { seq, payload: Payload::Ops(vec![op]) }
+        };
+        send(&Message::Join(NodeInfo { addr: socket.local_addr().unwrap(), tcp_port: 9, listen_port: 0 }));
+        send(&set(1, "before"));
+        assert!(wait_until(|| node.get("before").is_some()), "a member's data is applied");
+        send(&Message::Leave);
+        assert!(wait_until(|| member_state(node, id).as_deref() == Some("left")));
+
+        // Late: one datagram that would open its stream again at 5, one that would leave 6..=7 missing.
+        send(&set(5, "late-5"));
+        send(&set(8, "late-8"));
+        let mut kinds = Vec::new();
+        let mut buf = [0u8; 2048];
+        let until = std::time::Instant::now() + Duration::from_millis(400);
+        while std::time::Instant::now() < until {
+            if let Ok(n) = socket.recv(&mut buf) {
+                kinds.extend(wire::peek_header(&buf[..n], cluster).map(|(kind, _)| kind));
+            }
+        }
+        assert!(!kinds.contains(&Kind::Nak), "NAKed a departed node: {kinds:?}");
+        let stats = node.stats();
+        assert_eq!(stats["missingDatagrams"], 0, "{stats}");
+        assert_eq!(stats["dropped"]["departedSender"], 2, "{stats}");
+        assert_eq!((node.get("late-5"), node.get("late-8")), (None, None));
+        nodes.iter().for_each(Engine::close);
+    }
+
+    fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     #[test]

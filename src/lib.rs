@@ -147,9 +147,11 @@ mod node {
             self.engine.probe_report().to_string()
         }
 
+        /// Leaves and stops the engine (blocks up to about 1.2 s: see `Engine::close_reporting`).
+        /// Returns the warning to log when the leave timed out, else null.
         #[napi(catch_unwind)]
-        pub fn close(&self) {
-            self.engine.close()
+        pub fn close(&self) -> Option<String> {
+            self.engine.close_reporting()
         }
     }
 }

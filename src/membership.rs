@@ -4,9 +4,11 @@
 //! for `dead_after` (failureTimeout) dead; a `Leave` makes it left at once. A node is identified
 //! by a random id drawn at each start, and its incarnation is its start time: a restarted node is
 //! a new member, and the old one is declared dead or left. Dead and left members are listed a
-//! while, then forgotten.
+//! while, then forgotten; an incarnation that announced its leave is remembered longer (up to
+//! `MAX_MEMBERS` of them), so nothing it sent late makes it a member again, and so is the fact
+//! that a forgotten incarnation was a member (for the departed senders a donor reports).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -88,8 +90,36 @@ impl Member {
     }
 }
 
+/// A set of (id, incarnation) that forgets the oldest beyond MAX_MEMBERS.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<(u64, u64)>,
+    set: HashSet<(u64, u64)>,
+}
+
+impl Recent {
+    fn insert(&mut self, key: (u64, u64)) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > MAX_MEMBERS {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.set.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, key: (u64, u64)) -> bool {
+        self.set.contains(&key)
+    }
+}
+
 pub struct Members {
     members: HashMap<u64, Member>,
+    /// Incarnations that announced their leave.
+    departed: Recent,
+    /// Incarnations that were members, then were forgotten.
+    forgotten: Recent,
     suspect_after: Duration,
     dead_after: Duration,
     forget_after: Duration,
@@ -99,6 +129,8 @@ impl Members {
     pub fn new(heartbeat: Duration, failure_timeout: Duration) -> Self {
         Members {
             members: HashMap::new(),
+            departed: Recent::default(),
+            forgotten: Recent::default(),
             // Two missed heartbeats (not one lost) make a node suspect, never later than failureTimeout.
             suspect_after: (heartbeat * 5 / 2).min(failure_timeout),
             dead_after: failure_timeout,
@@ -116,6 +148,10 @@ impl Members {
         now: Instant,
         now_ms: u64,
     ) -> Option<(Change, Member)> {
+        if self.departed.contains((id, incarnation)) {
+            // Late or replayed: a node that left never comes back under the same incarnation.
+            return None;
+        }
         if let Some(m) = self.members.get_mut(&id) {
             if m.state == MemberState::Left || incarnation != m.incarnation {
                 // A late datagram from before its leave, or a forged one: not a sign of life.
@@ -143,7 +179,30 @@ impl Members {
         Some((Change::Join, member))
     }
 
-    /// A node announced its graceful leave.
+    /// A node announced its graceful leave (its final `Leave`): it is left at once, and that
+    /// incarnation is remembered as departed even after the member is forgotten.
+    pub fn announced_leave(&mut self, id: u64, incarnation: u64) -> Option<(Change, Member)> {
+        self.departed.insert((id, incarnation));
+        self.left(id, incarnation)
+    }
+
+    /// Whether that incarnation of node `id` announced its leave to this node: nothing it sends
+    /// is acted upon any more. (A member a donor reports gone is left, but not departed: the
+    /// donor may be the one cut off from it.)
+    pub fn has_departed(&self, id: u64, incarnation: u64) -> bool {
+        self.departed.contains((id, incarnation))
+    }
+
+    /// Whether that incarnation of node `id` is or was a member here (listed, forgotten after it
+    /// died or left, or departed), as far as memory goes: a node heard, but never admitted, is
+    /// not (it may be joining).
+    pub fn was_member(&self, id: u64, incarnation: u64) -> bool {
+        self.members.get(&id).is_some_and(|m| m.incarnation == incarnation)
+            || self.forgotten.contains((id, incarnation))
+            || self.departed.contains((id, incarnation))
+    }
+
+    /// Marks a member left (an announced leave, or one a state transfer's donor reports).
     pub fn left(&mut self, id: u64, incarnation: u64) -> Option<(Change, Member)> {
         let m = self.members.get_mut(&id)?;
         if m.incarnation != incarnation || m.state == MemberState::Left {
@@ -157,9 +216,14 @@ impl Members {
     pub fn check(&mut self, now: Instant) -> Vec<(Change, Member)> {
         let mut changes = Vec::new();
         let forget_after = self.forget_after;
+        let forgotten = &mut self.forgotten;
         self.members.retain(|_, m| {
             let silent = now.saturating_duration_since(m.last_heard);
-            !matches!(m.state, MemberState::Dead | MemberState::Left) || silent < forget_after
+            let keep = !matches!(m.state, MemberState::Dead | MemberState::Left) || silent < forget_after;
+            if !keep {
+                forgotten.insert((m.id, m.incarnation));
+            }
+            keep
         });
         for m in self.members.values_mut() {
             let silent = now.saturating_duration_since(m.last_heard);
@@ -240,6 +304,56 @@ mod tests {
         assert_eq!(m.left(1, 10).unwrap().0, Change::Leave);
         assert_eq!(m.heard(1, 10, Some(info(5000)), t0, 0), None, "late datagram after leave");
         assert!(m.check(t0 + FAIL * 2).is_empty(), "left members are not declared dead");
+    }
+
+    #[test]
+    fn a_departed_incarnation_is_remembered_after_it_is_forgotten() {
+        let t0 = Instant::now();
+        let mut m = Members::new(HB, FAIL);
+        m.heard(1, 10, Some(info(5000)), t0, 0);
+        assert!(!m.has_departed(1, 10));
+        assert_eq!(m.announced_leave(1, 10).unwrap().0, Change::Leave);
+        assert_eq!(m.announced_leave(1, 10), None, "the second Leave changes nothing");
+        assert!(m.has_departed(1, 10));
+        assert!(!m.has_departed(1, 11), "another incarnation is another member");
+        m.check(t0 + FAIL * 21);
+        assert!(m.get(1).is_none(), "left members are forgotten");
+        assert!(m.has_departed(1, 10), "but not their leave");
+        let late = m.heard(1, 10, Some(info(5000)), t0 + FAIL * 22, 0);
+        assert_eq!(late, None, "a late heartbeat does not bring it back");
+        assert!(m.get(1).is_none());
+        assert_eq!(m.heard(1, 11, Some(info(5000)), t0, 0).unwrap().0, Change::Join, "a restart does");
+
+        // Left through a donor's report: left, but not departed (the donor may be the one cut off).
+        m.heard(2, 20, Some(info(5001)), t0, 0);
+        m.left(2, 20);
+        assert!(!m.has_departed(2, 20));
+
+        // Bounded: the oldest departures are forgotten first.
+        for id in 100..100 + MAX_MEMBERS as u64 {
+            m.announced_leave(id, 1);
+        }
+        assert!(!m.has_departed(1, 10));
+        assert!(m.has_departed(100, 1) && m.has_departed(99 + MAX_MEMBERS as u64, 1));
+        assert_eq!((m.departed.order.len(), m.departed.set.len()), (MAX_MEMBERS, MAX_MEMBERS));
+    }
+
+    #[test]
+    fn members_are_remembered_as_members_after_they_are_forgotten() {
+        let t0 = Instant::now();
+        let mut m = Members::new(HB, FAIL);
+        assert!(!m.was_member(1, 10), "heard of, never admitted");
+        m.heard(1, 10, Some(info(5000)), t0, 0);
+        m.heard(2, 20, Some(info(5001)), t0, 0);
+        m.announced_leave(2, 20);
+        m.check(t0 + FAIL);
+        assert!(m.was_member(1, 10) && m.was_member(2, 20), "dead, left");
+        m.check(t0 + FAIL * 21);
+        assert!(m.get(1).is_none() && m.get(2).is_none());
+        assert!(m.was_member(1, 10) && m.was_member(2, 20), "forgotten, but was a member");
+        assert!(!m.was_member(1, 11), "another incarnation");
+        let back = m.heard(1, 10, Some(info(5000)), t0 + FAIL * 22, 0);
+        assert_eq!(back.unwrap().0, Change::Join, "a dead member may come back");
     }
 
     #[test]

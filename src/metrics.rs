@@ -31,6 +31,8 @@ const SIMPLE: &[(&str, &str, Kind, &str, f64)] = &[
     ("retransmissions", "retransmissions_total", Kind::Counter, "Datagrams sent again in answer to NAKs.", 1.0),
     ("naksSent", "naks_sent_total", Kind::Counter, "Negative acknowledgements sent.", 1.0),
     ("naksReceived", "naks_received_total", Kind::Counter, "Negative acknowledgements received.", 1.0),
+    ("acksSent", "acks_sent_total", Kind::Counter, "Cumulative acknowledgements sent to senders.", 1.0),
+    ("acksReceived", "acks_received_total", Kind::Counter, "Cumulative acknowledgements received from members.", 1.0),
     ("duplicates", "duplicate_datagrams_total", Kind::Counter, "Datagrams received more than once.", 1.0),
     ("stateTransfers", "state_transfers_total", Kind::Counter, "Full state transfers received.", 1.0),
     ("antiEntropySyncs", "anti_entropy_syncs_total", Kind::Counter, "Anti-entropy syncs completed.", 1.0),

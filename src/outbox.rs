@@ -55,9 +55,14 @@ impl Outbox {
         std::mem::take(&mut queue.ops)
     }
 
-    /// Waits for a flush, then takes the queue (possibly empty: a tick may have drained it).
-    pub async fn flushed(&self) -> Vec<Op> {
+    /// Waits for a flush (the queue may be empty by then: a tick may have drained it).
+    pub async fn wait(&self) {
         self.ready.notified().await;
+    }
+
+    /// Waits for a flush, then takes the queue (possibly empty).
+    pub async fn flushed(&self) -> Vec<Op> {
+        self.wait().await;
         self.take()
     }
 }

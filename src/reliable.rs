@@ -1,12 +1,14 @@
 //! Reliable delivery over UDP multicast (DESIGN §3): per-sender sequence numbers, negative
-//! acknowledgements for gaps, bounded retransmit buffers.
+//! acknowledgements for gaps, bounded retransmit buffers, and cumulative acknowledgements.
 //!
 //! Receivers apply datagrams as they arrive (ops commute), so this module only tracks which
 //! sequence numbers of a sender are missing and when to ask for them; the engine does the I/O.
 //! What can no longer be repaired from the sender's buffer is left to an anti-entropy sync
-//! (`needs_sync`, then `synced`). Plain data structures: no clock, no sockets, no locks.
+//! (`needs_sync`, then `synced`). Receivers also say how far they have a sender's stream
+//! (`ReceiveWindow::take_ack`, coalesced), and the sender keeps what each member acknowledged
+//! (`Acks`). Plain data structures: no clock, no sockets, no locks.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -156,6 +158,12 @@ pub struct ReceiveWindow {
     /// Seqs left to an anti-entropy sync, as one inclusive hull: a superset is harmless, the sync
     /// covers them anyway.
     unsynced: Option<(u64, u64)>,
+    /// Highest `contiguous()` acknowledged to the sender so far.
+    acked: u64,
+    /// The last seq the sender asked us to acknowledge (a `Leaving`), if it asked.
+    ack_asked: Option<u64>,
+    /// The sender asked: an ack is due at once, whatever we have.
+    ack_now: bool,
 }
 
 impl ReceiveWindow {
@@ -171,6 +179,9 @@ impl ReceiveWindow {
             timers: BTreeSet::new(),
             missing: 0,
             unsynced: None,
+            acked: 0,
+            ack_asked: None,
+            ack_now: false,
         }
     }
 
@@ -293,6 +304,29 @@ impl ReceiveWindow {
         self.missing
     }
 
+    /// The sender asks for an ack of everything up to `last_seq` (it is leaving): like a heartbeat,
+    /// this reveals a lost tail (NAKed as usual), and an ack is due at once.
+    pub fn ask_ack(&mut self, last_seq: u64, now: Instant) {
+        self.note_high(last_seq, now);
+        self.ack_asked = Some(self.ack_asked.map_or(last_seq, |asked| asked.max(last_seq)));
+        self.ack_now = true;
+    }
+
+    /// The cumulative ack to send now (`contiguous()`), if one is due: at once after `ask_ack`,
+    /// and again as soon as everything asked for is here; otherwise only with `periodic` (the
+    /// caller's tick), and only if `contiguous()` moved since the last ack. So acks are coalesced:
+    /// at most one per periodic call, plus the ones the sender asked for.
+    pub fn take_ack(&mut self, periodic: bool) -> Option<u64> {
+        let have = self.contiguous();
+        let completes = self.ack_asked.is_some_and(|asked| have >= asked && self.acked < asked);
+        if !(self.ack_now || completes || (periodic && have > self.acked)) {
+            return None;
+        }
+        self.ack_now = false;
+        self.acked = self.acked.max(have);
+        Some(have)
+    }
+
     fn track(&mut self, start: u64, gap: Gap) {
         self.timers.insert((gap.at, start));
         self.gaps.insert(start, gap);
@@ -367,6 +401,59 @@ impl ReceiveWindow {
     /// Moves the window start up to the first missing seq.
     fn settle(&mut self) {
         self.base = self.gaps.keys().next().map_or(self.high, |&start| start - 1);
+    }
+}
+
+/// Sender side: how far each receiver acknowledged this node's stream (cumulative `Ack`s), per
+/// (node, incarnation). What every live member acknowledged has been applied everywhere: a
+/// leaving node waits for its last seq to get there (`lagging`), and `acked_by_all` is what
+/// acknowledged writes and an early trim of the retransmit buffer can build on.
+#[derive(Debug, Default)]
+pub struct Acks {
+    /// node → (incarnation, highest seq acknowledged).
+    by_node: HashMap<u64, (u64, u64)>,
+}
+
+impl Acks {
+    /// Records that (`node`, `incarnation`) has every seq up to `high_seq`. Acks never go back,
+    /// an ack from another incarnation starts over, and an ack beyond `sent` (the last seq sent)
+    /// counts as `sent`. Returns whether what that node acknowledged moved.
+    pub fn ack(&mut self, node: u64, incarnation: u64, high_seq: u64, sent: u64) -> bool {
+        let high_seq = high_seq.min(sent);
+        let entry = self.by_node.entry(node).or_insert((incarnation, 0));
+        if entry.0 != incarnation {
+            *entry = (incarnation, 0);
+        }
+        if high_seq <= entry.1 {
+            return false;
+        }
+        entry.1 = high_seq;
+        true
+    }
+
+    /// Highest seq (`node`, `incarnation`) acknowledged (0: none).
+    pub fn acked(&self, node: u64, incarnation: u64) -> u64 {
+        self.by_node.get(&node).filter(|(i, _)| *i == incarnation).map_or(0, |(_, seq)| *seq)
+    }
+
+    /// A member left or died: what it acknowledged no longer matters.
+    pub fn forget(&mut self, node: u64) {
+        self.by_node.remove(&node);
+    }
+
+    /// The highest seq that every one of `members` (node, incarnation) acknowledged; `None` for
+    /// no members.
+    pub fn acked_by_all(&self, members: impl IntoIterator<Item = (u64, u64)>) -> Option<u64> {
+        members.into_iter().map(|(node, incarnation)| self.acked(node, incarnation)).min()
+    }
+
+    /// Those of `members` (node, incarnation) that have not acknowledged `seq` yet.
+    pub fn lagging(&self, seq: u64, members: impl IntoIterator<Item = (u64, u64)>) -> Vec<u64> {
+        members
+            .into_iter()
+            .filter(|&(node, incarnation)| self.acked(node, incarnation) < seq)
+            .map(|(node, _)| node)
+            .collect()
     }
 }
 
@@ -565,6 +652,66 @@ mod tests {
     }
 
     #[test]
+    fn acks_are_coalesced_and_given_at_once_when_asked() {
+        let t0 = Instant::now();
+        let mut w = ReceiveWindow::new(1);
+        assert_eq!(w.take_ack(true), None, "nothing received, nothing to say");
+        for seq in 1..=3 {
+            w.receive(seq, t0);
+        }
+        assert_eq!(w.take_ack(false), None, "not asked: only on the tick");
+        assert_eq!(w.take_ack(true), Some(3), "one ack for three datagrams");
+        assert_eq!(w.take_ack(true), None, "nothing moved since");
+        w.receive(5, t0);
+        assert_eq!(w.take_ack(true), None, "4 is missing: still 3");
+
+        // The sender leaves with 6 as its last seq: an ack at once (of what we have), the lost
+        // tail NAKed, and an ack again as soon as everything up to 6 is here.
+        w.ask_ack(6, t0);
+        assert_eq!(w.missing(), 2);
+        assert_eq!(w.take_ack(false), Some(3), "asked: at once, even if nothing moved");
+        assert_eq!(w.take_ack(false), None);
+        assert_eq!(w.due_naks(ms(t0, 20), D, 100), vec![(4, 4), (6, 6)]);
+        w.receive(4, t0);
+        assert_eq!(w.take_ack(false), None, "5 but not 6: not complete yet");
+        w.receive(6, t0);
+        assert_eq!(w.take_ack(false), Some(6), "complete: at once");
+        assert_eq!(w.take_ack(true), None);
+        w.ask_ack(6, t0);
+        assert_eq!(w.take_ack(false), Some(6), "asked again (our ack was lost): again");
+
+        // What is left to a sync is not acknowledged before the sync.
+        let mut w = ReceiveWindow::new(1);
+        w.receive(1, t0);
+        w.receive(4, t0);
+        w.gone(4);
+        w.ask_ack(4, t0);
+        assert_eq!(w.take_ack(false), Some(1));
+        w.synced(3);
+        assert_eq!(w.take_ack(false), Some(4), "the sync completed the stream");
+    }
+
+    #[test]
+    fn acks_of_the_sender_per_member() {
+        let mut a = Acks::default();
+        assert_eq!(a.acked_by_all([]), None);
+        assert!(a.ack(1, 10, 5, 100));
+        assert!(!a.ack(1, 10, 4, 100), "acks never go back");
+        assert!(!a.ack(1, 10, 5, 100));
+        assert!(a.ack(2, 20, 500, 7), "capped at what was sent");
+        assert_eq!((a.acked(1, 10), a.acked(2, 20), a.acked(1, 11), a.acked(3, 30)), (5, 7, 0, 0));
+        assert_eq!(a.acked_by_all([(1, 10), (2, 20)]), Some(5));
+        assert_eq!(a.acked_by_all([(1, 10), (2, 20), (3, 30)]), Some(0));
+        assert_eq!(a.lagging(6, [(1, 10), (2, 20), (3, 30)]), vec![1, 3]);
+        assert!(a.lagging(5, [(1, 10), (2, 20)]).is_empty());
+        assert!(a.lagging(0, [(3, 30)]).is_empty(), "seq 0: nothing to acknowledge");
+        assert!(a.ack(1, 11, 2, 100), "another incarnation starts over");
+        assert_eq!((a.acked(1, 10), a.acked(1, 11)), (0, 2));
+        a.forget(2);
+        assert_eq!(a.acked(2, 20), 0);
+    }
+
+    #[test]
     fn send_buffer_evicts_by_count_and_bytes() {
         let mut b = SendBuffer::new(3, 1 << 20);
         assert_eq!((b.high_seq(), b.oldest()), (0, 1));
@@ -697,6 +844,8 @@ mod tests {
             NoteHigh(u64),
             Wait(u64),
             Naks(u64),
+            AskAck(u64),
+            TakeAck(bool),
         }
 
         fn step() -> impl Strategy<Value = Step> {
@@ -705,18 +854,23 @@ mod tests {
                 1 => (1..300u64).prop_map(Step::NoteHigh),
                 1 => (0..100u64).prop_map(Step::Wait),
                 1 => (0..50u64).prop_map(Step::Naks),
+                1 => (1..300u64).prop_map(Step::AskAck),
+                2 => any::<bool>().prop_map(Step::TakeAck),
             ]
         }
 
         proptest! {
-            /// Against a plain set of received seqs: receipts, contiguous, missing, and NAKs
-            /// asking only for missing seqs.
+            /// Against a plain set of received seqs: receipts, contiguous, missing, NAKs asking
+            /// only for missing seqs, and acks: exactly `contiguous()`, never going back, at once
+            /// when asked for and when what was asked for is complete, else at most one a tick.
             #[test]
             fn matches_model(steps in proptest::collection::vec(step(), 1..200)) {
                 let mut now = Instant::now();
                 let mut w = ReceiveWindow::new(1);
                 let mut got = BTreeSet::new();
                 let mut high = 0;
+                // Acks: the last one given, the highest seq asked for, whether one is owed at once.
+                let (mut acked, mut asked, mut owed) = (0, None::<u64>, false);
                 for step in steps {
                     match step {
                         Step::Receive(seq) => {
@@ -727,6 +881,24 @@ mod tests {
                         Step::NoteHigh(seq) => {
                             w.note_high(seq, now);
                             high = high.max(seq);
+                        }
+                        Step::AskAck(seq) => {
+                            w.ask_ack(seq, now);
+                            high = high.max(seq);
+                            asked = asked.max(Some(seq));
+                            owed = true;
+                        }
+                        Step::TakeAck(periodic) => {
+                            let have = (1..).find(|s| !got.contains(s)).unwrap() - 1;
+                            let completes = asked.is_some_and(|a| have >= a && acked < a);
+                            let due = owed || completes || (periodic && have > acked);
+                            let ack = w.take_ack(periodic);
+                            prop_assert_eq!(ack, due.then_some(have));
+                            if let Some(ack) = ack {
+                                prop_assert!(ack >= acked, "acks never go back");
+                                acked = ack;
+                                owed = false;
+                            }
                         }
                         Step::Wait(ms) => now += Duration::from_millis(ms),
                         Step::Naks(max) => {
@@ -743,6 +915,47 @@ mod tests {
                     prop_assert_eq!(w.contiguous(), contiguous);
                     prop_assert_eq!(w.missing(), high - got.len() as u64);
                     prop_assert!(!w.needs_sync());
+                }
+            }
+
+            /// The sender's `Acks` against a model keeping every ack: a member's acknowledged
+            /// seq is the highest it sent (capped at what was sent) since it was last forgotten,
+            /// `acked_by_all` the least of them, `lagging` those below a seq.
+            #[test]
+            fn acks_match_model(
+                acks in proptest::collection::vec((0..4u64, 0..2u64, 0..60u64, any::<bool>()), 1..100),
+                sent in 0..60u64,
+                seq in 0..60u64,
+            ) {
+                let mut a = Acks::default();
+                let mut model: Vec<(u64, u64, u64)> = Vec::new();
+                for (node, incarnation, high_seq, forget) in acks {
+                    if forget {
+                        a.forget(node);
+                        model.retain(|(n, _, _)| *n != node);
+                        continue;
+                    }
+                    let before = a.acked(node, incarnation);
+                    let moved = a.ack(node, incarnation, high_seq, sent);
+                    // Another incarnation of the node replaces the one acknowledged before.
+                    model.retain(|(n, i, _)| *n != node || *i == incarnation);
+                    model.push((node, incarnation, high_seq.min(sent)));
+                    prop_assert_eq!(moved, a.acked(node, incarnation) > before);
+                }
+                let expected = |node: u64, incarnation: u64| {
+                    let acks = model.iter().filter(|(n, i, _)| (*n, *i) == (node, incarnation));
+                    acks.map(|(_, _, s)| *s).max().unwrap_or(0)
+                };
+                let members: Vec<(u64, u64)> = (0..4).flat_map(|n| (0..2).map(move |i| (n, i))).collect();
+                for &(node, incarnation) in &members {
+                    prop_assert_eq!(a.acked(node, incarnation), expected(node, incarnation));
+                }
+                for pick in [&members[..0], &members[..3], &members[2..5], &members[..]] {
+                    let least = pick.iter().map(|&(n, i)| expected(n, i)).min();
+                    prop_assert_eq!(a.acked_by_all(pick.iter().copied()), least);
+                    let lagging: Vec<u64> =
+                        pick.iter().filter(|&&(n, i)| expected(n, i) < seq).map(|(n, _)| *n).collect();
+                    prop_assert_eq!(a.lagging(seq, pick.iter().copied()), lagging);
                 }
             }
         }

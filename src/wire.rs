@@ -54,12 +54,14 @@ pub enum Kind {
     SyncEnd = 10,
     Ping = 11,
     Pong = 12,
+    Leaving = 13,
+    Ack = 14,
 }
 
 impl Kind {
     fn from_u8(b: u8) -> Option<Kind> {
         use Kind::*;
-        [Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd, Ping, Pong]
+        [Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd, Ping, Pong, Leaving, Ack]
             .into_iter()
             .find(|k| *k as u8 == b)
     }
@@ -105,7 +107,14 @@ pub enum Message {
     Join(NodeInfo),
     Greeting { info: NodeInfo, high_seq: u64 },
     Heartbeat { info: NodeInfo, high_seq: u64 },
+    /// The final goodbye: the sender is gone, its stream can be dropped.
     Leave,
+    /// "I am leaving, and my stream ends at `last_seq`: acknowledge it" (the sender then waits,
+    /// bounded, for every live member's `Ack` before its `Leave`).
+    Leaving { last_seq: u64 },
+    /// "I have every `Data` datagram of yours up to and including `high_seq`" (cumulative),
+    /// unicast to that sender.
+    Ack { high_seq: u64 },
     Data { seq: u64, payload: Payload },
     /// "Resend these sequence numbers of yours" (inclusive ranges), unicast to the sender.
     Nak { ranges: Vec<(u64, u64)> },
@@ -131,6 +140,8 @@ impl Message {
             Message::Greeting { .. } => Kind::Greeting,
             Message::Heartbeat { .. } => Kind::Heartbeat,
             Message::Leave => Kind::Leave,
+            Message::Leaving { .. } => Kind::Leaving,
+            Message::Ack { .. } => Kind::Ack,
             Message::Data { .. } => Kind::Data,
             Message::Nak { .. } => Kind::Nak,
             Message::Gone { .. } => Kind::Gone,
@@ -323,6 +334,8 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             w.u64(*high_seq);
         }
         Message::Leave => {}
+        Message::Leaving { last_seq } => w.u64(*last_seq),
+        Message::Ack { high_seq } => w.u64(*high_seq),
         Message::Data { seq, payload } => {
             w.u64(*seq);
             match payload {
@@ -512,6 +525,8 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
         Kind::Greeting => Message::Greeting { info: r.node_info()?, high_seq: r.u64()? },
         Kind::Heartbeat => Message::Heartbeat { info: r.node_info()?, high_seq: r.u64()? },
         Kind::Leave => Message::Leave,
+        Kind::Leaving => Message::Leaving { last_seq: r.u64()? },
+        Kind::Ack => Message::Ack { high_seq: r.u64()? },
         Kind::Data => {
             let seq = r.u64()?;
             let payload = match r.u8()? {
@@ -635,6 +650,8 @@ mod tests {
             Message::SyncEnd { high_seq: 12, departed: vec![(1, 2, 3)] },
             Message::Ping { token: 6, padding: vec![0; 9] },
             Message::Pong { token: 6, size: 1400 },
+            Message::Leaving { last_seq: 41 },
+            Message::Ack { high_seq: u64::MAX },
         ]
     }
 
@@ -706,7 +723,7 @@ mod tests {
         }
 
         #[test]
-        fn corrupted_packets_never_panic(index in 0usize..14, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        fn corrupted_packets_never_panic(index in 0usize..16, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
             // Detecting the corruption is the trailer's job (crypto); decoding must only stay safe.
             let mut bytes = encode(&HEADER, &samples()[index]);
             let i = pos.index(bytes.len());

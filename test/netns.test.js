@@ -296,6 +296,78 @@ describe("netns: fault tolerance between hosts in network namespaces", function 
     assert.equal(resurrected, 0, "sessions resurrected");
   });
 
+  it("leave: under 20% UDP loss on every host, a node that writes 200 sessions and leaves at once (close() 10 times, then SIGTERM) leaves all 200 on the other two", async () => {
+    const LOSS = 0.2;
+    const SESSIONS = 200;
+    const three = hosts(3);
+    const runs = [...Array(10).fill("close"), "SIGTERM"];
+    const results = [];
+    const started = Date.now();
+    for (const [run, how] of runs.entries()) {
+      const nodes = await startHosts(three, clusterOptions());
+      const [A, B, C] = nodes;
+      await allAlive(nodes);
+      for (const host of three) topology.udpLoss(host, LOSS);
+      const expires = Date.now() + HOUR;
+      const ops = Array.from({ length: SESSIONS }, (_, i) => ["set", `leave-${run}-${i}`, sess({ run, i }, expires)]);
+      const model = new Model();
+      ops.forEach((op) => model.apply(op));
+      const expected = model.table();
+      // Each write awaited (its callback called), then close() or the signal in the same turn.
+      let closeMs = null;
+      if (how === "close") ({ closeMs } = await A.call("applyThenLeave", ops, how));
+      else {
+        A.call("applyThenLeave", ops, how).catch(() => {}); // no answer: the process dies of the signal
+        const exit = await A.exited;
+        assert.equal(exit.signal, how, `A died of ${how}`);
+      }
+      // At once: the leave waited until B and C had everything (no repair comes later: A is gone).
+      const counts = [];
+      for (const node of [B, C]) {
+        const all = await node.call("all");
+        counts.push(Object.entries(expected).filter(([sid, value]) => isDeepStrictEqual(all[sid], value)).length);
+      }
+      // Then nothing of A's stream is missing, and A is left (dead if both copies of its Leave
+      // were lost on the way to that node). Recorded, asserted after the last run.
+      const settled = async () => {
+        const stats = await Promise.all([B, C].map((n) => n.call("stats")));
+        const members = await Promise.all([B, C].map((n) => n.call("members")));
+        const seenAs = members.map((list) => list.find((m) => m.id === A.self.id)?.state);
+        const missing = stats.map((s) => s.missingDatagrams);
+        return { missing, seenAs, done: missing.every((n) => n === 0) && seenAs.every((s) => s === "left" || s === "dead") };
+      };
+      const until = async () => {
+        const now = await settled();
+        return now.done && now;
+      };
+      const { missing, seenAs } = await waitUntil(until, 2_000).catch(settled);
+      const warnings = A.logs.filter((l) => /leave: after/.test(l.message)).map((l) => l.message);
+      results.push({ how, counts, closeMs, seenAs, missing, warnings });
+      await stopAll();
+      topology.heal(topo);
+    }
+    const elapsedMs = Date.now() - started;
+    const perfect = results.filter((r) => r.counts.every((n) => n === SESSIONS)).length;
+    const closeMs = results.filter((r) => r.closeMs !== null).map((r) => r.closeMs);
+    report({
+      scenario: "leave",
+      nodes: 3,
+      writes: SESSIONS * runs.length,
+      loss: LOSS,
+      convergenceMs: Math.max(...closeMs), // B and C held every write when A's close() returned
+      sessionsLost: results.reduce((sum, r) => sum + r.counts.reduce((s, n) => s + SESSIONS - n, 0), 0),
+      runs: results,
+      note:
+        `${perfect}/${runs.length} runs with ${SESSIONS}/${SESSIONS} on both others (B/C: ${results.map((r) => `${r.how === "close" ? "" : `${r.how} `}${r.counts.join("/")}`).join(", ")}); ` +
+        `close() took ${Math.min(...closeMs)}–${Math.max(...closeMs)} ms; A then seen as ${results.map((r) => r.seenAs.join("/")).join(", ")}; ` +
+        `missingDatagrams after: ${results.map((r) => r.missing.join("/")).join(", ")}; ${elapsedMs} ms in all`,
+    });
+    assert.deepEqual(results.filter((r) => r.counts.some((n) => n !== SESSIONS)), [], "runs where B or C missed some of A's writes");
+    assert.deepEqual(results.filter((r) => r.missing.some((n) => n !== 0)), [], "runs after which B or C still NAK the departed A");
+    assert.deepEqual(results.filter((r) => r.seenAs.some((s) => s !== "left" && s !== "dead")), [], "runs after which B or C still list A");
+    assert.deepEqual(results.flatMap((r) => r.warnings), [], "leaves that timed out");
+  });
+
   it("crash: a node SIGKILLed during writes is reported dead within failureTimeout + one heartbeat, nothing is lost, and it converges after a restart", async () => {
     const base = clusterOptions();
     const nodes = await startHosts(hosts(4), base);

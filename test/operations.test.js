@@ -167,6 +167,8 @@ const METRIC_OF = {
   retransmissions: ["retransmissions_total", true],
   naksSent: ["naks_sent_total", true],
   naksReceived: ["naks_received_total", true],
+  acksSent: ["acks_sent_total", true],
+  acksReceived: ["acks_received_total", true],
   duplicates: ["duplicate_datagrams_total", true],
   stateTransfers: ["state_transfers_total", true],
   antiEntropySyncs: ["anti_entropy_syncs_total", true],

@@ -37,6 +37,8 @@ const KIND = Object.freeze({
   syncRequest: 8,
   syncChunk: 9,
   syncEnd: 10,
+  leaving: 13,
+  ack: 14,
 });
 const KIND_NAME = Object.fromEntries(Object.entries(KIND).map(([name, n]) => [n, name]));
 

@@ -124,6 +124,22 @@ function main(extraCommands) {
       }
       return { count: ops.length, startedAt, endedAt: Date.now() };
     },
+    /**
+     * apply(ops), then at once a graceful leave: with `how` "close", `await store.close()`,
+     * resolving with apply's result and closeMs, the time close() took; with a signal name
+     * ("SIGTERM"), that signal to this process: the store closes on it (gracefullShutdown), and
+     * the process dies of it without answering.
+     */
+    async applyThenLeave(ops, how = "close") {
+      const result = await commands.apply(ops);
+      if (how !== "close") {
+        process.kill(process.pid, how);
+        return new Promise(() => {});
+      }
+      const started = performance.now();
+      await store.close();
+      return { ...result, closeMs: Math.round(performance.now() - started) };
+    },
     /** { count, digest } of all(): compare tables of nodes without moving them over IPC. */
     async digest() {
       return tableDigest(await store.all());
