@@ -6,9 +6,12 @@
 // ("MemoryStore") or memorystore ("memorystore") instead, for the comparisons.
 //   parent → child: { id, cmd, args } → { id, result } | { id, error }
 //   latency relay:  parent → writer { write: i };  reader → parent { seen: i }
+//   idle-gap latency: gapWrite (writer) and gapWatch (reader) share a schedule, no relay
 // Timestamps are process.hrtime.bigint() (CLOCK_MONOTONIC): comparable between processes of one host.
 // The process exits when the parent goes away.
 const crypto = require("crypto");
+const { PerformanceObserver } = require("perf_hooks");
+const { Worker } = require("worker_threads");
 const session = require("express-session");
 const MulticastStore = require("..")(session);
 const { redisStore } = require("./redis");
@@ -39,7 +42,8 @@ function onWrite(i) {
 // Latency, reader side: polls store.get for the next sid with a loop that yields to the event
 // loop through setImmediate between attempts (no busy loop that never yields, no timer: the
 // reader's JS thread is busy but the OS can still schedule both engines' threads).
-function watch(prefix, count, timeoutMs) {
+// `relay` false: no { seen } messages (the idle-gap mode, where the writer keeps its own pace).
+function watch(prefix, count, timeoutMs, relay = true) {
   const times = new BigInt64Array(count);
   return new Promise((resolve, reject) => {
     let i = 0;
@@ -49,7 +53,7 @@ function watch(prefix, count, timeoutMs) {
       if (err) return reject(err);
       if (sess) {
         times[i] = now();
-        process.send({ seen: i });
+        if (relay) process.send({ seen: i });
         if (++i === count) return resolve(times);
         since = Date.now();
       } else if (Date.now() - since > timeoutMs) {
@@ -57,10 +61,129 @@ function watch(prefix, count, timeoutMs) {
       }
       setImmediate(poll);
     };
-    process.send({ seen: -1 }); // polling for sid 0: the writer may start
+    if (relay) process.send({ seen: -1 }); // polling for sid 0: the writer may start
     poll();
   });
 }
+
+// ---- Idle-gap latency (bench/cluster.js): write k is due at startNs + k × gapNs (hrtime, shared
+// by every process of the host), whatever the reader does; both sides know the schedule.
+// metronome(): a worker thread sleeps in a futex (Atomics.wait takes fractional ms; it wakes
+// ≈50–100 µs late, timer slack included) until each tick, then posts its index; this thread
+// handles it from its event loop. So this thread never sleeps outside its event loop (a blocked
+// event loop would hold back I/O callbacks, e.g. connect-redis's reply), and no thread spins.
+function metronome(startNs, gapNs, count, onTick) {
+  const source = `
+    const { parentPort, workerData: { startNs, gapNs, count } } = require("worker_threads");
+    const cell = new Int32Array(new SharedArrayBuffer(4));
+    const now = process.hrtime.bigint;
+    for (let i = 0; i < count; i++) {
+      const t = startNs + BigInt(i) * gapNs;
+      for (let ms = Number(t - now()) / 1e6; ms > 0; ms = Number(t - now()) / 1e6) Atomics.wait(cell, 0, 0, ms);
+      parentPort.postMessage(i);
+    }`;
+  const worker = new Worker(source, { eval: true, workerData: { startNs, gapNs, count } });
+  worker.on("message", onTick);
+  return worker;
+}
+
+// Writer: one ≈`bytes` session per tick; timestamps right before set() is called, as soon as it
+// returns, and in its callback (this store: the engine queued it; connect-redis: redis answered).
+// Resolves once every callback ran, with the store's stats() before and after.
+function gapWrite(prefix, count, bytes, startNs, gapNs) {
+  const sess = makeSession(bytes);
+  const called = new BigInt64Array(count);
+  const returned = new BigInt64Array(count);
+  const acked = new BigInt64Array(count);
+  const statsBefore = store.stats ? store.stats() : null;
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const ticks = metronome(startNs, gapNs, count, (i) => {
+      sess.user.id = i;
+      const t = now();
+      store.set(sidOf(prefix, i), sess, (err) => {
+        if (err) return reject(err);
+        acked[i] = now();
+        if (++done < count) return;
+        ticks.terminate();
+        resolve({ bytes: JSON.stringify(sess).length, called, returned, acked, statsBefore, statsAfter: store.stats ? store.stats() : null });
+      });
+      returned[i] = now();
+      called[i] = t;
+    });
+  });
+}
+
+// Reader, "scheduled": ticks `marginNs` before each write is due; then polls in a tight loop
+// until the session is there, then back to the event loop until the next tick. Every write
+// already due and not yet seen is polled, so a late one does not delay the detection of the next.
+// The loop allocates nothing per poll: get()'s Promise per ≈1 µs poll made B scavenge every few
+// dozen writes, ≈1 ms each on the 2-core bench machine (measured: 40–60 in 1,200 writes, up to
+// 8 ms), stalls charged to the store. So it probes what get() reads first, the engine's table
+// (`_native.get`: null on a miss; this store only), reads the clock (a BigInt) once every 64
+// probes, and on a hit calls the public get() and stamps the time once it has returned the
+// session. (performance.now() would allocate nothing, but it is not process.hrtime's clock here:
+// 2 ms apart at first, drifting 20 µs/s.) `firstProbe[k]` 1: write k was already visible at its
+// first probe (the reader came too late: its latency is overstated).
+function gapWatch(prefix, count, startNs, gapNs, marginNs, timeoutMs) {
+  const seen = new BigInt64Array(count);
+  const hit = new Uint8Array(count); // seen[k] set (a BigInt64Array read allocates)
+  const polled = new Uint8Array(count);
+  const firstProbe = new Uint8Array(count);
+  const sids = Array.from({ length: count }, (_, i) => sidOf(prefix, i));
+  const probe = store._native && store._handle !== undefined ? (sid) => store._native.get(store._handle, sid) !== null : null;
+  if (!probe) throw new Error("gapWatch: the store has no engine table to probe");
+  const wakeAt = (i) => startNs + BigInt(i) * gapNs - marginNs;
+  const timeoutNs = BigInt(timeoutMs) * 1000000n;
+  const tickLateUs = new Float64Array(count); // tick handled − tick due
+  let next = 0; // the first write not seen yet
+  let polls = 0;
+  let spinNs = 0n;
+  return new Promise((resolve, reject) => {
+    const spin = async (tick) => {
+      const begin = now();
+      tickLateUs[tick] = Number(begin - wakeAt(tick)) / 1000;
+      if (next === count) return;
+      try {
+        let t = begin;
+        let last = next - 1; // the last write due at t
+        for (let round = 1; ; round++) {
+          while (last + 1 < count && wakeAt(last + 1) <= t) last++;
+          for (let j = next; j <= last; j++) {
+            if (hit[j]) continue;
+            polls++;
+            if (probe(sids[j])) {
+              if (!(await store.get(sids[j]))) throw new Error(`${sids[j]}: in the table but get() returned nothing`);
+              seen[j] = now();
+              hit[j] = 1;
+              if (!polled[j]) firstProbe[j] = 1;
+            }
+            polled[j] = 1;
+          }
+          while (next < count && hit[next]) next++;
+          if (next === count) break;
+          if (next > last || round % 64 === 0) {
+            t = now();
+            if (wakeAt(next) > t) break; // all due writes seen: asleep until the next tick
+            if (t - wakeAt(next) > timeoutNs) throw new Error(`${sids[next]} not visible ${timeoutMs} ms after it was due`);
+          }
+        }
+        spinNs += now() - begin;
+        if (next === count) {
+          ticks.terminate();
+          resolve({ seen, polls, firstProbe, spinUs: Number(spinNs / 1000n), tickLateUs });
+        }
+      } catch (err) {
+        ticks.terminate();
+        reject(err);
+      }
+    };
+    const ticks = metronome(startNs - marginNs, gapNs, count, spin);
+  });
+}
+
+let gc = { count: 0, totalMs: 0, maxMs: 0 };
+let gcObserver = null;
 
 const commands = {
   // Creates the store and awaits ready(); `length` is read right after ready resolved.
@@ -114,6 +237,23 @@ const commands = {
   },
   latencyTimes: () => ({ called: latency.called, returned: latency.returned }),
   watch,
+  gapWrite,
+  gapWatch,
+  // Garbage collections from gcWatch() on: count, total and longest pause (ms), by gcReport().
+  gcWatch() {
+    gc = { count: 0, totalMs: 0, maxMs: 0 };
+    if (!gcObserver) {
+      gcObserver = new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) {
+          gc.count++;
+          gc.totalMs += e.duration;
+          gc.maxMs = Math.max(gc.maxMs, e.duration);
+        }
+      });
+      gcObserver.observe({ entryTypes: ["gc"] });
+    }
+  },
+  gcReport: () => new Promise((resolve) => setImmediate(() => resolve({ count: gc.count, totalMs: Math.round(gc.totalMs * 10) / 10, maxMs: Math.round(gc.maxMs * 100) / 100 }))),
   // Writes `count` distinct sessions back to back, yielding to the event loop every `batch`.
   async burst(prefix, count, bytes, batch) {
     const sess = makeSession(bytes);

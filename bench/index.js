@@ -4,7 +4,8 @@
 // memorystore, connect-redis on a redis-server this script starts and stops on 127.0.0.1).
 //   1. store  (bench/store.js)    set/get/touch/destroy ops/s, 1 KB and 16 KB, sequential and 64 in flight
 //   2. http   (bench/http.js)     Express + express-session under autocannon: req/s and p99
-//   3. cluster (bench/cluster.js) replication latency, replicated writes/s, state transfer
+//   3. cluster (bench/cluster.js) replication latency (back to back, and with an idle gap against
+//                                 a C UDP floor, bench/floor/udp_floor.c), replicated writes/s, state transfer
 //   4. memory (bench/memory.js)   resident memory per session at 100,000 and 1,000,000 sessions
 //   5. touch  (bench/touch.js)    read-only requests on a node of 3: datagrams, bytes and peer CPU
 //                                 per request with touchAfter 0 and 60
@@ -95,13 +96,16 @@ async function main() {
     fs.writeFileSync(path.join(u.RESULTS_DIR, "chart.svg"), report.svg(all));
     console.log(`\nwritten bench/results/{bench,store,http,cluster,memory,touch}.json, summary.md, chart.svg (${Math.round(meta.seconds)} s)`);
   } else {
-    // the touch part has a section of its own in summary.md, replaced by a partial run too
-    if (results.touch) {
+    // the touch part and the cluster latency have sections of their own in summary.md, replaced by a partial run too
+    if (results.touch || results.cluster) {
       const summary = path.join(u.RESULTS_DIR, "summary.md");
-      const before = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
-      fs.writeFileSync(summary, report.withTouchSection(before, { ...results.touch, date: meta.date }));
+      let text = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
+      if (results.touch) text = report.withTouchSection(text, { ...results.touch, date: meta.date });
+      if (results.cluster) text = report.withLatencySection(text, { ...results.cluster, date: meta.date });
+      fs.writeFileSync(summary, text);
     }
-    console.log(`\nwritten bench/results/{${Object.keys(results).join(",")}}.json (a partial run: summary.md and chart.svg are only written by a full run${results.touch ? ", but for the touch section of summary.md" : ""})`);
+    const sections = [results.touch && "touch", results.cluster && "cluster latency"].filter(Boolean);
+    console.log(`\nwritten bench/results/{${Object.keys(results).join(",")}}.json (a partial run: summary.md and chart.svg are only written by a full run${sections.length ? `, but for the ${sections.join(" and ")} section${sections.length > 1 ? "s" : ""} of summary.md` : ""})`);
   }
 }
 

@@ -63,6 +63,19 @@ function evaluate(results) {
       out.push({ id: `http-vs-redis-${v}`, target: `HTTP req/s ≥ ${TARGETS.httpToRedis}× connect-redis, ${LABELS[v]}`, measured: `${u.fmtRatio(r.toRedis)} (MemoryStore ${u.fmtRatio(ceiling)})`, pass: r.toRedis >= TARGETS.httpToRedis });
     }
   }
+  if (results.cluster && results.cluster.floorVerdict) {
+    const c = results.cluster;
+    const store = c.latencyIdleGap.runs.multicast.fromCall;
+    const fl = c.floor.idleGap;
+    for (const p of ["p50", "p99"]) {
+      out.push({
+        id: `latency-idle-gap-${p}-vs-floor`,
+        target: `replication latency ${p} at a ${c.latencyIdleGap.gapMs} ms gap ≤ ${c.floorVerdict.targets[p]}× the UDP floor (same run)`,
+        measured: `${store[p]} µs / ${fl[p]} µs = ${u.fmtRatio(c.ratios.idleGapToFloor[p])}`,
+        pass: c.floorVerdict[p],
+      });
+    }
+  }
   if (memory) {
     for (const count of memory.counts) {
       const m = memory.results[count].multicast;
@@ -132,6 +145,7 @@ function markdown(results, verdicts) {
     ];
     parts.push(`${c.method.latency}. Throughput: ${c.method.throughput}. Transfer: ${c.method.transfer}. Ratios are multicast / connect-redis (below 1 is better for times).\n`);
     parts.push(table(["measure", "multicast", "connect-redis", "ratio"], rows) + "\n");
+    if (c.latencyIdleGap) parts.push(latencySection(c));
   }
   if (memory) {
     parts.push(`## Memory\n`);
@@ -185,6 +199,90 @@ function touchSection(touch) {
     TOUCH_END,
   ];
   return lines.join("\n") + "\n";
+}
+
+// ---- Cluster latency against the floor (bench/cluster.js 1b and the floor): tables for the
+// console and for summary.md, from the part of cluster.json they need ({ latencyIdleGap, floor,
+// floorVerdict, multicast: { latency }, ratios }).
+function latencyTables(c) {
+  const gap = c.latencyIdleGap.gapMs;
+  const runs = Object.values(c.latencyIdleGap.runs);
+  const fl = c.floor.skipped ? null : c.floor;
+  const us = (x) => (x === null || x === undefined ? "n/a" : `${x} µs`);
+  const cells = (p, r) => [us(p && p.p50), us(p && p.p99), us(p && p.mean), r ? u.fmtRatio(r.p50) : "", r ? u.fmtRatio(r.p99) : ""];
+  const toFloor = (p, f) => (f ? { p50: u.ratio(p.p50, f.p50), p99: u.ratio(p.p99, f.p99) } : null);
+  const detection = (r) => (r.detect === "busy" ? "B polling get() all the time" : r.detect === "scheduled" ? `B asleep until ${r.reader.marginUs / 1000} ms before each write` : r.detect);
+  const replication = {
+    header: ["measure", "p50", "p99", "mean", "× floor p50", "× floor p99"],
+    rows: [
+      [fl ? `floor: C → C, ${fl.idleGap.transport}, ${gap} ms gap` : `floor, ${gap} ms gap (skipped)`, ...cells(fl && fl.idleGap)],
+      ...runs.filter((r) => r.fromCall).map((r) => [`${r.label.split(",")[0]}, ${gap} ms gap, ${detection(r)}${r.options && Object.keys(r.options).length ? ` (${JSON.stringify(r.options)})` : ""}`, ...cells(r.fromCall, toFloor(r.fromCall, fl && fl.idleGap))]),
+      [fl ? `floor: C → C, ${fl.backToBack.transport}, back to back` : "floor, back to back (skipped)", ...cells(fl && fl.backToBack)],
+      ["this store, back to back, B polling all the time", ...cells(c.multicast.latency.fromCall, toFloor(c.multicast.latency.fromCall, fl && fl.backToBack))],
+    ],
+  };
+  const redis = c.latencyIdleGap.runs.redis;
+  const set = {
+    header: [`set() called on A → its callback, ${gap} ms gap`, "p50", "p99", "mean", "/ connect-redis p50", "/ connect-redis p99"],
+    rows: runs.filter((r) => r.setRow).map((r) => [`${r.label}${r.options && Object.keys(r.options).length ? ` (${JSON.stringify(r.options)})` : ""}`, ...cells(r.setCall, r === redis ? null : toFloor(r.setCall, redis && redis.setCall))]),
+  };
+  const notes = [];
+  if (!fl) notes.push(`floor skipped: ${c.floor.skipped}`);
+  else {
+    if (fl.idleGap.transport !== "multicast") notes.push(`the floor fell back to unicast: ${fl.idleGap.reason}`);
+    const v = c.floorVerdict;
+    const r = c.ratios.idleGapToFloor;
+    notes.push(`idle-gap p50 = ${u.fmtRatio(r.p50)} floor, p99 = ${u.fmtRatio(r.p99)} floor (targets ≤ ${v.targets.p50}× and ≤ ${v.targets.p99}×): p50 ${v.p50 ? "pass" : "MISS"}, p99 ${v.p99 ? "pass" : "MISS"}`);
+    const b = c.ratios.backToBackToFloor;
+    notes.push(`back to back p50 = ${u.fmtRatio(b.p50)} floor, p99 = ${u.fmtRatio(b.p99)} floor (no target); floor datagrams of ${fl.idleGap.bytes} B (the store's mean in the idle-gap run), ${fl.idleGap.lost + fl.backToBack.lost} lost`);
+  }
+  const head = c.latencyIdleGap.runs.multicast;
+  const sched = runs.find((r) => r.reader);
+  const gcOf = (r) => (r.gc ? `, ${r.gc.B.count} GCs (${r.gc.B.totalMs} ms)` : "");
+  if (head && head.fromCall) {
+    notes.push(
+      `B polling all the time: its JS thread ${head.cpuUsPerWrite.B.js} µs CPU per write${gcOf(head)}; network threads A ${head.cpuUsPerWrite.A.net} µs + B ${head.cpuUsPerWrite.B.net} µs per write; A called set() ${head.writerLate.p50} µs after it was due (p99 ${head.writerLate.p99} µs)`
+    );
+  }
+  if (sched) {
+    const rd = sched.reader;
+    notes.push(
+      `B asleep until ${rd.marginUs} µs before each write (ticks handled ${rd.tickLate.p50} / ${rd.tickLate.p99} µs late, p50 / p99): ${rd.pollsPerWrite} probes and ${rd.spinUsPerWrite} µs spinning per write, ${rd.presentAtFirstProbe} of ${sched.samples} samples already there at the first probe (overstated); its JS thread ${sched.cpuUsPerWrite.B.js} µs CPU per write${gcOf(sched)}`
+    );
+  }
+  const load = c.latencyIdleGap.loadAverage;
+  if (load) notes.push(`load average before / after the idle-gap runs and the floor: ${load.before.join(", ")} / ${load.after.join(", ")}`);
+  return { replication, set, notes };
+}
+
+const LATENCY_BEGIN = "<!-- cluster-latency: bench/cluster.js -->";
+const LATENCY_END = "<!-- /cluster-latency -->";
+function latencySection(c) {
+  const t = latencyTables(c);
+  return [
+    LATENCY_BEGIN,
+    `### Replication latency against the floor\n`,
+    `${c.date ? `A run of the cluster part alone (\`node bench/cluster.js\`), ${c.date}. ` : ""}${c.method.latencyIdleGap}. Floor: ${c.method.floor}. Back to back: ${c.method.latency}. Ratios to the floor and to connect-redis are of the same run.\n`,
+    table(t.replication.header, t.replication.rows) + "\n",
+    table(t.set.header, t.set.rows) + "\n",
+    ...t.notes.map((n) => `- ${n}`),
+    "",
+    LATENCY_END,
+  ].join("\n") + "\n";
+}
+
+// `summary` with its cluster-latency section replaced by `cluster`'s; without one, added before
+// the Memory section (or the touch section, or at the end).
+function withLatencySection(summary, cluster) {
+  const section = latencySection(cluster);
+  const begin = summary.indexOf(LATENCY_BEGIN);
+  const end = summary.indexOf(LATENCY_END);
+  if (begin >= 0 && end > begin) return summary.slice(0, begin) + section + summary.slice(end + LATENCY_END.length).replace(/^\n/, "");
+  for (const marker of ["\n## Memory", `\n${TOUCH_BEGIN}`]) {
+    const at = summary.indexOf(marker);
+    if (at >= 0) return summary.slice(0, at + 1) + section + "\n" + summary.slice(at + 1);
+  }
+  return summary.replace(/\n*$/, "\n\n") + section;
 }
 
 // `summary` with its touch section replaced by `touch`'s, or `touch`'s appended.
@@ -290,4 +388,4 @@ function niceStep(raw) {
   return 10 * p;
 }
 
-module.exports = { evaluate, markdown, svg, withTouchSection, TARGETS };
+module.exports = { evaluate, markdown, svg, withTouchSection, latencyTables, withLatencySection, TARGETS };
