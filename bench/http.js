@@ -40,17 +40,8 @@ async function startServer(name, redisPort) {
   } else if (name === "multicastCluster") {
     const options = u.clusterOptions();
     started = await server.call("start", "multicast", options, SESSION_BYTES);
-    for (const k of [1, 2]) {
-      const peer = u.spawnNode(`http-peer${k}`);
-      peers.push(peer);
-      await peer.call("start", options);
-    }
     // the server's node must see both peers before the sessions are made
-    const deadline = Date.now() + 10000;
-    while ((await server.call("stats")).members < 3) {
-      if (Date.now() > deadline) throw new Error("the HTTP server's store does not see 3 members");
-      await u.sleep(50);
-    }
+    await u.startPeers(server, options, "http", peers);
   } else {
     started = await server.call("start", name, {}, SESSION_BYTES);
   }

@@ -56,17 +56,8 @@ async function startCluster(touchAfter) {
   const peers = [];
   try {
     const started = await server.call("start", "multicast", options, SESSION_BYTES);
-    for (const k of [1, 2]) {
-      // --no-memory-reducer: see measure(), before the idle baseline
-      const peer = u.spawnNode(`touch-peer${k}`, undefined, { execArgv: ["--expose-gc", "--no-memory-reducer"] });
-      peers.push(peer);
-      await peer.call("start", options);
-    }
-    const deadline = Date.now() + 10000;
-    while ((await server.call("stats")).members < 3) {
-      if (Date.now() > deadline) throw new Error("the app's store does not see 3 members");
-      await u.sleep(50);
-    }
+    // --no-memory-reducer: see measure(), before the idle baseline
+    await u.startPeers(server, options, "touch", peers, { execArgv: ["--expose-gc", "--no-memory-reducer"] });
     return { server, peers, port: started.port, pid: started.pid };
   } catch (err) {
     await u.stop(server, ...peers);

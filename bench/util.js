@@ -106,6 +106,22 @@ function stop(...nodes) {
   );
 }
 // Graceful leave first (so the others do not keep a dead member around), then stop.
+/** Starts two peers (cluster-node.js, pushed to `peers` at once, for the caller's clean-up) in
+ * `options`' cluster; resolves once `server`'s store (an app's process answering "stats") sees
+ * all three nodes. */
+async function startPeers(server, options, label, peers, spawnOptions) {
+  for (const k of [1, 2]) {
+    const peer = spawnNode(`${label}-peer${k}`, undefined, spawnOptions);
+    peers.push(peer);
+    await peer.call("start", options);
+  }
+  const deadline = Date.now() + 10000;
+  while ((await server.call("stats")).members < 3) {
+    if (Date.now() > deadline) throw new Error(`${label}: the app's store does not see 3 members`);
+    await sleep(50);
+  }
+}
+
 async function leave(node) {
   await node.call("close").catch(() => {});
   await stop(node);
@@ -181,6 +197,7 @@ function cpuNs(pid) {
 }
 
 module.exports = {
+  startPeers,
   STORE_LABELS,
   ADDON,
   RESULTS_DIR,
