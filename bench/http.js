@@ -60,16 +60,19 @@ async function makeSessions(port, count) {
   return cookies;
 }
 
-function load(port, cookies, seconds) {
+/** autocannon GETs of `path` for `seconds`, each with the next cookie in turn; `rate` (req/s) caps
+ * the load when given. */
+function load(port, cookies, seconds, { path = "/", connections = CONNECTIONS, rate = 0 } = {}) {
   let next = 0;
   return autocannon({
-    url: `http://127.0.0.1:${port}/`,
-    connections: CONNECTIONS,
+    url: `http://127.0.0.1:${port}${path}`,
+    connections,
     duration: seconds,
+    ...(rate > 0 ? { overallRate: rate } : {}),
     requests: [
       {
         method: "GET",
-        path: "/",
+        path,
         setupRequest(req) {
           req.headers = { ...req.headers, cookie: cookies[next++ % cookies.length] };
           return req;
@@ -156,7 +159,7 @@ async function run({ redisPort, log = console.log } = {}) {
   };
 }
 
-module.exports = { run, STORE_LABELS, makeSessions };
+module.exports = { run, STORE_LABELS, makeSessions, load };
 
 if (require.main === module) {
   runAlone("http.json", (redis) => run({ redisPort: redis.port }));

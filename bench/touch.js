@@ -30,9 +30,8 @@
 // With ROUNDS > 1, each touchAfter's figure is its round of median req/s.
 const fs = require("fs");
 const path = require("path");
-const autocannon = require("autocannon");
 const u = require("./util");
-const { makeSessions } = require("./http");
+const http = require("./http");
 
 const envNumber = (name, fallback) => (process.env[name] !== undefined && process.env[name] !== "" && Number.isFinite(Number(process.env[name])) ? Number(process.env[name]) : fallback);
 const CONNECTIONS = envNumber("BENCH_TOUCH_CONNECTIONS", 32);
@@ -116,25 +115,7 @@ function delta(a, b) {
   };
 }
 
-function load(port, cookies, seconds) {
-  let next = 0;
-  return autocannon({
-    url: `http://127.0.0.1:${port}/read`,
-    connections: CONNECTIONS,
-    duration: seconds,
-    ...(RATE > 0 ? { overallRate: RATE } : {}),
-    requests: [
-      {
-        method: "GET",
-        path: "/read",
-        setupRequest(req) {
-          req.headers = { ...req.headers, cookie: cookies[next++ % cookies.length] };
-          return req;
-        },
-      },
-    ],
-  });
-}
+const load = (port, cookies, seconds) => http.load(port, cookies, seconds, { path: "/read", connections: CONNECTIONS, rate: RATE });
 
 async function peersHold(peers, count, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
@@ -152,7 +133,7 @@ async function measure(touchAfter) {
   try {
     // logins: the cost of replicating a set of a ≈1 KB session, for comparison with a touch
     const beforeLogins = await snapshot(cluster);
-    const cookies = await makeSessions(port, SESSIONS);
+    const cookies = await http.makeSessions(port, SESSIONS);
     await peersHold(peers, SESSIONS, 20000);
     const afterLogins = await snapshot(cluster);
     const logins = delta(beforeLogins, afterLogins);
