@@ -336,7 +336,7 @@ module.exports = function expressSessionMulticast(session) {
         }
         // Returned, not emitted: engine events are not delivered after this (nor at exit).
         const warning = this._engine.close();
-        if (warning && typeof this.logger.warn === "function") this.logger.warn(`express-session-multicast: ${warning}`);
+        if (warning) this.logger.warn(`express-session-multicast: ${warning}`);
         this._closed = Promise.resolve();
         this._markReady();
         process.nextTick(() => this.emit("disconnect"));

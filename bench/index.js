@@ -109,12 +109,7 @@ async function main() {
   }
 }
 
-const guard = setTimeout(() => {
-  console.error("bench: not done after 20 minutes, giving up");
-  process.exit(1);
-}, 20 * 60 * 1000);
-guard.unref();
-for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => process.exit(130));
+u.limitRun("bench", 20);
 
 main()
   .catch((err) => {

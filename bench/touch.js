@@ -309,12 +309,7 @@ module.exports = { run };
 
 if (require.main === module) {
   const report = require("./report");
-  const guard = setTimeout(() => {
-    console.error("bench/touch.js: not done after 10 minutes, giving up");
-    process.exit(1);
-  }, 10 * 60 * 1000);
-  guard.unref();
-  for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => process.exit(130));
+  u.limitRun("bench/touch.js", 10);
   (async () => {
     const m = u.machine();
     const engine = u.addonHash();

@@ -122,6 +122,16 @@ async function startPeers(server, options, label, peers, spawnOptions) {
   }
 }
 
+/** A bench run alone gives up after `minutes`, and a signal ends it (exit kills its children). */
+function limitRun(label, minutes) {
+  const guard = setTimeout(() => {
+    console.error(`${label}: not done after ${minutes} minutes, giving up`);
+    process.exit(1);
+  }, minutes * 60 * 1000);
+  guard.unref();
+  for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => process.exit(130));
+}
+
 async function leave(node) {
   await node.call("close").catch(() => {});
   await stop(node);
@@ -197,6 +207,7 @@ function cpuNs(pid) {
 }
 
 module.exports = {
+  limitRun,
   startPeers,
   STORE_LABELS,
   ADDON,
