@@ -246,6 +246,23 @@ declare namespace expressSessionMulticast {
         touchAfter?: number;
 
         /**
+         * When true, the callback (or Promise) of `set`, `touch`, `destroy` and `clear` waits
+         * until every other node alive when the write left has applied it, or `ackTimeout`:
+         * the next request of the user sees the write on any node. Suspect and dead nodes are
+         * not waited for. Reads stay local.
+         * @default false
+         */
+        waitForAck?: boolean;
+
+        /**
+         * With `waitForAck`, the longest a write waits for the other nodes, in ms. The write is
+         * then called back anyway, without an error (it is stored here and replicates), counted
+         * in `stats().ackTimeouts` and logged at most every 10 s.
+         * @default 300
+         */
+        ackTimeout?: number;
+
+        /**
          * How sessions are turned into text and back, for sessions that hold what JSON cannot
          * (Dates that must stay Dates, Maps, Sets, BigInts). The shape of connect-redis's
          * option. Every node of the cluster needs the same serializer.
@@ -337,6 +354,8 @@ declare namespace expressSessionMulticast {
         disableTouch: boolean;
         /** Seconds. */
         touchAfter: number;
+        waitForAck: boolean;
+        ackTimeout: number;
         gracefullShutdown: boolean;
         /** `"<n key(s)>"` when `secret` is set (the keys themselves are never shown), else `null`. */
         secret: string | null;
@@ -389,10 +408,12 @@ declare namespace expressSessionMulticast {
         retransmissions?: number;
         naksSent?: number;
         naksReceived?: number;
-        /** Cumulative acknowledgements sent to other nodes ("I have your datagrams up to n"), at most one per sender a tick. */
+        /** Cumulative acknowledgements sent to other nodes ("I have your datagrams up to n"): at most one per sender a tick, and at once when a sender asks (`waitForAck`, a leave). */
         acksSent?: number;
         /** Cumulative acknowledgements received from members. */
         acksReceived?: number;
+        /** `waitForAck` writes whose callback came at `ackTimeout`, before every member's ack (each one counted; logged at most every 10 s). */
+        ackTimeouts?: number;
         /** Datagrams received twice (retransmissions that were not needed). */
         duplicates?: number;
         /** This node's own multicast datagrams looped back to it (multicast works locally). */

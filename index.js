@@ -4,8 +4,9 @@
 const { loadEngine } = require("./lib/native");
 const { normalizeOptions } = require("./lib/options");
 
-// Status codes returned by the engine's write calls (0 = ok).
-const SESSION_TOO_LARGE = 1;
+// What the engine's write calls return for a session over maxSessionBytes; otherwise the write's
+// ticket: with waitForAck, the number to wait for (see _afterWrite), else 0.
+const SESSION_TOO_LARGE = -1;
 // Writes closer together than this are flushed to the network together (see _wrote).
 const FLUSH_GAP_MS = 0.05;
 
@@ -139,6 +140,12 @@ module.exports = function expressSessionMulticast(session) {
         this._lastFlush = performance.now();
         if (!this._closed) this._native.flush(this._handle);
       };
+      // waitForAck: [ticket, callback] pairs waiting for the engine's "acked" event, in ticket order.
+      this._waitForAck = this.options.waitForAck;
+      this._waiting = [];
+      this._waitingHead = 0;
+      this._acked = 0;
+      this._waitKeepAlive = null;
       this._onSignal = null;
       this._onExit = null;
       this._networked = this.options.multicast !== false || this.options.peers.length > 0;
@@ -158,6 +165,9 @@ module.exports = function expressSessionMulticast(session) {
           break;
         case "ready":
           this._markReady();
+          break;
+        case "acked":
+          this._settleWrites(event.through);
           break;
         case "log": {
           const log = this.logger[event.level];
@@ -224,7 +234,8 @@ module.exports = function expressSessionMulticast(session) {
         return settle(callback, e); // a bad ttl() result, or a sid that is not a string
       }
       this._wrote();
-      return settle(callback, status === SESSION_TOO_LARGE ? this._tooLarge(sid) : null);
+      if (status === SESSION_TOO_LARGE) return settle(callback, this._tooLarge(sid));
+      return this._afterWrite(status, callback);
     }
 
     touch(sid, session, callback) {
@@ -238,7 +249,8 @@ module.exports = function expressSessionMulticast(session) {
         return settle(callback, e);
       }
       this._wrote();
-      return settle(callback, status === SESSION_TOO_LARGE ? this._tooLarge(sid) : null);
+      if (status === SESSION_TOO_LARGE) return settle(callback, this._tooLarge(sid));
+      return this._afterWrite(status, callback);
     }
 
     /** The session's expiry for the engine, epoch ms: its cookie's, else a `ttl` function's, else NaN (the engine's default). */
@@ -260,20 +272,53 @@ module.exports = function expressSessionMulticast(session) {
 
     destroy(sid, callback) {
       if (this._closed) return settle(callback, closedError());
+      let ticket;
       try {
-        this._native.destroy(this._handle, sid);
+        ticket = this._native.destroy(this._handle, sid);
       } catch (e) {
         return settle(callback, e);
       }
       this._wrote();
-      return settle(callback, null);
+      return this._afterWrite(ticket, callback);
     }
 
     clear(callback) {
       if (this._closed) return settle(callback, closedError());
-      this._engine.clear();
+      const ticket = this._engine.clear();
       this._wrote();
-      return settle(callback, null);
+      return this._afterWrite(ticket, callback);
+    }
+
+    // With waitForAck, a write calls back once every member alive when it left has applied it,
+    // or at ackTimeout (src/ack_wait.rs); ticket 0 has nothing to wait for.
+    _afterWrite(ticket, callback) {
+      if (ticket <= this._acked) return settle(callback, null);
+      // A write that waits keeps the process alive, as a socket in flight would; only then.
+      if (this._waitingHead === this._waiting.length) {
+        if (!this._waitKeepAlive) this._waitKeepAlive = setInterval(() => {}, 1 << 30);
+        this._waitKeepAlive.ref();
+      }
+      if (typeof callback === "function") {
+        this._waiting.push([ticket, callback]);
+        return undefined;
+      }
+      return new Promise((resolve) => this._waiting.push([ticket, () => resolve()]));
+    }
+
+    _settleWrites(through) {
+      this._acked = through;
+      const waiting = this._waiting;
+      let head = this._waitingHead;
+      for (; head < waiting.length && waiting[head][0] <= through; head++) {
+        settle(waiting[head][1], null);
+        waiting[head] = undefined;
+      }
+      if (head === waiting.length) {
+        waiting.length = 0;
+        head = 0;
+        if (this._waitKeepAlive) this._waitKeepAlive.unref();
+      }
+      this._waitingHead = head;
     }
 
     // A flush ends each event-loop turn that wrote, so a lone write leaves at once and a burst
@@ -338,6 +383,9 @@ module.exports = function expressSessionMulticast(session) {
         const warning = this._engine.close();
         if (warning) this.logger.warn(`express-session-multicast: ${warning}`);
         this._closed = Promise.resolve();
+        // The leave sent the waiting writes and waited for their acks.
+        this._settleWrites(Infinity);
+        clearInterval(this._waitKeepAlive);
         this._markReady();
         process.nextTick(() => this.emit("disconnect"));
       }

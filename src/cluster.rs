@@ -9,7 +9,9 @@
 //!   safety net;
 //! - `accept_loop`: serves state transfers and anti-entropy syncs over TCP;
 //! - `bootstrap`: join announcement, discovery window, initial state transfer, then `Ready`;
-//! - `leave` (run by `Engine::close`): the last writes, `Leaving` until every live member has
+//! - `ack_wait_loop` (`waitForAck`): settles local writes at their deadline, and asks members whose
+//!   acks are late again (see ack_wait.rs);
+//! - `leave` (run by `Engine::close`): the last writes, `AckRequest` until every live member has
 //!   acknowledged them (bounded by `LEAVE_TIMEOUT`), then `Leave`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -23,6 +25,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
 
+use crate::ack_wait::AckWaits;
 use crate::clock::{now_ms, Clock};
 use crate::doctor::{PongBudget, Probes};
 use crate::events::{Event, EventSink, Level};
@@ -62,9 +65,14 @@ const MAX_CONCURRENT_SYNCS: usize = 8;
 /// A leaving node waits at most this long, from the start of its leave, for every live member to
 /// acknowledge its last datagram; then it sends its `Leave` anyway (README "Membership").
 pub const LEAVE_TIMEOUT: Duration = Duration::from_millis(1000);
-/// While it waits, it repeats its `Leaving` this often: each one makes every receiver ack at once
-/// (a lost `Leaving`, or a lost `Ack`, costs this much).
+/// While it waits, it repeats its `AckRequest` this often: each one makes every receiver ack at
+/// once (a lost `AckRequest`, or a lost `Ack`, costs this much).
 const LEAVING_REPEAT: Duration = Duration::from_millis(25);
+/// Datagrams already waiting in a socket are handled before the acks they make due are sent: one
+/// cumulative ack per sender per burst, at most this many datagrams apart.
+const RECEIVE_BURST: usize = 64;
+/// `waitForAck` timeouts are logged at most this often (and counted always).
+const ACK_TIMEOUT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Network counters for `stats()`.
 #[derive(Default)]
@@ -80,6 +88,8 @@ pub struct NetStats {
     pub naks_received: AtomicU64,
     pub acks_sent: AtomicU64,
     pub acks_received: AtomicU64,
+    /// `waitForAck` writes whose callback was called at `ackTimeout`, not after every ack.
+    pub ack_timeouts: AtomicU64,
     pub duplicates: AtomicU64,
     pub own_loopback: AtomicU64,
     pub state_transfers: AtomicU64,
@@ -118,6 +128,7 @@ impl NetStats {
             "naksReceived": get(&self.naks_received),
             "acksSent": get(&self.acks_sent),
             "acksReceived": get(&self.acks_received),
+            "ackTimeouts": get(&self.ack_timeouts),
             "duplicates": get(&self.duplicates),
             "ownLoopback": get(&self.own_loopback),
             "stateTransfers": get(&self.state_transfers),
@@ -149,6 +160,11 @@ struct State {
     send: SendBuffer,
     /// How far each member acknowledged our stream.
     acks: Acks,
+    /// Local writes waiting for those acks (`waitForAck`).
+    waits: AckWaits,
+    /// No `waitForAck` timeout is logged before then; how many were not logged since the last.
+    next_ack_timeout_log: Instant,
+    unlogged_ack_timeouts: u64,
     inbound: HashMap<u64, Inbound>,
     reassembler: Reassembler,
     /// Peers with a sync in progress (never two at once with the same peer).
@@ -184,6 +200,10 @@ pub struct Cluster {
     sending: tokio::sync::Mutex<()>,
     /// Wakes a leave waiting for acks when one moves.
     ack_moved: tokio::sync::Notify,
+    /// Wakes `ack_wait_loop` when a batch of writes starts waiting.
+    waits_added: tokio::sync::Notify,
+    /// A `Data` datagram asked for an ack at once: the receive loop sends it after its burst.
+    ack_asked: AtomicBool,
     /// The final `Leave` is sent: nothing is sent or acted upon any more.
     gone: AtomicBool,
 }
@@ -215,6 +235,9 @@ impl Cluster {
                 members: Members::new(heartbeat, failure_timeout),
                 send: SendBuffer::new(config.hooks.retransmit_datagrams, RETRANSMIT_BYTES),
                 acks: Acks::default(),
+                waits: AckWaits::new(Duration::from_millis(config.ack_timeout_ms)),
+                next_ack_timeout_log: Instant::now(),
+                unlogged_ack_timeouts: 0,
                 inbound: HashMap::new(),
                 reassembler: Reassembler::new(reassembly_budget, REASSEMBLY_TIMEOUT),
                 syncing: HashSet::new(),
@@ -230,6 +253,8 @@ impl Cluster {
             outbox,
             sending: tokio::sync::Mutex::new(()),
             ack_moved: tokio::sync::Notify::new(),
+            waits_added: tokio::sync::Notify::new(),
+            ack_asked: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             config,
         });
@@ -242,6 +267,9 @@ impl Cluster {
         tokio::spawn(cluster.clone().receive_loop(None, false));
         tokio::spawn(cluster.clone().send_loop());
         tokio::spawn(cluster.clone().tick_loop());
+        if cluster.config.wait_for_ack {
+            tokio::spawn(cluster.clone().ack_wait_loop());
+        }
         tokio::spawn(cluster.clone().accept_loop(tcp));
         tokio::spawn(cluster.clone().bootstrap());
         Ok(cluster)
@@ -364,7 +392,7 @@ impl Cluster {
         self.broadcast(&self.link.seal(msg)).await;
     }
 
-    /// Graceful leave: sends the writes still queued, then `Leaving { last_seq }` (repeated every
+    /// Graceful leave: sends the writes still queued, then `AckRequest { last_seq }` (repeated every
     /// LEAVING_REPEAT) until every live (alive) member has acknowledged `last_seq`, answering
     /// their NAKs meanwhile, or until LEAVE_TIMEOUT; then `Leave`, twice (a lost `Leave` costs a
     /// failureTimeout). Returns the warning to log when the wait timed out, naming the members
@@ -377,9 +405,9 @@ impl Cluster {
         let deadline = started + LEAVE_TIMEOUT;
         // The send loop's batch in flight goes out first; the loop sends nothing after this.
         let _sending = self.sending.lock().await;
-        let queued = self.outbox.take();
+        let (queued, last_write) = self.outbox.take();
         if !queued.is_empty() {
-            self.send_ops(queued).await;
+            self.send_ops(queued, last_write).await;
         }
         let last_seq = self.state.lock().send.high_seq();
         let mut next_leaving = started;
@@ -390,7 +418,7 @@ impl Cluster {
                 break lagging;
             }
             if now >= next_leaving {
-                self.broadcast_message(&Message::Leaving { last_seq }).await;
+                self.broadcast_message(&Message::AckRequest { last_seq }).await;
                 next_leaving = now + LEAVING_REPEAT;
             }
             let _ = tokio::time::timeout_at(next_leaving.min(deadline).into(), self.ack_moved.notified()).await;
@@ -424,27 +452,33 @@ impl Cluster {
         loop {
             self.outbox.wait().await;
             let _sending = self.sending.lock().await;
-            let ops = self.outbox.take();
+            let (ops, last_write) = self.outbox.take();
             if !ops.is_empty() {
-                self.send_ops(ops).await;
+                self.send_ops(ops, last_write).await;
             }
         }
     }
 
-    /// Packs ops into as few datagrams as possible; an op too large for one is fragmented.
-    async fn send_ops(&self, ops: Vec<Op>) {
+    /// Packs ops into as few datagrams as possible; an op too large for one is fragmented. With
+    /// `waitForAck`, the last datagram asks for acks at once, and the writes up to `last_write`
+    /// wait for them.
+    async fn send_ops(&self, ops: Vec<Op>, last_write: u64) {
         self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
+        let wait = self.config.wait_for_ack;
         let mut pending = Vec::new();
         let mut size = DATA_OVERHEAD;
         let mut sent = 0;
-        for op in ops {
+        let count = ops.len();
+        for (i, op) in ops.into_iter().enumerate() {
             let len = wire::op_len(&op);
             if DATA_OVERHEAD + len > MAX_DATAGRAM {
-                sent += self.send_fragmented(&op).await;
+                // The last datagram of the batch when nothing is left for a final `send_data`.
+                let last = wait && i + 1 == count && pending.is_empty();
+                sent += self.send_fragmented(&op, last).await;
                 continue;
             }
             if size + len > MAX_DATAGRAM || pending.len() == u16::MAX as usize {
-                self.send_data(Payload::Ops(std::mem::take(&mut pending))).await;
+                self.send_data(Payload::Ops(std::mem::take(&mut pending)), false).await;
                 size = DATA_OVERHEAD;
                 sent += 1;
                 if sent % BURST == 0 {
@@ -455,22 +489,114 @@ impl Cluster {
             pending.push(op);
         }
         if !pending.is_empty() {
-            self.send_data(Payload::Ops(pending)).await;
+            self.send_data(Payload::Ops(pending), wait).await;
+        }
+        if wait {
+            self.wait_for_acks(last_write);
         }
     }
 
-    async fn send_data(&self, payload: Payload) {
+    /// The writes up to `last_write` are sent: they wait for the members alive now.
+    fn wait_for_acks(&self, last_write: u64) {
+        let now = Instant::now();
+        {
+            let mut state = self.state.lock();
+            let State { members, send, waits, .. } = &mut *state;
+            let alive = members.all().filter(|m| m.state == MemberState::Alive).map(|m| (m.id, m.incarnation));
+            waits.add(last_write, send.high_seq(), alive.collect(), now);
+        }
+        self.settle_writes(now);
+        self.waits_added.notify_one();
+    }
+
+    /// Settles the writes whose members all acknowledged them (or are no longer alive), or whose
+    /// `ackTimeout` passed, and tells the JS side (`waitForAck` only).
+    fn settle_writes(&self, now: Instant) {
+        if !self.config.wait_for_ack {
+            return;
+        }
+        let (settled, log) = {
+            let mut state = self.state.lock();
+            let State { members, acks, waits, next_ack_timeout_log, unlogged_ack_timeouts, .. } = &mut *state;
+            let settled = waits.settle(acks, |node, incarnation| is_alive(members, node, incarnation), now);
+            let mut log = None;
+            if settled.timed_out > 0 {
+                *unlogged_ack_timeouts += settled.timed_out;
+                if now >= *next_ack_timeout_log {
+                    *next_ack_timeout_log = now + ACK_TIMEOUT_LOG_INTERVAL;
+                    let names: Vec<String> = settled
+                        .laggards
+                        .iter()
+                        .map(|id| members.get(*id).map_or(format!("{id:016x}"), |m| format!("{id:016x} at {}", m.info.addr)))
+                        .collect();
+                    log = Some((std::mem::take(unlogged_ack_timeouts), names));
+                }
+            }
+            (settled, log)
+        };
+        self.stats.ack_timeouts.fetch_add(settled.timed_out, Ordering::Relaxed);
+        if let Some((count, names)) = log {
+            self.log(
+                Level::Warn,
+                format!(
+                    "waitForAck: {count} write(s) called back after ackTimeout ({} ms) without every member's ack \
+                     (not acknowledged by {}); they are stored here and replicate as soon as the members \
+                     get them (this warning: at most once per {} s, every timeout counted in stats().ackTimeouts)",
+                    self.config.ack_timeout_ms,
+                    names.join(", "),
+                    ACK_TIMEOUT_LOG_INTERVAL.as_secs(),
+                ),
+            );
+        }
+        if let Some(through) = settled.through {
+            (self.events)(Event::Acked { through });
+        }
+    }
+
+    /// `waitForAck`: settles writes at their deadline, and asks members whose acks are late again
+    /// (the datagram or its `Ack` was lost; a receiver with a gap NAKs it on its own).
+    async fn ack_wait_loop(self: Arc<Self>) {
+        loop {
+            let wake = self.state.lock().waits.next_wake();
+            match wake {
+                Some(at) => drop(tokio::time::timeout_at(at.into(), self.waits_added.notified()).await),
+                None => self.waits_added.notified().await,
+            }
+            if self.gone.load(Ordering::Acquire) {
+                return;
+            }
+            let now = Instant::now();
+            self.settle_writes(now);
+            let probe = {
+                let mut state = self.state.lock();
+                let State { members, acks, waits, .. } = &mut *state;
+                waits.probe(acks, |node, incarnation| is_alive(members, node, incarnation), now).map(|(seq, lagging)| {
+                    let to: Vec<SocketAddr> = lagging.iter().filter_map(|id| members.get(*id)).map(|m| m.info.addr).collect();
+                    (seq, to)
+                })
+            };
+            if let Some((last_seq, to)) = probe {
+                let request = self.link.seal(&Message::AckRequest { last_seq });
+                for addr in to {
+                    self.send_to(&request, addr).await;
+                }
+            }
+        }
+    }
+
+    async fn send_data(&self, payload: Payload, ask_ack: bool) {
         let packet = {
             let mut state = self.state.lock();
             let seq = state.send.next_seq();
-            let packet = self.link.encode(&Message::Data { seq, payload });
+            let packet = self.link.encode(&Message::Data { seq, ask_ack, payload });
             state.send.keep(seq, packet.as_slice().into());
             packet
         };
         self.broadcast(&self.link.seal_encoded(packet)).await;
     }
 
-    async fn send_fragmented(&self, op: &Op) -> usize {
+    /// `ask_ack`: the last piece asks for acks at once.
+    async fn send_fragmented(&self, op: &Op, ask_ack: bool) -> usize {
         let encoded = wire::encode_op(op);
         let Some(pieces) = fragment::split(&encoded) else {
             self.stats.drop("opTooLarge");
@@ -490,7 +616,8 @@ impl Cluster {
                         first_seq = seq;
                     }
                     let payload = Payload::Fragment { first_seq, index: index as u16, count, bytes: piece.to_vec() };
-                    let packet = self.link.encode(&Message::Data { seq, payload });
+                    let ask_ack = ask_ack && index + 1 == count as usize;
+                    let packet = self.link.encode(&Message::Data { seq, ask_ack, payload });
                     state.send.keep(seq, packet.as_slice().into());
                     packet
                 })
@@ -516,7 +643,19 @@ impl Cluster {
         loop {
             match socket.recv_from(&mut buf).await {
                 Ok((n, from)) => self.on_datagram(&buf[..n], from, via_group).await,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+            if self.ack_asked.load(Ordering::Relaxed) {
+                for _ in 0..RECEIVE_BURST {
+                    let Ok((n, from)) = socket.try_recv_from(&mut buf) else { break };
+                    self.on_datagram(&buf[..n], from, via_group).await;
+                }
+                if self.ack_asked.swap(false, Ordering::Relaxed) {
+                    self.send_acks(false).await;
+                }
             }
         }
     }
@@ -607,8 +746,9 @@ impl Cluster {
                 let change = self.state.lock().members.announced_leave(header.node, header.incarnation);
                 self.forget_stream(header.node);
                 self.report(change);
+                self.settle_writes(now);
             }
-            Message::Leaving { last_seq } => {
+            Message::AckRequest { last_seq } => {
                 self.heard(&header, None, now);
                 if self.state.lock().members.get(header.node).is_none() {
                     return self.stats.drop("unknownSender");
@@ -624,7 +764,7 @@ impl Cluster {
                     _ => return self.stats.drop("staleIncarnation"),
                 };
                 self.send_ack(ack).await;
-                // Its leave is bounded: what is due is asked for now, not at the next tick.
+                // Its leave (or its writes) wait: what is due is asked for now, not at the next tick.
                 self.send_naks(now, Some(header.node)).await;
             }
             Message::Ack { high_seq } => {
@@ -637,13 +777,19 @@ impl Cluster {
                         drop(state);
                         return self.stats.drop("unknownSender");
                     }
-                    acks.ack(header.node, header.incarnation, high_seq, send.high_seq())
+                    let moved = acks.ack(header.node, header.incarnation, high_seq, send.high_seq());
+                    // What every reachable member holds is never NAKed again: no need to keep it.
+                    if let Some(everywhere) = acks.acked_by_all(members.reachable().map(|m| (m.id, m.incarnation))) {
+                        send.trim_through(everywhere);
+                    }
+                    moved
                 };
                 if moved {
                     self.ack_moved.notify_one();
+                    self.settle_writes(now);
                 }
             }
-            Message::Data { seq, payload } => {
+            Message::Data { seq, ask_ack, payload } => {
                 self.heard(&header, None, now);
                 // Streams are tracked for members only, so forged sender ids cost no memory;
                 // a member heard first by its data is synced once for what came before.
@@ -660,10 +806,14 @@ impl Cluster {
                     return;
                 }
                 self.apply_payload(&header, payload, now);
-                // Applied first: an ack says what this node holds. Due here only when the sender
-                // asked (it is leaving); otherwise acks wait for the tick.
-                let ack = self.state.lock().inbound.get_mut(&header.node).and_then(|i| self.due_ack(i, false));
-                self.send_ack(ack).await;
+                // Applied first: an ack says what this node holds. Sent by the receive loop after
+                // its burst when the sender asked (its writes wait for it); otherwise at the tick.
+                if ask_ack {
+                    if let Some(inbound) = self.state.lock().inbound.get_mut(&header.node) {
+                        inbound.window.ask_ack(seq, now);
+                    }
+                    self.ack_asked.store(true, Ordering::Relaxed);
+                }
             }
             Message::Nak { ranges } => {
                 self.stats.naks_received.fetch_add(1, Ordering::Relaxed);
@@ -831,7 +981,7 @@ impl Cluster {
             }
             self.check_members(now);
             self.send_naks(now, None).await;
-            self.send_acks().await;
+            self.send_acks(true).await;
             self.start_syncs(now);
         }
     }
@@ -845,6 +995,7 @@ impl Cluster {
             }
             self.report(Some((change, member)));
         }
+        self.settle_writes(now);
         let expired = self.state.lock().reassembler.expire(now);
         for _ in 0..expired {
             self.stats.drop("fragmentTimeout");
@@ -871,11 +1022,12 @@ impl Cluster {
         }
     }
 
-    /// At most one ack per sender a tick, and only if we have more of its stream than we said.
-    async fn send_acks(&self) {
+    /// The acks due: `periodic` (the tick), at most one per sender, and only if we have more of
+    /// its stream than we said; otherwise only those the senders asked for.
+    async fn send_acks(&self, periodic: bool) {
         let acks: Vec<(SocketAddr, u64)> = {
             let mut state = self.state.lock();
-            state.inbound.values_mut().filter_map(|i| self.due_ack(i, true)).collect()
+            state.inbound.values_mut().filter_map(|i| self.due_ack(i, periodic)).collect()
         };
         for ack in acks {
             self.send_ack(Some(ack)).await;
@@ -1124,6 +1276,11 @@ impl Cluster {
         self.ready.store(true, Ordering::Release);
         (self.events)(Event::Ready);
     }
+}
+
+/// Whether (`node`, `incarnation`) is a member seen alive (not suspect, dead or departed).
+fn is_alive(members: &Members, node: u64, incarnation: u64) -> bool {
+    members.get(node).is_some_and(|m| m.incarnation == incarnation && m.state == MemberState::Alive)
 }
 
 /// The warning to log when the configured `peers` (resolved: `resolved`) name this node only

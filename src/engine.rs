@@ -113,7 +113,9 @@ impl Engine {
         self.table.get(sid, now_ms())
     }
 
-    pub fn set(&self, sid: &str, doc: String, cookie_expires: Option<u64>) -> Result<(), WriteError> {
+    /// Stores a session. Returns its ticket: with `waitForAck`, the number of the write to wait
+    /// for (see ack_wait.rs), else 0 (nothing to wait for).
+    pub fn set(&self, sid: &str, doc: String, cookie_expires: Option<u64>) -> Result<u64, WriteError> {
         self.check_size(doc.len())?;
         let now = now_ms();
         let op = Op::Set {
@@ -122,36 +124,37 @@ impl Engine {
             expires_at: self.expiry(cookie_expires, now),
             version: self.clock.tick_at(now),
         };
-        self.write(op);
-        Ok(())
+        Ok(self.write(op))
     }
 
     /// Persists a new cookie and expiry without touching the data. With `touchAfter`, a touch
-    /// that moves the expiry only a little is kept on this node (see `Table::extend_locally`).
-    pub fn touch(&self, sid: &str, cookie: Option<String>, cookie_expires: Option<u64>) -> Result<(), WriteError> {
+    /// that moves the expiry only a little is kept on this node (see `Table::extend_locally`), and
+    /// has nothing to wait for (ticket 0).
+    pub fn touch(&self, sid: &str, cookie: Option<String>, cookie_expires: Option<u64>) -> Result<u64, WriteError> {
         self.check_size(cookie.as_ref().map_or(0, String::len))?;
         let now = now_ms();
         let expires_at = self.expiry(cookie_expires, now);
         let threshold = self.config.touch_after_ms;
         if threshold > 0 && self.table.extend_locally(sid, expires_at, now, threshold) {
             self.counters.local_touches.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok(0);
         }
         let op = Op::Touch { sid: sid.into(), cookie: cookie.map(Arc::from), expires_at, version: self.clock.tick_at(now) };
-        self.write(op);
-        Ok(())
+        Ok(self.write(op))
     }
 
     fn expiry(&self, cookie_expires: Option<u64>, now: u64) -> u64 {
         expiry(cookie_expires, now, self.config.session_ttl_ms, self.config.ttl_ms)
     }
 
-    pub fn destroy(&self, sid: &str) {
-        self.write(Op::Destroy { sid: sid.into(), version: self.clock.tick() });
+    /// Returns the write's ticket (see `set`).
+    pub fn destroy(&self, sid: &str) -> u64 {
+        self.write(Op::Destroy { sid: sid.into(), version: self.clock.tick() })
     }
 
-    pub fn clear(&self) {
-        self.write(Op::Clear { version: self.clock.tick() });
+    /// Returns the write's ticket (see `set`).
+    pub fn clear(&self) -> u64 {
+        self.write(Op::Clear { version: self.clock.tick() })
     }
 
     /// Hands the writes made since the last flush to the network thread (see outbox.rs).
@@ -286,10 +289,16 @@ impl Engine {
         Ok(())
     }
 
-    fn write(&self, op: Op) {
+    /// Applies a local write and queues it for the cluster; returns its ticket (see `set`).
+    fn write(&self, op: Op) -> u64 {
         self.table.apply(&op);
-        if let Some(outbox) = &self.outbox {
-            outbox.push(op);
+        match &self.outbox {
+            Some(outbox) if self.config.wait_for_ack => outbox.push(op),
+            Some(outbox) => {
+                outbox.push(op);
+                0
+            }
+            None => 0,
         }
     }
 }
@@ -574,7 +583,7 @@ mod tests {
         let set = |seq: u64, sid: &str| {
             let version = crate::clock::Version { hlc: now_ms() << 16, node: id };
             let op = Op::Set { sid: sid.into(), doc: "{}".into(), expires_at: now_ms() + 600_000, version };
-            Message::Data { seq, payload: Payload::Ops(vec![op]) }
+            Message::Data { seq, ask_ack: false, payload: Payload::Ops(vec![op]) }
         };
         send(&Message::Join(NodeInfo { addr: socket.local_addr().unwrap(), tcp_port: 9, listen_port: 0 }));
         send(&set(1, "before"));

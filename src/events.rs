@@ -23,6 +23,8 @@ pub enum Event {
     Log { level: Level, message: String },
     /// A failure the app must know about; the engine goes on where it can.
     Error { code: &'static str, message: String },
+    /// `waitForAck`: every local write up to number `through` is settled (see ack_wait.rs).
+    Acked { through: u64 },
 }
 
 impl Event {
@@ -40,6 +42,7 @@ impl Event {
                 json!({ "event": "log", "level": level, "message": message })
             }
             Event::Error { code, message } => json!({ "event": "error", "code": code, "message": message }),
+            Event::Acked { through } => json!({ "event": "acked", "through": through }),
         };
         value.to_string()
     }

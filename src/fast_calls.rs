@@ -23,9 +23,9 @@ use crate::engine::{Engine, WriteError};
 type Value = sys::napi_value;
 type Env = sys::napi_env;
 
-/// Status codes of write calls, mirrored in index.js.
-const OK: u32 = 0;
-const SESSION_TOO_LARGE: u32 = 1;
+/// What a write call returns for a session over `maxSessionBytes`, mirrored in index.js; any
+/// other result is the write's ticket (`Engine::set`), a count that a double holds exactly.
+const SESSION_TOO_LARGE: f64 = -1.0;
 
 /// Why a call was refused: thrown to JS as a TypeError.
 type Refusal = &'static str;
@@ -80,7 +80,7 @@ unsafe extern "C" fn get(env: Env, info: sys::napi_callback_info) -> Value {
     })
 }
 
-/// `set(handle, sid, json, expiresMs)`: a write status.
+/// `set(handle, sid, json, expiresMs)`: the write's ticket, or SESSION_TOO_LARGE.
 unsafe extern "C" fn set(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
         let (engine, [_, sid, json, expires]) = arguments(env, info, 2)?;
@@ -90,7 +90,7 @@ unsafe extern "C" fn set(env: Env, info: sys::napi_callback_info) -> Value {
     })
 }
 
-/// `touch(handle, sid, cookieJson | null, expiresMs)`: a write status.
+/// `touch(handle, sid, cookieJson | null, expiresMs)`: the write's ticket, or SESSION_TOO_LARGE.
 unsafe extern "C" fn touch(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
         let (engine, [_, sid, cookie, expires]) = arguments(env, info, 2)?;
@@ -101,12 +101,12 @@ unsafe extern "C" fn touch(env: Env, info: sys::napi_callback_info) -> Value {
     })
 }
 
-/// `destroy(handle, sid)`.
+/// `destroy(handle, sid)`: the write's ticket.
 unsafe extern "C" fn destroy(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
         let (engine, [_, sid, ..]) = arguments(env, info, 2)?;
-        with_str(env, sid, |sid| engine.destroy(sid))?;
-        null(env)
+        let ticket = with_str(env, sid, |sid| engine.destroy(sid))?;
+        write_status(env, Ok(ticket))
     })
 }
 
@@ -225,12 +225,12 @@ fn null(env: Env) -> Result<Value, Refusal> {
     Ok(value)
 }
 
-fn write_status(env: Env, result: Result<(), WriteError>) -> Result<Value, Refusal> {
+fn write_status(env: Env, result: Result<u64, WriteError>) -> Result<Value, Refusal> {
     let code = match result {
-        Ok(()) => OK,
+        Ok(ticket) => ticket as f64,
         Err(WriteError::TooLarge) => SESSION_TOO_LARGE,
     };
     let mut value = ptr::null_mut();
-    unsafe { sys::napi_create_uint32(env, code, &mut value) };
+    unsafe { sys::napi_create_double(env, code, &mut value) };
     Ok(value)
 }

@@ -3,6 +3,7 @@
 //! The engine modules are plain Rust, tested with `cargo test --no-default-features`; the `node`
 //! feature adds the thin napi surface below, driven by `index.js`.
 
+pub mod ack_wait;
 pub mod clock;
 pub mod cluster;
 pub mod crypto;
@@ -108,8 +109,9 @@ mod node {
         }
 
         #[napi(catch_unwind)]
-        pub fn clear(&self) {
-            self.engine.clear()
+        /// Returns the write's ticket (0: nothing to wait for).
+        pub fn clear(&self) -> f64 {
+            self.engine.clear() as f64
         }
 
         #[napi(catch_unwind)]

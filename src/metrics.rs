@@ -33,6 +33,7 @@ const SIMPLE: &[(&str, &str, Kind, &str, f64)] = &[
     ("naksReceived", "naks_received_total", Kind::Counter, "Negative acknowledgements received.", 1.0),
     ("acksSent", "acks_sent_total", Kind::Counter, "Cumulative acknowledgements sent to senders.", 1.0),
     ("acksReceived", "acks_received_total", Kind::Counter, "Cumulative acknowledgements received from members.", 1.0),
+    ("ackTimeouts", "ack_timeouts_total", Kind::Counter, "waitForAck writes called back at ackTimeout.", 1.0),
     ("duplicates", "duplicate_datagrams_total", Kind::Counter, "Datagrams received more than once.", 1.0),
     ("stateTransfers", "state_transfers_total", Kind::Counter, "Full state transfers received.", 1.0),
     ("antiEntropySyncs", "anti_entropy_syncs_total", Kind::Counter, "Anti-entropy syncs completed.", 1.0),

@@ -58,6 +58,10 @@ pub struct Config {
     pub disable_touch: bool,
     /// `touchAfter` in ms: a touch moving the replicated expiry forward by less is kept local.
     pub touch_after_ms: u64,
+    /// `waitForAck`: a write's callback waits for the members' acks (see ack_wait.rs).
+    pub wait_for_ack: bool,
+    /// `ackTimeout` in ms: how long a write waits for them at most.
+    pub ack_timeout_ms: u64,
     pub graceful_shutdown: bool,
     /// Key ring: the first seals, all open. Empty = unauthenticated cluster.
     pub secrets: Vec<Secret>,
@@ -102,6 +106,8 @@ impl Default for Config {
             ttl_ms: None,
             disable_touch: false,
             touch_after_ms: 0,
+            wait_for_ack: false,
+            ack_timeout_ms: 300,
             graceful_shutdown: true,
             secrets: Vec::new(),
             cluster: "default".into(),
@@ -146,6 +152,8 @@ const KNOWN: &[&str] = &[
     "ttl",
     "disableTouch",
     "touchAfter",
+    "waitForAck",
+    "ackTimeout",
     "gracefullShutdown",
     "gracefulShutdown",
     "secret",
@@ -298,6 +306,12 @@ impl Config {
                 _ => seconds_to_ms("touchAfter", v, "a number of seconds, 0 or more")?,
             };
         }
+        if let Some(v) = get("waitForAck") {
+            c.wait_for_ack = boolean("waitForAck", v)?;
+        }
+        if let Some(v) = get("ackTimeout") {
+            c.ack_timeout_ms = integer("ackTimeout", v, 1, 60_000)?;
+        }
         if let Some(v) = get("useSessionTTL") {
             if boolean("useSessionTTL", v)? {
                 c.session_ttl_ms = Some(secs_to_ms(c.session_ttl_secs));
@@ -374,6 +388,8 @@ impl Config {
             "ttl": self.ttl_ms.unwrap_or(crate::table::DEFAULT_LIFETIME_MS) as f64 / 1000.0,
             "disableTouch": self.disable_touch,
             "touchAfter": self.touch_after_ms as f64 / 1000.0,
+            "waitForAck": self.wait_for_ack,
+            "ackTimeout": self.ack_timeout_ms,
             "gracefullShutdown": self.graceful_shutdown,
             "secret": if self.secrets.is_empty() { Value::Null } else { json!(format!("<{} key(s)>", self.secrets.len())) },
             "cluster": self.cluster,
@@ -418,6 +434,8 @@ mod tests {
             (json!({ "ttl": "1h" }), "ttl"),
             (json!({ "disableTouch": 1 }), "disableTouch"),
             (json!({ "touchAfter": -1 }), "touchAfter"),
+            (json!({ "waitForAck": 1 }), "waitForAck"),
+            (json!({ "ackTimeout": 0 }), "ackTimeout"),
             (json!({ "gracefullShutdown": "no" }), "gracefullShutdown"),
             (json!({ "gracefullShutdown": true, "gracefulShutdown": false }), "gracefulShutdown"),
             (json!({ "secret": "" }), "secret"),
@@ -446,9 +464,10 @@ mod tests {
             "multicastTTL": 0, "useSessionTTL": true, "sessionTTL": 0.05, "gracefulShutdown": false,
             "secret": ["pass", { "base64": key }], "cluster": "shop", "peers": ["a.svc:4000", "[fd00::1]:5"],
             "maxSessionBytes": 1000, "heartbeatInterval": 100, "failureTimeout": 600,
-            "ttl": 1.5, "disableTouch": true, "touchAfter": 60,
+            "ttl": 1.5, "disableTouch": true, "touchAfter": 60, "waitForAck": true, "ackTimeout": 50,
         }))
         .unwrap();
+        assert_eq!((c.wait_for_ack, c.ack_timeout_ms), (true, 50));
         assert_eq!((c.ttl_ms, c.disable_touch, c.touch_after_ms), (Some(1500), true, 60_000));
         assert_eq!(c.to_json()["ttl"], json!(1.5));
         assert_eq!(Config::from_json(&json!({ "touchAfter": 0 })).unwrap().touch_after_ms, 0);

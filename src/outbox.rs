@@ -28,17 +28,23 @@ pub struct Outbox {
 struct Queue {
     ops: Vec<Op>,
     bytes: usize,
+    /// Writes pushed so far: the number of the last one (they are numbered 1, 2, 3…).
+    pushed: u64,
 }
 
 impl Outbox {
-    pub fn push(&self, op: Op) {
+    /// Queues a write; returns its number (see ack_wait.rs).
+    pub fn push(&self, op: Op) -> u64 {
         let mut queue = self.queue.lock();
         queue.bytes += wire::op_len(&op);
         queue.ops.push(op);
+        queue.pushed += 1;
+        let number = queue.pushed;
         if queue.ops.len() >= FLUSH_OPS || queue.bytes >= FLUSH_BYTES {
             drop(queue);
             self.ready.notify_one();
         }
+        number
     }
 
     /// Hands the queued writes to the network thread.
@@ -48,11 +54,11 @@ impl Outbox {
         }
     }
 
-    /// Everything queued so far, in write order.
-    pub fn take(&self) -> Vec<Op> {
+    /// Everything queued so far, in write order, and the number of the last write taken.
+    pub fn take(&self) -> (Vec<Op>, u64) {
         let mut queue = self.queue.lock();
         queue.bytes = 0;
-        std::mem::take(&mut queue.ops)
+        (std::mem::take(&mut queue.ops), queue.pushed)
     }
 
     /// Waits for a flush (the queue may be empty by then: a tick may have drained it).
@@ -63,7 +69,7 @@ impl Outbox {
     /// Waits for a flush, then takes the queue (possibly empty).
     pub async fn flushed(&self) -> Vec<Op> {
         self.wait().await;
-        self.take()
+        self.take().0
     }
 }
 
@@ -86,18 +92,20 @@ mod tests {
     #[test]
     fn writes_wait_for_a_flush_and_come_out_in_order() {
         let outbox = Outbox::default();
-        (0..3).for_each(|i| outbox.push(op(i)));
+        assert_eq!((0..3).map(|i| outbox.push(op(i))).collect::<Vec<_>>(), [1, 2, 3], "numbered");
         assert!(flushed_within(&outbox, 50).is_none(), "no flush, no hand-over");
         outbox.flush();
         let batch = flushed_within(&outbox, 1000).expect("handed over after a flush");
         assert_eq!(batch, (0..3).map(op).collect::<Vec<_>>());
-        assert!(outbox.take().is_empty());
+        assert_eq!(outbox.take(), (vec![], 3), "the numbering goes on");
     }
 
     #[test]
     fn a_full_queue_hands_itself_over() {
         let outbox = Outbox::default();
-        (0..FLUSH_OPS).for_each(|i| outbox.push(op(i)));
+        for i in 0..FLUSH_OPS {
+            outbox.push(op(i));
+        }
         assert_eq!(flushed_within(&outbox, 1000).expect("handed over at FLUSH_OPS").len(), FLUSH_OPS);
     }
 

@@ -78,6 +78,14 @@ impl SendBuffer {
         }
     }
 
+    /// Drops the datagrams up to `seq`: every receiver has them.
+    pub fn trim_through(&mut self, seq: u64) {
+        while let Some((_, old)) = self.held.front().filter(|(s, _)| *s <= seq) {
+            self.bytes -= old.len();
+            self.held.pop_front();
+        }
+    }
+
     pub fn get(&self, seq: u64) -> Option<Arc<[u8]>> {
         let i = self.held.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
         Some(self.held[i].1.clone())
@@ -160,7 +168,7 @@ pub struct ReceiveWindow {
     unsynced: Option<(u64, u64)>,
     /// Highest `contiguous()` acknowledged to the sender so far.
     acked: u64,
-    /// The last seq the sender asked us to acknowledge (a `Leaving`), if it asked.
+    /// The last seq the sender asked us to acknowledge (an `AckRequest`, or a `Data` asking for an ack), if it asked.
     ack_asked: Option<u64>,
     /// The sender asked: an ack is due at once, whatever we have.
     ack_now: bool,
@@ -304,7 +312,7 @@ impl ReceiveWindow {
         self.missing
     }
 
-    /// The sender asks for an ack of everything up to `last_seq` (it is leaving): like a heartbeat,
+    /// The sender asks for an ack of everything up to `last_seq` (it is leaving, or its writes wait): like a heartbeat,
     /// this reveals a lost tail (NAKed as usual), and an ack is due at once.
     pub fn ask_ack(&mut self, last_seq: u64, now: Instant) {
         self.note_high(last_seq, now);

@@ -36,6 +36,8 @@ pub const KEY_ID_AT: usize = 32;
 /// Room kept for the trailer in every datagram budget: the larger of the CRC and the AEAD tag,
 /// so datagram sizes do not depend on whether the cluster is sealed.
 pub const TRAILER_BUDGET: usize = 16;
+/// Top bit of a `Data` payload tag: the sender asks for an ack at once.
+const ASK_ACK: u8 = 0x80;
 /// Budget of one UDP datagram (DESIGN §3): never rely on IP fragmentation.
 pub const MAX_DATAGRAM: usize = 1400;
 
@@ -54,14 +56,14 @@ pub enum Kind {
     SyncEnd = 10,
     Ping = 11,
     Pong = 12,
-    Leaving = 13,
+    AckRequest = 13,
     Ack = 14,
 }
 
 impl Kind {
     fn from_u8(b: u8) -> Option<Kind> {
         use Kind::*;
-        [Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd, Ping, Pong, Leaving, Ack]
+        [Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd, Ping, Pong, AckRequest, Ack]
             .into_iter()
             .find(|k| *k as u8 == b)
     }
@@ -109,13 +111,15 @@ pub enum Message {
     Heartbeat { info: NodeInfo, high_seq: u64 },
     /// The final goodbye: the sender is gone, its stream can be dropped.
     Leave,
-    /// "I am leaving, and my stream ends at `last_seq`: acknowledge it" (the sender then waits,
-    /// bounded, for every live member's `Ack` before its `Leave`).
-    Leaving { last_seq: u64 },
+    /// "Acknowledge my stream up to `last_seq`, now": sent by a leaving node (its stream ends
+    /// there) and by a node whose acknowledged writes wait for a lost datagram or `Ack`.
+    AckRequest { last_seq: u64 },
     /// "I have every `Data` datagram of yours up to and including `high_seq`" (cumulative),
     /// unicast to that sender.
     Ack { high_seq: u64 },
-    Data { seq: u64, payload: Payload },
+    /// `ask_ack`: acknowledge at once (the sender has writes waiting for it, `waitForAck`);
+    /// otherwise acks are coalesced per tick. Carried in the top bit of the payload tag.
+    Data { seq: u64, ask_ack: bool, payload: Payload },
     /// "Resend these sequence numbers of yours" (inclusive ranges), unicast to the sender.
     Nak { ranges: Vec<(u64, u64)> },
     /// "Sequence numbers below `oldest` are no longer buffered": the receiver must sync.
@@ -140,7 +144,7 @@ impl Message {
             Message::Greeting { .. } => Kind::Greeting,
             Message::Heartbeat { .. } => Kind::Heartbeat,
             Message::Leave => Kind::Leave,
-            Message::Leaving { .. } => Kind::Leaving,
+            Message::AckRequest { .. } => Kind::AckRequest,
             Message::Ack { .. } => Kind::Ack,
             Message::Data { .. } => Kind::Data,
             Message::Nak { .. } => Kind::Nak,
@@ -334,18 +338,19 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             w.u64(*high_seq);
         }
         Message::Leave => {}
-        Message::Leaving { last_seq } => w.u64(*last_seq),
+        Message::AckRequest { last_seq } => w.u64(*last_seq),
         Message::Ack { high_seq } => w.u64(*high_seq),
-        Message::Data { seq, payload } => {
+        Message::Data { seq, ask_ack, payload } => {
             w.u64(*seq);
+            let ask = if *ask_ack { ASK_ACK } else { 0 };
             match payload {
                 Payload::Ops(ops) => {
-                    w.u8(0);
+                    w.u8(ask);
                     w.u16(ops.len() as u16);
                     ops.iter().for_each(|op| w.op(op));
                 }
                 Payload::Fragment { first_seq, index, count, bytes } => {
-                    w.u8(1);
+                    w.u8(ask | 1);
                     w.u64(*first_seq);
                     w.u16(*index);
                     w.u16(*count);
@@ -525,11 +530,12 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
         Kind::Greeting => Message::Greeting { info: r.node_info()?, high_seq: r.u64()? },
         Kind::Heartbeat => Message::Heartbeat { info: r.node_info()?, high_seq: r.u64()? },
         Kind::Leave => Message::Leave,
-        Kind::Leaving => Message::Leaving { last_seq: r.u64()? },
+        Kind::AckRequest => Message::AckRequest { last_seq: r.u64()? },
         Kind::Ack => Message::Ack { high_seq: r.u64()? },
         Kind::Data => {
             let seq = r.u64()?;
-            let payload = match r.u8()? {
+            let tag = r.u8()?;
+            let payload = match tag & !ASK_ACK {
                 0 => {
                     let n = r.u16()? as usize;
                     let n = r.count(n, 17)?;
@@ -546,7 +552,7 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
                 }
                 _ => return Err(DecodeError::Malformed),
             };
-            Message::Data { seq, payload }
+            Message::Data { seq, ask_ack: tag & ASK_ACK != 0, payload }
         }
         Kind::Nak => {
             let n = r.u16()? as usize;
@@ -640,8 +646,8 @@ mod tests {
             Message::Greeting { info: NodeInfo { addr: "[fd00::1]:9".parse().unwrap(), tcp_port: 1, listen_port: 0 }, high_seq: 3 },
             Message::Heartbeat { info: info(), high_seq: 99 },
             Message::Leave,
-            Message::Data { seq: 5, payload: Payload::Ops(ops) },
-            Message::Data { seq: 6, payload: Payload::Fragment { first_seq: 5, index: 1, count: 3, bytes: vec![1, 2] } },
+            Message::Data { seq: 5, ask_ack: false, payload: Payload::Ops(ops) },
+            Message::Data { seq: 6, ask_ack: true, payload: Payload::Fragment { first_seq: 5, index: 1, count: 3, bytes: vec![1, 2] } },
             Message::Nak { ranges: vec![(1, 4), (9, 9)] },
             Message::Gone { oldest: 17 },
             Message::SyncRequest { target: 4, mode: SyncMode::Full },
@@ -650,7 +656,7 @@ mod tests {
             Message::SyncEnd { high_seq: 12, departed: vec![(1, 2, 3)] },
             Message::Ping { token: 6, padding: vec![0; 9] },
             Message::Pong { token: 6, size: 1400 },
-            Message::Leaving { last_seq: 41 },
+            Message::AckRequest { last_seq: 41 },
             Message::Ack { high_seq: u64::MAX },
         ]
     }
@@ -671,10 +677,10 @@ mod tests {
                 assert_eq!(decode_op(&encode_op(op)).as_ref(), Ok(op));
             }
         }
-        let data = encode(&HEADER, &Message::Data { seq: 1, payload: Payload::Ops(vec![]) });
+        let data = encode(&HEADER, &Message::Data { seq: 1, ask_ack: false, payload: Payload::Ops(vec![]) });
         assert_eq!(data.len() + TRAILER_BUDGET, DATA_OVERHEAD);
         let piece = Payload::Fragment { first_seq: 1, index: 0, count: 1, bytes: vec![] };
-        assert_eq!(encode(&HEADER, &Message::Data { seq: 1, payload: piece }).len() + TRAILER_BUDGET, FRAGMENT_OVERHEAD);
+        assert_eq!(encode(&HEADER, &Message::Data { seq: 1, ask_ack: true, payload: piece }).len() + TRAILER_BUDGET, FRAGMENT_OVERHEAD);
     }
 
     #[test]

@@ -169,6 +169,7 @@ const METRIC_OF = {
   naksReceived: ["naks_received_total", true],
   acksSent: ["acks_sent_total", true],
   acksReceived: ["acks_received_total", true],
+  ackTimeouts: ["ack_timeouts_total", true],
   duplicates: ["duplicate_datagrams_total", true],
   stateTransfers: ["state_transfers_total", true],
   antiEntropySyncs: ["anti_entropy_syncs_total", true],

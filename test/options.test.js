@@ -46,6 +46,8 @@ describe("options", () => {
       ttl: [{ ttl: 0 }, { ttl: -1 }, { ttl: "1h" }, { ttl: Infinity }],
       disableTouch: [{ disableTouch: "yes" }, { disableTouch: 1 }],
       touchAfter: [{ touchAfter: -1 }, { touchAfter: "60" }],
+      waitForAck: [{ waitForAck: "yes" }, { waitForAck: 1 }],
+      ackTimeout: [{ ackTimeout: 0 }, { ackTimeout: 1.5 }, { ackTimeout: 60_001 }],
       serializer: [{ serializer: {} }, { serializer: { stringify: JSON.stringify } }, { serializer: "json" }],
       gracefullShutdown: [{ gracefullShutdown: "no" }],
       gracefulShutdown: [{ gracefullShutdown: true, gracefulShutdown: false }, { gracefulShutdown: "no" }],
@@ -146,6 +148,8 @@ describe("options", () => {
       assert.equal(o.ttl, 86400);
       assert.equal(o.disableTouch, false);
       assert.equal(o.touchAfter, 0);
+      assert.equal(o.waitForAck, false);
+      assert.equal(o.ackTimeout, 300);
     });
 
     it("the default group is 228.0.0.5 (v4) and a transient site-scope group (v6)", () => {
