@@ -37,6 +37,8 @@ async function openStores(redisPort) {
     memorystore: new (require("memorystore")(session))({ checkPeriod: 86400000 }),
     redis: await redisStore(redisPort, `bench-store-${process.pid}:`),
     multicast: new MulticastStore({ ipv4: "127.0.0.1", multicastTTL: 0, multicast: false, logger: quietLogger }),
+    // The first node of a cluster: multicast on, no member yet (it sends no writes: README "A node alone").
+    multicastAlone: new MulticastStore({ ...u.clusterOptions(), logger: quietLogger }),
   };
   // A 3-node cluster on loopback: this process's store and two peers in child processes.
   const options = u.clusterOptions();
@@ -50,6 +52,7 @@ async function openStores(redisPort) {
     await u.sleep(50);
   }
   await stores.multicast.ready();
+  await stores.multicastAlone.ready();
   return { stores, peers };
 }
 
@@ -147,7 +150,7 @@ async function run({ redisPort, log = console.log } = {}) {
         for (const op of OPS) {
           const opsPerSec = Object.fromEntries(names.map((n) => [n, u.median(samples[mode][op][n])]));
           const ratios = {};
-          for (const n of ["multicast", "multicastCluster"]) {
+          for (const n of ["multicast", "multicastAlone", "multicastCluster"]) {
             ratios[n] = { toMemoryStore: u.ratio(opsPerSec[n], opsPerSec.MemoryStore), toRedis: u.ratio(opsPerSec[n], opsPerSec.redis) };
           }
           modes[mode][op] = { opsPerSec, ratios, samples: samples[mode][op] };
@@ -173,10 +176,10 @@ function pickStats(s) {
 }
 
 function printSize(log, { size, bytes, sids, modes }, mode, names) {
-  const header = ["op", ...names.map((n) => STORE_LABELS[n]), "1 node / MemoryStore", "1 node / redis", "node of 3 / MemoryStore", "node of 3 / redis"];
+  const header = ["op", ...names.map((n) => STORE_LABELS[n]), "1 node / MemoryStore", "1 node / redis", "alone / MemoryStore", "node of 3 / MemoryStore", "node of 3 / redis"];
   const rows = OPS.map((op) => {
     const { opsPerSec, ratios } = modes[mode][op];
-    return [op, ...names.map((n) => u.fmt(opsPerSec[n])), u.fmtRatio(ratios.multicast.toMemoryStore), u.fmtRatio(ratios.multicast.toRedis), u.fmtRatio(ratios.multicastCluster.toMemoryStore), u.fmtRatio(ratios.multicastCluster.toRedis)];
+    return [op, ...names.map((n) => u.fmt(opsPerSec[n])), u.fmtRatio(ratios.multicast.toMemoryStore), u.fmtRatio(ratios.multicast.toRedis), u.fmtRatio(ratios.multicastAlone.toMemoryStore), u.fmtRatio(ratios.multicastCluster.toMemoryStore), u.fmtRatio(ratios.multicastCluster.toRedis)];
   });
   const saved = console.log;
   console.log = log;

@@ -35,6 +35,7 @@ const STORE_LABELS = {
   memorystore: "memorystore",
   redis: "connect-redis",
   multicast: "multicast (1 node)",
+  multicastAlone: "multicast (alone, multicast on)",
   multicastCluster: "multicast (node of 3)",
 };
 

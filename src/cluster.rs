@@ -939,8 +939,16 @@ impl Cluster {
         self.report(change);
     }
 
+    /// Whether writes need sending: some member that has not left is known (dead ones included:
+    /// one cut off by a partition may still hear us).
+    fn update_audience(&self) {
+        let audience = self.state.lock().members.all().any(|m| m.state != MemberState::Left);
+        self.outbox.set_audience(audience);
+    }
+
     fn report(&self, change: Option<(Change, Member)>) {
         let Some((change, member)) = change else { return };
+        self.update_audience();
         if change == Change::Join {
             self.member_found.notify_one();
         }
@@ -988,6 +996,8 @@ impl Cluster {
 
     fn check_members(&self, now: Instant) {
         let changes = self.state.lock().members.check(now);
+        // Long-gone members are forgotten without a change to report.
+        self.update_audience();
         for (change, member) in changes {
             if change == Change::Dead {
                 // If it comes back (a partition healed), it is heard anew and synced.

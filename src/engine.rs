@@ -289,16 +289,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Applies a local write and queues it for the cluster; returns its ticket (see `set`).
+    /// Applies a local write and queues it for the cluster; returns its ticket (see `set`). Applied
+    /// first: a member that appears after the check below gets the write by its state transfer.
     fn write(&self, op: Op) -> u64 {
         self.table.apply(&op);
         match &self.outbox {
-            Some(outbox) if self.config.wait_for_ack => outbox.push(op),
-            Some(outbox) => {
-                outbox.push(op);
-                0
+            Some(outbox) if outbox.has_audience() => {
+                let number = outbox.push(op);
+                if self.config.wait_for_ack {
+                    number
+                } else {
+                    0
+                }
             }
-            None => 0,
+            _ => 0,
         }
     }
 }

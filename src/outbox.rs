@@ -7,6 +7,8 @@
 //! bytes (a long synchronous loop of writes does not pile up), and the cluster's tick drains
 //! whatever is left, so a missing flush delays a write by one tick at most, never loses it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -22,6 +24,10 @@ const FLUSH_BYTES: usize = 256 << 10;
 pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
+    /// Some node may hear the writes: a member that has not left is known (set by the cluster).
+    /// A node alone sends none: whoever joins later gets them by its state transfer, and a node
+    /// that hears this one again after a partition syncs with it (README "A node alone").
+    audience: AtomicBool,
 }
 
 #[derive(Default)]
@@ -33,6 +39,15 @@ struct Queue {
 }
 
 impl Outbox {
+    pub fn set_audience(&self, audience: bool) {
+        self.audience.store(audience, Ordering::Release);
+    }
+
+    /// Whether writes are worth queueing: some member may hear them.
+    pub fn has_audience(&self) -> bool {
+        self.audience.load(Ordering::Acquire)
+    }
+
     /// Queues a write; returns its number (see ack_wait.rs).
     pub fn push(&self, op: Op) -> u64 {
         let mut queue = self.queue.lock();
