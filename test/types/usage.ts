@@ -31,6 +31,8 @@ const options: expressSessionMulticast.MulticastStoreOptions = {
     ttl: 86400,
     disableTouch: false,
     touchAfter: 60,
+    waitForAck: true,
+    ackTimeout: 300,
     serializer: { stringify: (sess) => JSON.stringify(sess), parse: (text) => JSON.parse(text) },
 };
 const store: expressSessionMulticast.MulticastStore = new MulticastStore(options);
@@ -47,6 +49,9 @@ new MulticastStore({ ttl: () => "1h" });
 new MulticastStore({ serializer: { stringify: JSON.stringify } });
 const ttlOption: number | ((sess: session.SessionData) => number) = store.options.ttl;
 const touchAfter: number = store.options.touchAfter;
+const waitForAck: boolean = store.options.waitForAck;
+// @ts-expect-error ackTimeout is a number of ms
+new MulticastStore({ ackTimeout: "300ms" });
 
 // @ts-expect-error multicastPort is a number
 new MulticastStore({ multicastPort: "4000" });
@@ -166,4 +171,4 @@ store.off("member", () => {});
 const logger: expressSessionMulticast.Logger = store.logger;
 const port: number = store.options.multicastPort;
 
-console.log(ttlOption, touchAfter, networkState, networkError, counters, ready, network, authFailed, sent, text, logger, port, promises);
+console.log(ttlOption, touchAfter, waitForAck, networkState, networkError, counters, ready, network, authFailed, sent, text, logger, port, promises);
