@@ -330,6 +330,15 @@ declare namespace expressSessionMulticast {
          * @default 3000
          */
         failureTimeout?: number;
+
+        /**
+         * A member whose clock is further than this from this node's, in **milliseconds**, is
+         * warned about (`warn`, at most once per member per 10 minutes unless the offset doubles):
+         * expiries and write order depend on the nodes' clocks. `0`: never warn. The offsets are
+         * in `members()` (`clockOffsetMs`) whatever this is.
+         * @default 1000
+         */
+        maxClockSkew?: number;
     }
 
     /** Turns a session (without its cookie, which the store keeps as JSON) into text and back. */
@@ -367,6 +376,8 @@ declare namespace expressSessionMulticast {
         heartbeatInterval: number;
         /** Milliseconds. */
         failureTimeout: number;
+        /** Milliseconds; 0 = never warn. */
+        maxClockSkew: number;
         [option: string]: unknown;
     }
 
@@ -455,6 +466,13 @@ declare namespace expressSessionMulticast {
         self: boolean;
         /** When this node last heard from the member (epoch ms); `null` for itself or if never heard. */
         lastHeard: number | null;
+        /**
+         * The member's wall clock minus this node's, in **milliseconds** (positive: the member's
+         * clock is ahead), estimated from its heartbeats: the largest offset of its last 8, below
+         * the true offset by the one-way delay of the quickest (microseconds on a LAN). `null` for
+         * this node itself, and until a heartbeat or greeting of the member has arrived.
+         */
+        clockOffsetMs: number | null;
     }
 
     /** Payload of the `member` event. */

@@ -92,6 +92,25 @@ mod tests {
         assert!(clock.tick() > future);
     }
 
+    /// README "Clocks": what an offset between two nodes' clocks does to the order of writes.
+    #[test]
+    fn a_fast_clock_wins_concurrent_writes_for_as_long_as_its_offset_and_causality_holds() {
+        const T: u64 = 1_800_000_000_000;
+        const HOUR: u64 = 3_600_000;
+        // Node 2's clock is an hour ahead of node 1's (right) one; neither has seen the other.
+        let fast = Clock::new(2).tick_at(T + HOUR);
+        assert!(Clock::new(1).tick_at(T + HOUR - 1) < fast, "a write up to the offset later loses");
+        assert!(Clock::new(1).tick_at(T + HOUR + 1) > fast, "one made later than that wins");
+        // A write made after seeing another wins, whatever the clocks, and drags the clock along:
+        // the right node's next writes carry the fast node's time until its own catches up.
+        let right = Clock::new(1);
+        right.observe(fast);
+        let after = right.tick_at(T);
+        assert!(after > fast);
+        assert_eq!(after.millis(), T + HOUR);
+        assert_eq!(right.tick_at(T + 2 * HOUR).millis(), T + 2 * HOUR, "until its own clock passes it");
+    }
+
     #[test]
     fn node_id_breaks_ties() {
         let a = Version { hlc: 5, node: 1 };

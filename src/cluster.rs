@@ -232,7 +232,7 @@ impl Cluster {
             sync: SyncContext { table, clock, link: link.clone(), max_frame },
             link,
             state: Mutex::new(State {
-                members: Members::new(heartbeat, failure_timeout),
+                members: Members::new(heartbeat, failure_timeout, config.max_clock_skew_ms),
                 send: SendBuffer::new(config.hooks.retransmit_datagrams, RETRANSMIT_BYTES),
                 acks: Acks::default(),
                 waits: AckWaits::new(Duration::from_millis(config.ack_timeout_ms)),
@@ -715,10 +715,12 @@ impl Cluster {
                 self.state.lock().probes.answered(header.node, from, token, now);
             }
             // An observer (the doctor) learns who is there, and takes part in nothing else.
-            Message::Join(info) | Message::Greeting { info, .. } | Message::Heartbeat { info, .. }
+            Message::Join(info) if self.config.observer => self.heard(&header, Some(info), now),
+            Message::Greeting { info, sent_ms, .. } | Message::Heartbeat { info, sent_ms, .. }
                 if self.config.observer =>
             {
-                self.heard(&header, Some(info), now)
+                self.heard(&header, Some(info), now);
+                self.clock_sample(&header, sent_ms);
             }
             _ if self.config.observer => {}
             Message::Join(info) => {
@@ -726,15 +728,17 @@ impl Cluster {
                 // A new node: its stream starts at 1, and it wants to hear from us at once.
                 self.open_inbound(&header, 1, info.addr, false);
                 let high_seq = self.state.lock().send.high_seq();
-                let greeting = self.link.seal(&Message::Greeting { info: self.me, high_seq });
+                let greeting = self.link.seal(&Message::Greeting { info: self.me, high_seq, sent_ms: now_ms() });
                 self.send_to(&greeting, info.addr).await;
             }
-            Message::Greeting { info, high_seq } => {
+            Message::Greeting { info, high_seq, sent_ms } => {
                 self.heard(&header, Some(info), now);
+                self.clock_sample(&header, sent_ms);
                 self.open_inbound(&header, high_seq + 1, info.addr, false);
             }
-            Message::Heartbeat { info, high_seq } => {
+            Message::Heartbeat { info, high_seq, sent_ms } => {
                 self.heard(&header, Some(info), now);
+                self.clock_sample(&header, sent_ms);
                 // Heard first by heartbeat: we missed its join or our greeting, so sync once.
                 if !self.open_inbound(&header, high_seq + 1, info.addr, true) {
                     if let Some(inbound) = self.state.lock().inbound.get_mut(&header.node) {
@@ -946,6 +950,16 @@ impl Cluster {
         self.outbox.set_audience(audience);
     }
 
+    /// Folds the send time a member's heartbeat or greeting carries into its clock offset, and
+    /// warns (rate-limited, see `ClockOffset::warning_due`) when the offset exceeds maxClockSkew.
+    fn clock_sample(&self, header: &Header, sent_ms: u64) {
+        let (node, incarnation) = (header.node, header.incarnation);
+        let warning = self.state.lock().members.clock_sample(node, incarnation, sent_ms, now_ms(), Instant::now());
+        if let Some((offset, member)) = warning {
+            self.log(Level::Warn, clock_skew_warning(&member, offset, self.config.max_clock_skew_ms));
+        }
+    }
+
     fn report(&self, change: Option<(Change, Member)>) {
         let Some((change, member)) = change else { return };
         self.update_audience();
@@ -985,7 +999,7 @@ impl Cluster {
                 // A steady cadence: ticks only decide how late a heartbeat may be, not how often.
                 next_heartbeat = (next_heartbeat + heartbeat).max(now);
                 let high_seq = self.state.lock().send.high_seq();
-                self.broadcast_message(&Message::Heartbeat { info: self.me, high_seq }).await;
+                self.broadcast_message(&Message::Heartbeat { info: self.me, high_seq, sent_ms: now_ms() }).await;
             }
             self.check_members(now);
             self.send_naks(now, None).await;
@@ -1291,6 +1305,22 @@ impl Cluster {
 /// Whether (`node`, `incarnation`) is a member seen alive (not suspect, dead or departed).
 fn is_alive(members: &Members, node: u64, incarnation: u64) -> bool {
     members.get(node).is_some_and(|m| m.incarnation == incarnation && m.state == MemberState::Alive)
+}
+
+/// The warning to log when member `member`'s clock is `offset_ms` ahead of this node's (behind
+/// when negative), beyond maxClockSkew (`max_skew_ms`): what it does, and what to do.
+fn clock_skew_warning(member: &Member, offset_ms: i64, max_skew_ms: u64) -> String {
+    let side = if offset_ms > 0 { "ahead of" } else { "behind" };
+    let (fast, slow) = if offset_ms > 0 { ("that member", "this node") } else { ("this node", "that member") };
+    let seconds = format!("{:.3} s", offset_ms.unsigned_abs() as f64 / 1000.0);
+    format!(
+        "clock skew: member {:016x} at {}: its clock is {seconds} {side} this node's (maxClockSkew {max_skew_ms} ms). \
+         Session expiry is an absolute time on the writer's clock: sessions written on {fast} live {seconds} longer \
+         on {slow}, and sessions written on {slow} expire {seconds} early on {fast} (at once when their lifetime is \
+         shorter); and {fast} wins concurrent writes to a session. Synchronize the clocks of every node (NTP: \
+         chrony, ntpd or systemd-timesyncd); the node whose clock is off against every other member is the one to fix.",
+        member.id, member.info.addr,
+    )
 }
 
 /// The warning to log when the configured `peers` (resolved: `resolved`) name this node only

@@ -234,6 +234,8 @@ impl Engine {
             "state": if self.network_error.is_some() { "isolated" } else { "alive" },
             "self": true,
             "lastHeard": null,
+            // This node's clock is the one the others' offsets are measured against.
+            "clockOffsetMs": null,
         })];
         if let Some(cluster) = &cluster {
             members.extend(cluster.members_json());
@@ -544,7 +546,8 @@ mod tests {
                 socket.send_to(&b.seal(&Message::Join(info)), ("127.0.0.1", port)).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
-                    let _ = socket.send_to(&b.seal(&Message::Heartbeat { info, high_seq: 0 }), ("127.0.0.1", port));
+                    let heartbeat = Message::Heartbeat { info, high_seq: 0, sent_ms: now_ms() };
+                    let _ = socket.send_to(&b.seal(&heartbeat), ("127.0.0.1", port));
                 }
             });
             assert!(wait_until(|| a.stats()["members"] == 3), "A sees B and C: {}", a.members());

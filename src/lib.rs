@@ -20,6 +20,7 @@ pub mod options;
 pub mod outbox;
 pub mod reliable;
 pub mod replay;
+pub mod skew;
 pub mod table;
 pub mod transfer;
 pub mod transport;

@@ -6,13 +6,15 @@
 //! a new member, and the old one is declared dead or left. Dead and left members are listed a
 //! while, then forgotten; an incarnation that announced its leave is remembered longer (up to
 //! `MAX_MEMBERS` of them), so nothing it sent late makes it a member again, and so is the fact
-//! that a forgotten incarnation was a member (for the departed senders a donor reports).
+//! that a forgotten incarnation was a member (for the departed senders a donor reports). Each
+//! member's clock offset is estimated from the send times its heartbeats carry (`skew`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::skew::ClockOffset;
 use crate::wire::NodeInfo;
 
 /// Most members tracked (dead and left ones included until forgotten).
@@ -69,6 +71,8 @@ pub struct Member {
     pub last_heard: Instant,
     /// Epoch ms of `last_heard`, for users.
     pub last_heard_ms: u64,
+    /// How far its wall clock is from ours.
+    pub clock: ClockOffset,
 }
 
 impl Member {
@@ -82,6 +86,7 @@ impl Member {
             "state": self.state.name(),
             "self": false,
             "lastHeard": self.last_heard_ms,
+            "clockOffsetMs": self.clock.estimate(),
         })
     }
 
@@ -123,10 +128,12 @@ pub struct Members {
     suspect_after: Duration,
     dead_after: Duration,
     forget_after: Duration,
+    /// maxClockSkew (0: never warn).
+    max_clock_skew_ms: u64,
 }
 
 impl Members {
-    pub fn new(heartbeat: Duration, failure_timeout: Duration) -> Self {
+    pub fn new(heartbeat: Duration, failure_timeout: Duration, max_clock_skew_ms: u64) -> Self {
         Members {
             members: HashMap::new(),
             departed: Recent::default(),
@@ -135,6 +142,7 @@ impl Members {
             suspect_after: (heartbeat * 5 / 2).min(failure_timeout),
             dead_after: failure_timeout,
             forget_after: failure_timeout * 20,
+            max_clock_skew_ms,
         }
     }
 
@@ -174,9 +182,34 @@ impl Members {
         if self.members.len() >= MAX_MEMBERS {
             return None;
         }
-        let member = Member { id, incarnation, info, state: MemberState::Alive, last_heard: now, last_heard_ms: now_ms };
+        let member = Member {
+            id,
+            incarnation,
+            info,
+            state: MemberState::Alive,
+            last_heard: now,
+            last_heard_ms: now_ms,
+            clock: ClockOffset::default(),
+        };
         self.members.insert(id, member.clone());
         Some((Change::Join, member))
+    }
+
+    /// Notes the wall-clock time (`sent_ms`, its clock) at which a member sent the message
+    /// handled at `now_ms` (this node's clock). Returns the member and its clock offset when
+    /// that offset is worth a warning now (see `ClockOffset::warning_due`).
+    pub fn clock_sample(
+        &mut self,
+        id: u64,
+        incarnation: u64,
+        sent_ms: u64,
+        now_ms: u64,
+        now: Instant,
+    ) -> Option<(i64, Member)> {
+        let m = self.members.get_mut(&id).filter(|m| m.incarnation == incarnation && m.state != MemberState::Left)?;
+        m.clock.sample(sent_ms, now_ms);
+        let offset = m.clock.warning_due(self.max_clock_skew_ms, now)?;
+        Some((offset, m.clone()))
     }
 
     /// A node announced its graceful leave (its final `Leave`): it is left at once, and that
@@ -262,6 +295,7 @@ mod tests {
 
     const HB: Duration = Duration::from_millis(100);
     const FAIL: Duration = Duration::from_millis(600);
+    const SKEW: u64 = 1_000;
 
     fn info(port: u16) -> NodeInfo {
         NodeInfo { addr: ([127, 0, 0, 1], port).into(), tcp_port: port + 1, listen_port: 4000 }
@@ -270,7 +304,7 @@ mod tests {
     #[test]
     fn join_suspect_dead_then_forgotten() {
         let t0 = Instant::now();
-        let mut m = Members::new(HB, FAIL);
+        let mut m = Members::new(HB, FAIL, SKEW);
         assert_eq!(m.heard(1, 10, Some(info(5000)), t0, 0).unwrap().0, Change::Join);
         assert_eq!(m.heard(1, 10, None, t0, 0), None, "already alive");
         assert!(m.check(t0 + HB).is_empty());
@@ -287,7 +321,7 @@ mod tests {
     #[test]
     fn a_stalled_node_heard_again_is_alive() {
         let t0 = Instant::now();
-        let mut m = Members::new(HB, FAIL);
+        let mut m = Members::new(HB, FAIL, SKEW);
         m.heard(1, 10, Some(info(5000)), t0, 0);
         m.check(t0 + FAIL);
         let (change, member) = m.heard(1, 10, None, t0 + FAIL * 2, 5).unwrap();
@@ -298,7 +332,7 @@ mod tests {
     #[test]
     fn leave_is_final_for_that_incarnation() {
         let t0 = Instant::now();
-        let mut m = Members::new(HB, FAIL);
+        let mut m = Members::new(HB, FAIL, SKEW);
         m.heard(1, 10, Some(info(5000)), t0, 0);
         assert_eq!(m.left(1, 9), None, "a leave from another incarnation");
         assert_eq!(m.left(1, 10).unwrap().0, Change::Leave);
@@ -309,7 +343,7 @@ mod tests {
     #[test]
     fn a_departed_incarnation_is_remembered_after_it_is_forgotten() {
         let t0 = Instant::now();
-        let mut m = Members::new(HB, FAIL);
+        let mut m = Members::new(HB, FAIL, SKEW);
         m.heard(1, 10, Some(info(5000)), t0, 0);
         assert!(!m.has_departed(1, 10));
         assert_eq!(m.announced_leave(1, 10).unwrap().0, Change::Leave);
@@ -341,7 +375,7 @@ mod tests {
     #[test]
     fn members_are_remembered_as_members_after_they_are_forgotten() {
         let t0 = Instant::now();
-        let mut m = Members::new(HB, FAIL);
+        let mut m = Members::new(HB, FAIL, SKEW);
         assert!(!m.was_member(1, 10), "heard of, never admitted");
         m.heard(1, 10, Some(info(5000)), t0, 0);
         m.heard(2, 20, Some(info(5001)), t0, 0);
@@ -357,8 +391,28 @@ mod tests {
     }
 
     #[test]
+    fn clock_offsets_are_tracked_per_member_and_warned_about_once() {
+        let t0 = Instant::now();
+        let mut m = Members::new(HB, FAIL, SKEW);
+        let now_ms = 1_800_000_000_000;
+        assert_eq!(m.clock_sample(1, 10, now_ms, now_ms, t0), None, "not a member yet");
+        m.heard(1, 10, Some(info(5000)), t0, now_ms);
+        assert_eq!(m.get(1).unwrap().to_json()["clockOffsetMs"], Value::Null, "unknown until heard");
+        let mut warnings = Vec::new();
+        for i in 0..20 {
+            let at = t0 + HB * i;
+            let sent = now_ms + 3_600_000 + i as u64 * 100;
+            warnings.extend(m.clock_sample(1, 10, sent, now_ms + i as u64 * 100 + 1, at).map(|(offset, _)| offset));
+        }
+        assert_eq!(warnings, [3_599_999], "once, after a window of samples");
+        assert_eq!(m.get(1).unwrap().to_json()["clockOffsetMs"], 3_599_999);
+        assert_eq!(m.clock_sample(1, 9, 0, now_ms, t0), None, "another incarnation");
+        assert_eq!(m.get(1).unwrap().clock.estimate(), Some(3_599_999), "is not sampled");
+    }
+
+    #[test]
     fn unknown_nodes_need_an_address() {
-        let mut m = Members::new(HB, FAIL);
+        let mut m = Members::new(HB, FAIL, SKEW);
         assert_eq!(m.heard(2, 1, None, Instant::now(), 0), None);
         assert!(m.get(2).is_none());
     }

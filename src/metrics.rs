@@ -78,6 +78,26 @@ pub fn render(stats: &Value, members: &[Value]) -> String {
         let count = members.iter().filter(|m| m["state"] == state).count();
         let _ = writeln!(out, "{PREFIX}members{{state=\"{state}\"}} {count}");
     }
+    // Reachable members only: a dead member's last offset would linger as if it were current.
+    let offsets: Vec<(&Value, f64)> = members
+        .iter()
+        .filter(|m| m["state"] == "alive" || m["state"] == "suspect")
+        .filter_map(|m| Some((m, m["clockOffsetMs"].as_f64()?)))
+        .collect();
+    if !offsets.is_empty() {
+        let help = "A member's wall clock minus this node's, estimated from its heartbeats.";
+        family(&mut out, "member_clock_offset_seconds", Kind::Gauge, help);
+        for (m, ms) in offsets {
+            let (node, address) = (m["id"].as_str().unwrap_or_default(), m["address"].as_str().unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "{PREFIX}member_clock_offset_seconds{{node=\"{}\",address=\"{}\"}} {}",
+                label(node),
+                label(address),
+                ms / 1000.0
+            );
+        }
+    }
     if let Some(dropped) = stats.get("dropped").and_then(Value::as_object) {
         family(&mut out, "dropped_total", Kind::Counter, "Input dropped, by reason.");
         for (reason, count) in dropped {
@@ -98,17 +118,30 @@ mod tests {
             "sessions": 3, "ready": true, "datagramsSent": 10, "replicationLagMs": 250, "network": "failed",
             "dropped": { "authFailed": 2, "we\"ird": 1 },
         });
-        let members = [json!({ "state": "alive" }), json!({ "state": "dead" })];
+        let members = [
+            json!({ "state": "alive", "self": true, "clockOffsetMs": null }),
+            json!({ "state": "dead", "id": "00000000000000d1", "clockOffsetMs": 5 }),
+            json!({ "state": "alive", "id": "00000000000000a1", "address": "10.0.0.2", "clockOffsetMs": 3_600_001 }),
+            json!({ "state": "suspect", "id": "00000000000000a2", "address": "10.0.0.3", "clockOffsetMs": -250 }),
+            json!({ "state": "alive", "id": "00000000000000a3", "address": "10.0.0.4", "clockOffsetMs": null }),
+        ];
         let text = render(&stats, &members);
         assert!(text.contains("# TYPE session_multicast_sessions gauge\nsession_multicast_sessions 3\n"));
         assert!(text.contains("# TYPE session_multicast_datagrams_sent_total counter\n"));
         assert!(text.contains("session_multicast_ready 1\n"));
         assert!(text.contains("session_multicast_replication_lag_seconds 0.25\n"));
         assert!(text.contains("session_multicast_members{state=\"dead\"} 1\n"));
+        assert!(text.contains("# TYPE session_multicast_member_clock_offset_seconds gauge\n"));
+        let series = "session_multicast_member_clock_offset_seconds";
+        assert!(text.contains(&format!(r#"{series}{{node="00000000000000a1",address="10.0.0.2"}} 3600.001"#)), "{text}");
+        assert!(text.contains("{node=\"00000000000000a2\",address=\"10.0.0.3\"} -0.25\n"));
+        assert_eq!(text.matches("member_clock_offset_seconds{").count(), 2, "reachable members whose offset is known");
         assert!(text.contains("session_multicast_network{state=\"failed\"} 1\nsession_multicast_network{state=\"closed\"} 0\n"));
         assert!(text.contains("session_multicast_dropped_total{reason=\"authFailed\"} 2\n"));
         assert!(text.contains("reason=\"we\\\"ird\""));
         assert!(!text.contains("tombstones"), "absent figures are not invented");
+        let alone = render(&stats, &[json!({ "state": "alive", "self": true, "clockOffsetMs": null })]);
+        assert!(!alone.contains("clock_offset"), "no family without a series");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");

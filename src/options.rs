@@ -70,6 +70,8 @@ pub struct Config {
     pub max_session_bytes: usize,
     pub heartbeat_interval_ms: u64,
     pub failure_timeout_ms: u64,
+    /// `maxClockSkew`: a member's clock further than this from ours is warned about; 0 = never.
+    pub max_clock_skew_ms: u64,
     /// Not a user option: the doctor runs the engine as an observer that listens and probes
     /// without joining the cluster.
     pub observer: bool,
@@ -115,6 +117,7 @@ impl Default for Config {
             max_session_bytes: 1 << 20,
             heartbeat_interval_ms: 500,
             failure_timeout_ms: 3000,
+            max_clock_skew_ms: 1000,
             observer: false,
             hooks: TestHooks::default(),
         }
@@ -162,6 +165,7 @@ const KNOWN: &[&str] = &[
     "maxSessionBytes",
     "heartbeatInterval",
     "failureTimeout",
+    "maxClockSkew",
 ];
 
 fn integer(name: &str, value: &Value, min: u64, max: u64) -> Result<u64, OptionError> {
@@ -362,6 +366,9 @@ impl Config {
         if let Some(v) = get("failureTimeout") {
             c.failure_timeout_ms = integer("failureTimeout", v, 20, 3_600_000)?;
         }
+        if let Some(v) = get("maxClockSkew") {
+            c.max_clock_skew_ms = integer("maxClockSkew", v, 0, 86_400_000)?;
+        }
         if c.failure_timeout_ms < 2 * c.heartbeat_interval_ms {
             return Err(OptionError {
                 option: "failureTimeout".into(),
@@ -397,6 +404,7 @@ impl Config {
             "maxSessionBytes": self.max_session_bytes,
             "heartbeatInterval": self.heartbeat_interval_ms,
             "failureTimeout": self.failure_timeout_ms,
+            "maxClockSkew": self.max_clock_skew_ms,
         })
     }
 }
@@ -447,6 +455,9 @@ mod tests {
             (json!({ "maxSessionBytes": 1.5 }), "maxSessionBytes"),
             (json!({ "heartbeatInterval": 0 }), "heartbeatInterval"),
             (json!({ "heartbeatInterval": 500, "failureTimeout": 900 }), "failureTimeout"),
+            (json!({ "maxClockSkew": -1 }), "maxClockSkew"),
+            (json!({ "maxClockSkew": 1.5 }), "maxClockSkew"),
+            (json!({ "maxClockSkew": 86_400_001 }), "maxClockSkew"),
             (json!({ "multicastTtl": 1 }), "multicastTtl"),
         ];
         for (options, name) in cases {
@@ -465,9 +476,12 @@ mod tests {
             "secret": ["pass", { "base64": key }], "cluster": "shop", "peers": ["a.svc:4000", "[fd00::1]:5"],
             "maxSessionBytes": 1000, "heartbeatInterval": 100, "failureTimeout": 600,
             "ttl": 1.5, "disableTouch": true, "touchAfter": 60, "waitForAck": true, "ackTimeout": 50,
+            "maxClockSkew": 250,
         }))
         .unwrap();
         assert_eq!((c.wait_for_ack, c.ack_timeout_ms), (true, 50));
+        assert_eq!((c.max_clock_skew_ms, c.to_json()["maxClockSkew"].clone()), (250, json!(250)));
+        assert_eq!(Config::from_json(&json!({ "maxClockSkew": 0 })).unwrap().max_clock_skew_ms, 0);
         assert_eq!((c.ttl_ms, c.disable_touch, c.touch_after_ms), (Some(1500), true, 60_000));
         assert_eq!(c.to_json()["ttl"], json!(1.5));
         assert_eq!(Config::from_json(&json!({ "touchAfter": 0 })).unwrap().touch_after_ms, 0);

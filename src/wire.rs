@@ -1,11 +1,11 @@
-//! Binary wire format, version 1 (documented in README "Wire format").
+//! Binary wire format, version 2 (documented in README "Wire format").
 //!
 //! Every datagram and every TCP frame is one packet:
 //!
 //! ```text
 //! offset size
 //!  0     2    magic "SM"
-//!  2     1    wire version (1)
+//!  2     1    wire version (2)
 //!  3     1    kind (see `Kind`)
 //!  4     4    cluster id: FNV-1a of the cluster name (fast drop of foreign clusters)
 //!  8     8    sender node id
@@ -15,6 +15,9 @@
 //! 36     …    body (per kind: big-endian integers, strings and bytes behind a u32 length)
 //! end    …    unsealed: CRC-32 (4 bytes); sealed: the body is encrypted, Poly1305 tag (16 bytes)
 //! ```
+//!
+//! Version 2 added the sender's wall-clock time to `Greeting` and `Heartbeat` (clock offsets,
+//! `skew`); version 1 nodes and version 2 nodes drop each other's packets (`badVersion`).
 //!
 //! This module encodes and decodes header and body; `crypto` adds and checks the trailer.
 //! Decoding never panics: every length is checked against what is left, and every error is a
@@ -27,7 +30,7 @@ use crate::clock::Version;
 use crate::table::{Data, Entry, Op};
 
 pub const MAGIC: [u8; 2] = *b"SM";
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 pub const HEADER_BYTES: usize = 36;
 /// Where the message kind sits in the header (read by the kernel filter of transport.rs too).
 pub const KIND_AT: usize = 3;
@@ -107,8 +110,10 @@ pub enum SyncMode {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     Join(NodeInfo),
-    Greeting { info: NodeInfo, high_seq: u64 },
-    Heartbeat { info: NodeInfo, high_seq: u64 },
+    /// `sent_ms`: the sender's wall clock (epoch ms) when it built the message, for receivers
+    /// to estimate its clock offset.
+    Greeting { info: NodeInfo, high_seq: u64, sent_ms: u64 },
+    Heartbeat { info: NodeInfo, high_seq: u64, sent_ms: u64 },
     /// The final goodbye: the sender is gone, its stream can be dropped.
     Leave,
     /// "Acknowledge my stream up to `last_seq`, now": sent by a leaving node (its stream ends
@@ -333,9 +338,10 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
     w.u32(0);
     match msg {
         Message::Join(info) => w.node_info(info),
-        Message::Greeting { info, high_seq } | Message::Heartbeat { info, high_seq } => {
+        Message::Greeting { info, high_seq, sent_ms } | Message::Heartbeat { info, high_seq, sent_ms } => {
             w.node_info(info);
             w.u64(*high_seq);
+            w.u64(*sent_ms);
         }
         Message::Leave => {}
         Message::AckRequest { last_seq } => w.u64(*last_seq),
@@ -527,8 +533,8 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
     let mut r = Reader(&packet[HEADER_BYTES..]);
     let msg = match kind {
         Kind::Join => Message::Join(r.node_info()?),
-        Kind::Greeting => Message::Greeting { info: r.node_info()?, high_seq: r.u64()? },
-        Kind::Heartbeat => Message::Heartbeat { info: r.node_info()?, high_seq: r.u64()? },
+        Kind::Greeting => Message::Greeting { info: r.node_info()?, high_seq: r.u64()?, sent_ms: r.u64()? },
+        Kind::Heartbeat => Message::Heartbeat { info: r.node_info()?, high_seq: r.u64()?, sent_ms: r.u64()? },
         Kind::Leave => Message::Leave,
         Kind::AckRequest => Message::AckRequest { last_seq: r.u64()? },
         Kind::Ack => Message::Ack { high_seq: r.u64()? },
@@ -643,8 +649,12 @@ mod tests {
         };
         vec![
             Message::Join(info()),
-            Message::Greeting { info: NodeInfo { addr: "[fd00::1]:9".parse().unwrap(), tcp_port: 1, listen_port: 0 }, high_seq: 3 },
-            Message::Heartbeat { info: info(), high_seq: 99 },
+            Message::Greeting {
+                info: NodeInfo { addr: "[fd00::1]:9".parse().unwrap(), tcp_port: 1, listen_port: 0 },
+                high_seq: 3,
+                sent_ms: 1_800_000_000_000,
+            },
+            Message::Heartbeat { info: info(), high_seq: 99, sent_ms: u64::MAX },
             Message::Leave,
             Message::Data { seq: 5, ask_ack: false, payload: Payload::Ops(ops) },
             Message::Data { seq: 6, ask_ack: true, payload: Payload::Fragment { first_seq: 5, index: 1, count: 3, bytes: vec![1, 2] } },

@@ -14,7 +14,7 @@ const { createStore, closeStores, makeLogger, sessionData, sleep, runChild } = r
 const { clusterOptions, startNode, stopAll, diagnostics, waitUntil } = require("./cluster/harness");
 
 const FAST = Object.freeze({ heartbeatInterval: 100, failureTimeout: 800 });
-const MEMBER_FIELDS = ["address", "id", "incarnation", "lastHeard", "port", "self", "state", "tcpPort"];
+const MEMBER_FIELDS = ["address", "clockOffsetMs", "id", "incarnation", "lastHeard", "port", "self", "state", "tcpPort"];
 
 /** Records the store's `member` events as { at, type, node }. */
 function recordEvents(store) {
@@ -60,8 +60,14 @@ function assertMember(m, what) {
   assert.ok(Number.isInteger(m.incarnation) && m.incarnation > 0, `${what}: incarnation ${m.incarnation}`);
   assert.ok(["alive", "suspect", "dead", "left"].includes(m.state), `${what}: state ${m.state}`);
   assert.equal(typeof m.self, "boolean", `${what}: self`);
-  if (m.self) assert.equal(m.lastHeard, null, `${what}: lastHeard of itself`);
-  else assert.ok(Number.isInteger(m.lastHeard) && Math.abs(m.lastHeard - Date.now()) < 60_000, `${what}: lastHeard ${m.lastHeard}`);
+  if (m.self) {
+    assert.equal(m.lastHeard, null, `${what}: lastHeard of itself`);
+    assert.equal(m.clockOffsetMs, null, `${what}: clockOffsetMs of itself`);
+  } else {
+    assert.ok(Number.isInteger(m.lastHeard) && Math.abs(m.lastHeard - Date.now()) < 60_000, `${what}: lastHeard ${m.lastHeard}`);
+    // One host, one clock: the estimate is off by the heartbeat's delay at most.
+    assert.ok(m.clockOffsetMs === null || Math.abs(m.clockOffsetMs) < 250, `${what}: clockOffsetMs ${m.clockOffsetMs}`);
+  }
 }
 
 /** The field names of an interface of index.d.ts. */
@@ -201,12 +207,12 @@ describe("operations", function () {
       assertMember(other, "peer");
       assert.equal(members[0], me, "this node comes first");
       assert.equal(me.state, "alive");
-      assert.deepEqual(other, { ...P.self, self: false, lastHeard: other.lastHeard }, "the peer as it describes itself");
+      assert.deepEqual(other, { ...P.self, self: false, lastHeard: other.lastHeard, clockOffsetMs: other.clockOffsetMs }, "the peer as it describes itself");
       assert.equal(other.state, "alive");
       assert.ok(Date.now() - other.lastHeard < 1_000, `heard from the peer ${Date.now() - other.lastHeard} ms ago`);
       // Its own entry as the peer sees it.
       const seen = (await P.call("members")).find((m) => m.id === me.id);
-      assert.deepEqual({ ...seen, self: true, lastHeard: null }, me);
+      assert.deepEqual({ ...seen, self: true, lastHeard: null, clockOffsetMs: null }, me);
     });
 
     it("join, suspect, dead, alive and leave events carry the member (SIGSTOP, SIGCONT, close)", async () => {

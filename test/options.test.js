@@ -58,6 +58,7 @@ describe("options", () => {
       maxSessionBytes: [{ maxSessionBytes: 0 }, { maxSessionBytes: 1.5 }],
       heartbeatInterval: [{ heartbeatInterval: 0 }],
       failureTimeout: [{ heartbeatInterval: 500, failureTimeout: 900 }],
+      maxClockSkew: [{ maxClockSkew: -1 }, { maxClockSkew: 1.5 }, { maxClockSkew: "1s" }, { maxClockSkew: 86_400_001 }],
       multicastTtl: [{ multicastTtl: 1 }],
     };
 
@@ -93,6 +94,7 @@ describe("options", () => {
         maxSessionBytes: 4096,
         heartbeatInterval: 200,
         failureTimeout: 1000,
+        maxClockSkew: 250,
       });
       const o = store.options;
       assert.equal(o.use, "v4");
@@ -107,6 +109,11 @@ describe("options", () => {
       assert.equal(o.maxSessionBytes, 4096);
       assert.equal(o.heartbeatInterval, 200);
       assert.equal(o.failureTimeout, 1000);
+      assert.equal(o.maxClockSkew, 250);
+    });
+
+    it("maxClockSkew: 0 (never warn) is accepted", () => {
+      assert.equal(createStore({ maxClockSkew: 0 }).options.maxClockSkew, 0);
     });
 
     it("accepts gracefulShutdown (the alias) and equal values of both spellings", () => {
@@ -145,6 +152,7 @@ describe("options", () => {
       assert.equal(o.maxSessionBytes, 1_048_576);
       assert.equal(o.heartbeatInterval, 500);
       assert.equal(o.failureTimeout, 3000);
+      assert.equal(o.maxClockSkew, 1000);
       assert.equal(o.ttl, 86400);
       assert.equal(o.disableTouch, false);
       assert.equal(o.touchAfter, 0);

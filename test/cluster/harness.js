@@ -88,11 +88,12 @@ function short(value) {
  * place: same pid, and the IPC channel passes through). The loopback defaults are then NOT
  * applied: `options` must name the namespace's own address (`ipv4`, or `use: "v6"` + `ipv6`).
  * `script`: another node script speaking the same protocol (default test/cluster/node.js).
+ * `env`: variables added to the process's environment (libfaketime's, to shift its clock).
  */
-function startNode(options = {}, { name, netns, script = NODE_SCRIPT } = {}) {
+function startNode(options = {}, { name, netns, script = NODE_SCRIPT, env } = {}) {
   nameCounter += 1;
   const storeOptions = netns ? { ...options } : { ...SAFE_OPTIONS, ...options };
-  const spawnOptions = { stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "json" };
+  const spawnOptions = { stdio: ["ignore", "inherit", "inherit", "ipc"], serialization: "json", env: { ...process.env, ...env } };
   const child = netns
     ? spawn("ip", ["netns", "exec", netns, process.execPath, script, JSON.stringify(storeOptions)], spawnOptions)
     : fork(script, [JSON.stringify(storeOptions)], spawnOptions);

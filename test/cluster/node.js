@@ -98,6 +98,8 @@ function main(extraCommands) {
     ready: () => store.ready(),
     close: () => store.close(),
     ping: () => process.pid,
+    /** This process's wall clock (epoch ms): shifted when it runs under libfaketime. */
+    now: () => Date.now(),
     /** process.memoryUsage() of this node's process (rss, heapUsed…, in bytes). */
     memory: () => process.memoryUsage(),
     /** Stores `count` sessions of `bytesEach` bytes of data; resolves with { count, expires }. */

@@ -28,6 +28,7 @@ const options: expressSessionMulticast.MulticastStoreOptions = {
     maxSessionBytes: 1 << 20,
     heartbeatInterval: 500,
     failureTimeout: 3000,
+    maxClockSkew: 1000,
     ttl: 86400,
     disableTouch: false,
     touchAfter: 60,
@@ -52,6 +53,8 @@ const touchAfter: number = store.options.touchAfter;
 const waitForAck: boolean = store.options.waitForAck;
 // @ts-expect-error ackTimeout is a number of ms
 new MulticastStore({ ackTimeout: "300ms" });
+// @ts-expect-error maxClockSkew is a number of milliseconds
+new MulticastStore({ maxClockSkew: "1s" });
 
 // @ts-expect-error multicastPort is a number
 new MulticastStore({ multicastPort: "4000" });
@@ -148,6 +151,8 @@ for (const m of members) {
     const ports: (number | null)[] = [m.port, m.tcpPort];
     const incarnation: number = m.incarnation;
     const lastHeard: number | null = m.lastHeard;
+    const clockOffsetMs: number | null = m.clockOffsetMs;
+    if (clockOffsetMs !== null && Math.abs(clockOffsetMs) > store.options.maxClockSkew) console.log(m.id, "clock skew");
     if (m.state === "alive" || m.state === "suspect" || m.state === "dead" || m.state === "left" || m.state === "isolated") {
         console.log(m.id, address, ports, incarnation, lastHeard, m.self);
     }
