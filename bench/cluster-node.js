@@ -88,7 +88,8 @@ function metronome(startNs, gapNs, count, onTick) {
 }
 
 // Writer: one ≈`bytes` session per tick; timestamps right before set() is called, as soon as it
-// returns, and in its callback (this store: the engine queued it; connect-redis: redis answered).
+// returns, and in its callback (this store: the engine queued it, or with waitForAck the other
+// nodes applied it; connect-redis: redis answered).
 // Resolves once every callback ran, with the store's stats() before and after.
 function gapWrite(prefix, count, bytes, startNs, gapNs) {
   const sess = makeSession(bytes);

@@ -42,8 +42,10 @@
 //      bench/cluster-node.js gapWatch) runs next to it as a cross-check: if the two differ at p50
 //      in a quiet run, B's polling distorts the figure. B's CPU and GC pauses are reported for
 //      both, with the writes the cheap reader overstated. The same runs give set() called → its callback on A (B
-//      polling), next to the same figure for connect-redis (B idle), one row per entry of GAP_RUNS
-//      (a `waitForAck: true` variant is one more entry).
+//      polling), next to the same figure for connect-redis (B idle), one row per entry of GAP_RUNS.
+//      With `waitForAck: true` the callback comes once the other nodes have applied the write (a
+//      round trip): that row runs on a node of 3 with B and C idle, next to the same cluster
+//      without waitForAck, so that the ratio of the two is the cost of the wait.
 //   floor: bench/floor/udp_floor.c, compiled with `cc -O2` into a temporary directory (skipped,
 //      with the reason printed, without cc): one-way latency of a C sender → C receiver (blocked
 //      in recvfrom) on 127.0.0.1, multicast as the store sends (IP_MULTICAST_IF 127.0.0.1, TTL 0;
@@ -88,26 +90,39 @@ const FLOOR_GROUP = "228.0.0.5"; // the store's default group (the bench's clust
 // all the time through setImmediate, as in the back-to-back mode), "scheduled" (ticked
 // DETECT_MARGIN_US before it is due, then probes in a tight loop) or "none" (B idles: set latency
 // only). `setRow`: a row of the set-latency table (set() called on A → its callback). "multicast"
-// is the headline (compared with the floor). A store variant is one more entry, e.g.
-// { id: "multicastAck", label: "this store, waitForAck: true", kind: "multicast",
-//   options: { waitForAck: true }, detect: "busy", setRow: true }.
+// is the headline (compared with the floor). `nodes`: cluster size (default 2; C… only take part).
+// The waitForAck pair idles B: a B polling all the time would hold one of this machine's two
+// cores, which the acknowledgements need.
 const GAP_RUNS = [
   { id: "multicast", label: "this store", kind: "multicast", options: {}, detect: "busy", setRow: true },
   { id: "multicastScheduledReader", label: "this store", kind: "multicast", options: {}, detect: "scheduled", setRow: false },
+  { id: "multicastOf3", label: "this store, node of 3, B and C idle", kind: "multicast", options: {}, nodes: 3, detect: "none", setRow: true },
+  { id: "multicastOf3Ack", label: "this store, node of 3, B and C idle", kind: "multicast", options: { waitForAck: true }, nodes: 3, detect: "none", setRow: true },
   { id: "redis", label: "connect-redis", kind: "redis", options: {}, detect: "none", setRow: true },
 ];
 
 const newPrefix = () => crypto.randomBytes(18).toString("base64url");
 
-// kind "multicast": a cluster of two; kind "redis": two processes with connect-redis on one server.
-// `extra`: store options of a variant (multicast only).
-async function startPair(kind, redisPort, extra = {}) {
+// kind "multicast": a cluster of `nodes` (A, B, and C… that only take part); kind "redis": two
+// processes with connect-redis on one server. `extra`: store options of a variant (multicast only).
+async function startPair(kind, redisPort, extra = {}, nodes = 2) {
   const options = kind === "redis" ? { port: redisPort, prefix: `bench-cluster-${newPrefix()}:` } : { ...u.clusterOptions(), ...extra };
   const a = u.spawnNode("A", undefined, NODE_ARGS);
   await a.call("start", options, kind);
   const b = u.spawnNode("B", undefined, NODE_ARGS);
   await b.call("start", options, kind);
-  return { options, a, b };
+  const others = [];
+  for (let k = 2; k < nodes; k++) {
+    others.push(u.spawnNode(String.fromCharCode(65 + k), undefined, NODE_ARGS));
+    await others[others.length - 1].call("start", options, kind);
+  }
+  // A waitForAck write waits only for the members A knows: measure once A knows them all.
+  const deadline = Date.now() + 10000;
+  while (kind === "multicast" && (await a.call("stats")).members < nodes) {
+    if (Date.now() > deadline) throw new Error(`A does not see ${nodes} members`);
+    await u.sleep(50);
+  }
+  return { options, a, b, others };
 }
 
 const withMean = (xs) => ({ ...u.percentiles(xs), mean: u.round1(xs.reduce((sum, x) => sum + x, 0) / xs.length) });
@@ -136,7 +151,7 @@ async function latency(kind, redisPort) {
 const cpuDelta = (before, after, n) => Object.fromEntries(Object.keys(after).map((k) => [k, u.round1((after[k] - before[k]) / 1000 / n)]));
 
 async function idleGap(run, redisPort) {
-  const { a, b } = await startPair(run.kind, redisPort, run.options);
+  const { a, b, others } = await startPair(run.kind, redisPort, run.options, run.nodes);
   try {
     const prefix = newPrefix();
     const count = GAP_WARMUP + GAP_SAMPLES;
@@ -156,6 +171,7 @@ async function idleGap(run, redisPort) {
     const us = (to, from) => range.map((i) => Number(to[i] - from[i]) / 1000);
     const out = {
       label: run.label,
+      nodes: run.nodes || 2,
       setRow: run.setRow,
       kind: run.kind,
       options: run.options,
@@ -183,10 +199,11 @@ async function idleGap(run, redisPort) {
       out.datagramsSentPerWrite = u.round2(datagrams / count);
       out.datagramBytes = Math.round((w.statsAfter.bytesSent - w.statsBefore.bytesSent) / datagrams); // heartbeats included (≈2/s)
       out.retransmissions = w.statsAfter.retransmissions - w.statsBefore.retransmissions;
+      out.ackTimeouts = w.statsAfter.ackTimeouts - w.statsBefore.ackTimeouts; // waitForAck writes called back at ackTimeout
     }
     return out;
   } finally {
-    await u.stop(a, b);
+    await u.stop(a, b, ...others);
   }
 }
 
@@ -346,6 +363,7 @@ async function run({ redisPort, log = console.log } = {}) {
   ratios.idleGapScheduledReaderToFloor = toFloor(gapRuns.multicastScheduledReader.fromCall, floorResult.idleGap);
   ratios.backToBackToFloor = toFloor(lat.fromCall, floorResult.backToBack);
   ratios.setCallToRedis = Object.fromEntries(GAP_RUNS.filter((r) => r.setRow && r.id !== "redis").map((r) => [r.id, toFloor(gapRuns[r.id].setCall, gapRuns.redis.setCall)]));
+  ratios.waitForAckSetCall = toFloor(gapRuns.multicastOf3Ack.setCall, gapRuns.multicastOf3.setCall); // what the wait costs, same cluster shape
   const floorVerdict = ratios.idleGapToFloor && {
     targets: FLOOR_TARGETS,
     p50: ratios.idleGapToFloor.p50 !== null && ratios.idleGapToFloor.p50 <= FLOOR_TARGETS.p50,
@@ -388,6 +406,8 @@ async function run({ redisPort, log = console.log } = {}) {
     console.log = saved;
   }
   for (const line of tables.notes) log(line);
+  const ack = ratios.waitForAckSetCall;
+  log(`waitForAck on a node of 3: set() called → callback ${u.fmtRatio(ack.p50)} (p50), ${u.fmtRatio(ack.p99)} (p99) of the same without it; ${gapRuns.multicastOf3Ack.ackTimeouts} of ${GAP_WARMUP + GAP_SAMPLES} writes called back at ackTimeout`);
 
   return {
     method: {

@@ -9,9 +9,11 @@
 //   4. memory (bench/memory.js)   resident memory per session at 100,000 and 1,000,000 sessions
 //   5. touch  (bench/touch.js)    read-only requests on a node of 3: datagrams, bytes and peer CPU
 //                                 per request with touchAfter 0 and 60
+//   6. readyourwrites (bench/readyourwrites.js) login on one app of 3, next request on another:
+//                                 stale reads, logouts for good and login time, waitForAck off and on
 // Writes bench/results/<part>.json, and for a full run bench/results/bench.json (everything),
 // summary.md (tables and target verdicts) and chart.svg.
-//   node bench/index.js [store] [http] [cluster] [memory] [touch]   (default: all five)
+//   node bench/index.js [store] [http] [cluster] [memory] [touch] [readyourwrites]   (default: all six)
 // Benchmarks on a small machine are noise-sensitive: run on an otherwise idle machine (the load
 // average is printed first, and recorded).
 const fs = require("fs");
@@ -22,7 +24,7 @@ const u = require("./util");
 const { startRedis } = require("./redis");
 const report = require("./report");
 
-const PARTS = ["store", "http", "cluster", "memory", "touch"];
+const PARTS = ["store", "http", "cluster", "memory", "touch", "readyourwrites"];
 
 function otherBusyProcesses() {
   try {
@@ -64,6 +66,7 @@ async function main() {
       if (part === "cluster") results.cluster = await require("./cluster").run({ redisPort: redis.port });
       if (part === "memory") results.memory = await require("./memory").run({ redis });
       if (part === "touch") results.touch = await require("./touch").run();
+      if (part === "readyourwrites") results.readyourwrites = await require("./readyourwrites").run();
       await redis.flush();
       partTimes[part] = { seconds: Math.round((Date.now() - t) / 1000), loadAfter: os.loadavg().map((x) => Math.round(x * 100) / 100), otherBusyProcesses: otherBusyProcesses() };
       console.log(`(${part}: ${partTimes[part].seconds} s, load average ${partTimes[part].loadAfter.join(", ")}${partTimes[part].otherBusyProcesses.length ? `; WARNING: other busy processes: ${partTimes[part].otherBusyProcesses.join(", ")}` : ""})`);
@@ -94,17 +97,19 @@ async function main() {
     u.writeJSON("bench.json", all);
     fs.writeFileSync(path.join(u.RESULTS_DIR, "summary.md"), report.markdown(all, verdicts));
     fs.writeFileSync(path.join(u.RESULTS_DIR, "chart.svg"), report.svg(all));
-    console.log(`\nwritten bench/results/{bench,store,http,cluster,memory,touch}.json, summary.md, chart.svg (${Math.round(meta.seconds)} s)`);
+    console.log(`\nwritten bench/results/{bench,${PARTS.join(",")}}.json, summary.md, chart.svg (${Math.round(meta.seconds)} s)`);
   } else {
-    // the touch part and the cluster latency have sections of their own in summary.md, replaced by a partial run too
-    if (results.touch || results.cluster) {
+    // the touch and read-your-writes parts and the cluster latency have sections of their own in
+    // summary.md, replaced by a partial run too
+    if (results.touch || results.cluster || results.readyourwrites) {
       const summary = path.join(u.RESULTS_DIR, "summary.md");
       let text = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
       if (results.touch) text = report.withTouchSection(text, { ...results.touch, date: meta.date });
       if (results.cluster) text = report.withLatencySection(text, { ...results.cluster, date: meta.date });
+      if (results.readyourwrites) text = report.withReadYourWritesSection(text, { ...results.readyourwrites, date: meta.date });
       fs.writeFileSync(summary, text);
     }
-    const sections = [results.touch && "touch", results.cluster && "cluster latency"].filter(Boolean);
+    const sections = [results.touch && "touch", results.cluster && "cluster latency", results.readyourwrites && "read-your-writes"].filter(Boolean);
     console.log(`\nwritten bench/results/{${Object.keys(results).join(",")}}.json (a partial run: summary.md and chart.svg are only written by a full run${sections.length ? `, but for the ${sections.join(" and ")} section${sections.length > 1 ? "s" : ""} of summary.md` : ""})`);
   }
 }

@@ -165,6 +165,7 @@ function markdown(results, verdicts) {
     parts.push(table(["sessions", "raw JSON / session", "multicast RSS / session (× raw)", "MemoryStore (× raw)", "redis-server (× raw)", "multicast / MemoryStore", "multicast / redis-server"], rows) + "\n");
   }
   if (results.touch) parts.push(touchSection(results.touch));
+  if (results.readyourwrites) parts.push(readYourWritesSection(results.readyourwrites));
   return parts.join("\n");
 }
 
@@ -285,14 +286,56 @@ function withLatencySection(summary, cluster) {
   return summary.replace(/\n*$/, "\n\n") + section;
 }
 
-// `summary` with its touch section replaced by `touch`'s, or `touch`'s appended.
-function withTouchSection(summary, touch) {
-  const section = touchSection(touch);
-  const begin = summary.indexOf(TOUCH_BEGIN);
-  const end = summary.indexOf(TOUCH_END);
-  if (begin >= 0 && end > begin) return summary.slice(0, begin) + section + summary.slice(end + TOUCH_END.length).replace(/^\n/, "");
+// `summary` with the section between `begin` and `end` replaced by `section`, or `section` appended.
+function replaceSection(summary, begin, end, section) {
+  const b = summary.indexOf(begin);
+  const e = summary.indexOf(end);
+  if (b >= 0 && e > b) return summary.slice(0, b) + section + summary.slice(e + end.length).replace(/^\n/, "");
   return summary.replace(/\n*$/, "\n\n") + section;
 }
+
+// `summary` with its touch section replaced by `touch`'s, or `touch`'s appended.
+const withTouchSection = (summary, touch) => replaceSection(summary, TOUCH_BEGIN, TOUCH_END, touchSection(touch));
+
+// ---- Read your writes across nodes (bench/readyourwrites.js): one table for the console and
+// summary.md, one row per variant and mode; the "on" rows carry the login's time / the "off" row's.
+function readYourWritesTable(ryw) {
+  const us = (p, k) => (p ? `${u.fmt(p[k])} µs` : "n/a");
+  const rows = [];
+  for (const variant of [...new Set(Object.values(ryw.results).map((r) => r.variant))]) {
+    const off = ryw.results[`off:${variant}`];
+    for (const r of [off, ryw.results[`on:${variant}`]]) {
+      const pct = (n) => `${u.fmt(n)} (${((100 * n) / r.iterations).toFixed(1)} %)`;
+      rows.push([
+        variant,
+        r.mode,
+        pct(r.stale),
+        pct(r.logouts),
+        r.staleDelayUs ? `${us(r.staleDelayUs, "p50")} / ${us(r.staleDelayUs, "max")}` : "",
+        `${us(r.loginUs, "p50")} / ${us(r.loginUs, "p99")}`,
+        r === off ? "" : `${u.fmtRatio(u.ratio(r.loginUs.p50, off.loginUs.p50))} / ${u.fmtRatio(u.ratio(r.loginUs.p99, off.loginUs.p99))}`,
+        `${us(r.nextUs, "p50")} / ${us(r.nextUs, "p99")}`,
+      ]);
+    }
+  }
+  const header = ["variant", "waitForAck", "stale reads", "logouts for good", "stale read → B had it, p50 / max", "login on A, p50 / p99", "login on / off", "next request on B, p50 / p99"];
+  return { header, rows };
+}
+
+const RYW_BEGIN = "<!-- readyourwrites: bench/readyourwrites.js -->";
+const RYW_END = "<!-- /readyourwrites -->";
+function readYourWritesSection(ryw) {
+  const t = readYourWritesTable(ryw);
+  return [
+    RYW_BEGIN,
+    `## Read your writes across nodes\n`,
+    `${ryw.date ? `A run of \`node bench/readyourwrites.js\` alone, ${ryw.date}. ` : ""}${ryw.method}. A's ackTimeouts with waitForAck: ${ryw.ackTimeouts.on}.\n`,
+    table(t.header, t.rows) + "\n",
+    RYW_END,
+  ].join("\n") + "\n";
+}
+
+const withReadYourWritesSection = (summary, ryw) => replaceSection(summary, RYW_BEGIN, RYW_END, readYourWritesSection(ryw));
 
 // ---- SVG: one panel per store-op configuration (log scale) and one for HTTP req/s (linear)
 const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
@@ -388,4 +431,4 @@ function niceStep(raw) {
   return 10 * p;
 }
 
-module.exports = { evaluate, markdown, svg, withTouchSection, latencyTables, withLatencySection, TARGETS };
+module.exports = { evaluate, markdown, svg, withTouchSection, latencyTables, withLatencySection, readYourWritesTable, withReadYourWritesSection, TARGETS };
