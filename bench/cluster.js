@@ -438,6 +438,7 @@ if (require.main === module) {
     const result = await run({ redisPort: redis.port });
     // summary.md: the latency section replaced (or added), the rest as the last full run wrote it
     const summary = path.join(u.RESULTS_DIR, "summary.md");
+    fs.mkdirSync(u.RESULTS_DIR, { recursive: true });
     const before = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
     fs.writeFileSync(summary, report.withLatencySection(before, { ...result, date: new Date().toISOString() }));
     console.log(`written ${summary} (its cluster latency section)`);

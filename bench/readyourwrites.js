@@ -103,6 +103,7 @@ if (require.main === module) {
     const written = u.writeJSON("readyourwrites.json", data);
     // summary.md: this part's section replaced (or added), the rest of the file as it was
     const summary = path.join(u.RESULTS_DIR, "summary.md");
+    fs.mkdirSync(u.RESULTS_DIR, { recursive: true });
     const before = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
     fs.writeFileSync(summary, report.withReadYourWritesSection(before, data));
     console.log(`written ${written} and its section of ${summary}`);
