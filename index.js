@@ -207,10 +207,25 @@ module.exports = function expressSessionMulticast(session) {
 
     get(sid, callback) {
       if (this._closed) return settle(callback, closedError());
+      let json;
+      try {
+        json = this._native.get(this._handle, sid);
+        // undefined: nothing here, not even a tombstone. The session may have been written on
+        // another node and not have arrived yet: the engine asks the live members (a Promise),
+        // or answers null at once (over its rate limit).
+        if (json === undefined) json = this._engine.ask(sid);
+      } catch (e) {
+        return settle(callback, e);
+      }
+      if (json === null || typeof json === "string") return this._decoded(json, callback);
+      const answered = json.then((doc) => (this._closed ? settle(callback, closedError()) : this._decoded(doc, callback)));
+      return typeof callback === "function" ? undefined : answered;
+    }
+
+    _decoded(json, callback) {
       let session = null;
       let err = null;
       try {
-        const json = this._native.get(this._handle, sid);
         if (json !== null) session = this._codec.decode(JSON.parse(json));
       } catch (e) {
         err = e;

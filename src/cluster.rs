@@ -9,12 +9,14 @@
 //!   safety net;
 //! - `accept_loop`: serves state transfers and anti-entropy syncs over TCP;
 //! - `bootstrap`: join announcement, discovery window, initial state transfer, then `Ready`;
+//! - `query` (run for a `get` that found nothing): asks the alive members about a sid (miss.rs);
 //! - `ack_wait_loop` (`waitForAck`): settles local writes at their deadline, and asks members whose
 //!   acks are late again (see ack_wait.rs);
 //! - `leave` (run by `Engine::close`): the last writes, `AckRequest` until every live member has
 //!   acknowledged them (bounded by `LEAVE_TIMEOUT`), then `Leave`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,19 +28,20 @@ use serde_json::{json, Value};
 use tokio::net::UdpSocket;
 
 use crate::ack_wait::AckWaits;
-use crate::clock::{now_ms, Clock};
+use crate::clock::{now_ms, Clock, Version};
 use crate::doctor::{PongBudget, Probes};
 use crate::events::{Event, EventSink, Level};
 use crate::fragment::{self, Reassembler};
 use crate::link::Link;
 use crate::membership::{Change, Member, MemberState, Members};
+use crate::miss::{Admission, Answered, Asks, Lead};
 use crate::options::{Config, Peer};
 use crate::outbox::Outbox;
 use crate::reliable::{Acks, Receipt, ReceiveWindow, SendBuffer};
 use crate::table::{Op, Table};
 use crate::transfer::{self, SyncContext};
 use crate::transport::{self, Sockets};
-use crate::wire::{self, Header, Message, NodeInfo, Payload, DATA_OVERHEAD, MAX_DATAGRAM};
+use crate::wire::{self, Header, Message, NodeInfo, Payload, Reply, DATA_OVERHEAD, MAX_DATAGRAM};
 
 /// Retransmit buffer bound in bytes (the bound in datagrams is `TestHooks::retransmit_datagrams`,
 /// 65,536 outside tests).
@@ -95,6 +98,14 @@ pub struct NetStats {
     pub state_transfers: AtomicU64,
     pub anti_entropy_syncs: AtomicU64,
     pub sync_entries_received: AtomicU64,
+    /// Gets that found nothing here and asked the alive members, and how each ended: the session
+    /// found, every member answered without one, or the timeout came first.
+    pub miss_queries: AtomicU64,
+    pub misses_recovered: AtomicU64,
+    pub misses_not_found: AtomicU64,
+    pub miss_timeouts: AtomicU64,
+    /// Gets that found nothing here and did not ask: over the rate limit.
+    pub misses_rate_limited: AtomicU64,
     /// Average age of remote writes on arrival (exponentially weighted, f64 bits in ms).
     replication_lag_ms: AtomicU64,
     drops: Mutex<BTreeMap<&'static str, u64>>,
@@ -134,6 +145,11 @@ impl NetStats {
             "stateTransfers": get(&self.state_transfers),
             "antiEntropySyncs": get(&self.anti_entropy_syncs),
             "syncEntriesReceived": get(&self.sync_entries_received),
+            "missQueries": get(&self.miss_queries),
+            "missesRecovered": get(&self.misses_recovered),
+            "missesNotFound": get(&self.misses_not_found),
+            "missTimeouts": get(&self.miss_timeouts),
+            "missesRateLimited": get(&self.misses_rate_limited),
             "replicationLagMs": (f64::from_bits(get(&self.replication_lag_ms)) * 10.0).round() / 10.0,
             "dropped": *self.drops.lock(),
         })
@@ -206,6 +222,8 @@ pub struct Cluster {
     ack_asked: AtomicBool,
     /// The final `Leave` is sent: nothing is sent or acted upon any more.
     gone: AtomicBool,
+    /// Queries about sids a `get` found nothing for (miss.rs).
+    asks: Arc<Mutex<Asks>>,
 }
 
 impl Cluster {
@@ -256,6 +274,7 @@ impl Cluster {
             waits_added: tokio::sync::Notify::new(),
             ack_asked: AtomicBool::new(false),
             gone: AtomicBool::new(false),
+            asks: Asks::new(Instant::now()),
             config,
         });
         if let Some(group) = group {
@@ -684,6 +703,9 @@ impl Cluster {
             Ok(decoded) => decoded,
             Err(e) => return self.stats.drop(e.reason()),
         };
+        if self.config.hooks.drop_inbound_data && matches!(msg, Message::Data { .. }) {
+            return;
+        }
         if header.node == self.link.header().node {
             // Authenticated and fresh, our id, another address: our own packet relayed back to
             // us (a NAT, a proxy). Nothing to apply.
@@ -850,10 +872,125 @@ impl Cluster {
                     inbound.window.gone(oldest);
                 }
             }
+            Message::Query { token, sid } => {
+                self.heard(&header, None, now);
+                // Answers go only to members, at the address they announced: a forged query
+                // cannot aim them at someone else.
+                let known = |m: &Member| m.is_reachable() && m.info.addr == from;
+                if !self.state.lock().members.get(header.node).is_some_and(known) {
+                    return self.stats.drop("queryFromStranger");
+                }
+                self.send_to(&self.answer(token, sid), from).await;
+            }
+            Message::Answer { token, reply } => {
+                self.heard(&header, None, now);
+                let mut asks = self.asks.lock();
+                let Some(Answered { entry, complete }) = asks.answered(token, header.node, from, reply) else {
+                    drop(asks);
+                    return self.stats.drop("unexpectedAnswer");
+                };
+                // Merged before the asker reads its table again: it ends the query under this lock.
+                if let Some((sid, entry)) = entry {
+                    self.sync.merge(&sid, &entry);
+                }
+                drop(asks);
+                if let Some(complete) = complete {
+                    complete.notify_one();
+                }
+            }
             Message::SyncRequest { .. } | Message::SyncChunk { .. } | Message::SyncEnd { .. } => {
                 self.stats.drop("unexpectedKind")
             }
         }
+    }
+
+    /// The sealed `Answer` to a query for `sid`: the entry when it fits a datagram, else its
+    /// version (the asker fetches it over TCP).
+    fn answer(&self, token: u64, sid: Arc<str>) -> Vec<u8> {
+        let reply = crate::miss::reply(&self.sync.table, sid, now_ms());
+        let version = match &reply {
+            Reply::Entry { entry, .. } => entry.newest_version(),
+            _ => Version::ZERO,
+        };
+        let mut packet = self.link.encode(&Message::Answer { token, reply });
+        if packet.len() + wire::TRAILER_BUDGET > MAX_DATAGRAM {
+            packet = self.link.encode(&Message::Answer { token, reply: Reply::TooLarge { version } });
+        }
+        self.link.seal_encoded(packet)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Asking about a miss (miss.rs)
+
+    /// Whether a `get` that found nothing should ask: `missTimeout` is not 0 and a member is alive.
+    pub fn can_ask(&self) -> bool {
+        let alive = || self.state.lock().members.all().any(|m| m.state == MemberState::Alive);
+        self.config.miss_timeout_ms > 0 && !self.config.observer && !self.gone.load(Ordering::Acquire) && alive()
+    }
+
+    /// Asks the alive members about `sid`, or joins the query in flight for it. The future ends
+    /// when that query is over, its answers merged; `None` when nothing is asked (the rate limit,
+    /// or a sid too long for a datagram).
+    pub fn ask(self: &Arc<Self>, sid: &str) -> Option<impl Future<Output = ()> + Send + 'static> {
+        if wire::QUERY_OVERHEAD + sid.len() > MAX_DATAGRAM {
+            return None;
+        }
+        let Some(admission) = Asks::admit(&self.asks, sid, Instant::now()) else {
+            self.stats.misses_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let (cluster, sid) = (self.clone(), Arc::<str>::from(sid));
+        Some(async move {
+            match admission {
+                Admission::Lead(lead) => cluster.query(lead, sid).await,
+                Admission::Join(mut ended) => {
+                    let _ = ended.changed().await;
+                }
+            }
+        })
+    }
+
+    /// One query: to every alive member, until all have answered or `missTimeout` passed, then
+    /// a fetch over TCP if a member holds a newer entry too large for its answer.
+    async fn query(&self, lead: Lead, sid: Arc<str>) {
+        let deadline = Instant::now() + Duration::from_millis(self.config.miss_timeout_ms);
+        let members: Vec<(u64, NodeInfo)> = {
+            let state = self.state.lock();
+            state.members.all().filter(|m| m.state == MemberState::Alive).map(|m| (m.id, m.info)).collect()
+        };
+        if members.is_empty() {
+            return;
+        }
+        let targets: Vec<SocketAddr> = members.iter().map(|(_, info)| info.addr).collect();
+        let complete = self.asks.lock().asking(lead.token, members);
+        self.stats.miss_queries.fetch_add(1, Ordering::Relaxed);
+        let packet = self.link.seal(&Message::Query { token: lead.token, sid: sid.clone() });
+        for to in targets {
+            self.send_to(&packet, to).await;
+        }
+        let _ = tokio::time::timeout_at(deadline.into(), complete.notified()).await;
+        let Some(query) = self.asks.lock().end(lead.token) else { return };
+        let mut timed_out = query.unanswered() > 0;
+        let local = self.sync.table.entry(&sid).map_or(Version::ZERO, |e| e.newest_version());
+        if let Some(peer) = query.fetch_from(local) {
+            let fetch = transfer::fetch(&self.sync, peer, lead.token, sid.clone());
+            match tokio::time::timeout_at(deadline.into(), fetch).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.stats.drop("fetchFailed");
+                    self.log(Level::Debug, format!("fetching session {sid:?} from {peer} failed: {e}"));
+                }
+                Err(_) => timed_out = true,
+            }
+        }
+        let outcome = if self.sync.table.get(&sid, now_ms()).is_some() {
+            &self.stats.misses_recovered
+        } else if timed_out {
+            &self.stats.miss_timeouts
+        } else {
+            &self.stats.misses_not_found
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
     }
 
     fn apply_payload(&self, header: &Header, payload: Payload, now: Instant) {

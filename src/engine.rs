@@ -1,6 +1,8 @@
 //! The engine behind one store: the session table, the clock that versions local writes, the
 //! cluster node that replicates them, and the background runtime all of it runs on.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use crate::link::Link;
 use crate::events::{Event, EventSink, Level};
 use crate::options::Config;
 use crate::outbox::Outbox;
-use crate::table::{expiry, Op, Table};
+use crate::table::{expiry, Lookup, Op, Table};
 use crate::wire::{self, Header};
 
 /// How often expired sessions and old tombstones are purged from memory.
@@ -111,6 +113,25 @@ impl Engine {
 
     pub fn get(&self, sid: &str) -> Option<Arc<str>> {
         self.table.get(sid, now_ms())
+    }
+
+    /// What `get` serves. `Unknown` (neither a session nor a tombstone here) only when asking
+    /// the cluster is worth it (see `ask`); otherwise that is `Gone`.
+    pub fn lookup(&self, sid: &str) -> Lookup {
+        match self.table.lookup(sid, now_ms()) {
+            Lookup::Unknown if !self.cluster().is_some_and(|c| c.can_ask()) => Lookup::Gone,
+            found => found,
+        }
+    }
+
+    /// Asks the alive members about a sid `lookup` found `Unknown` (README "Reading a session
+    /// that has not arrived yet"). `None` when nothing is asked: over the rate limit, or the
+    /// network is closed.
+    pub fn ask(&self, sid: &str) -> Option<Asked> {
+        let running = self.running.lock();
+        let Some(Running { runtime, cluster: Some(cluster) }) = &*running else { return None };
+        let query = Box::pin(cluster.ask(sid)?);
+        Some(Asked { runtime: runtime.handle().clone(), query, table: self.table.clone(), sid: sid.into() })
     }
 
     /// Stores a session. Returns its ticket: with `waitForAck`, the number of the write to wait
@@ -309,6 +330,26 @@ impl Engine {
     }
 }
 
+/// A query about a miss, not started yet.
+pub struct Asked {
+    runtime: tokio::runtime::Handle,
+    query: Pin<Box<dyn Future<Output = ()> + Send>>,
+    table: Arc<Table>,
+    sid: Arc<str>,
+}
+
+impl Asked {
+    /// Runs the query; `answer` gets the session once it is over, on the engine's thread. If the
+    /// engine closes first, `answer` is dropped uncalled.
+    pub fn then(self, answer: impl FnOnce(Option<Arc<str>>) + Send + 'static) {
+        let Asked { runtime, query, table, sid } = self;
+        runtime.spawn(async move {
+            query.await;
+            answer(table.get(&sid, now_ms()));
+        });
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
@@ -347,6 +388,8 @@ mod tests {
             cluster: format!("{name}-{}", std::process::id()),
             heartbeat_interval_ms: 50,
             failure_timeout_ms: 1000,
+            // Generous on a busy test machine: a query ends at once when every member answered.
+            miss_timeout_ms: 2_000,
             hooks,
             ..Config::default()
         };
@@ -432,7 +475,7 @@ mod tests {
     /// sender answers `Gone` and the receiver repairs by anti-entropy over TCP.
     #[test]
     fn gaps_beyond_the_retransmit_buffer_are_repaired_by_anti_entropy() {
-        let hooks = crate::options::TestHooks { inbound_loss: 0.3, retransmit_datagrams: 16 };
+        let hooks = crate::options::TestHooks { inbound_loss: 0.3, retransmit_datagrams: 16, ..Default::default() };
         let nodes = loopback_cluster("gone", 2, hooks);
         let expires = Some(now_ms() + 600_000);
         for i in 0..2_000 {
@@ -614,6 +657,52 @@ mod tests {
         assert_eq!(stats["missingDatagrams"], 0, "{stats}");
         assert_eq!(stats["dropped"]["departedSender"], 2, "{stats}");
         assert_eq!((node.get("late-5"), node.get("late-8")), (None, None));
+        nodes.iter().for_each(Engine::close);
+    }
+
+    /// What `ask` answers, waited for.
+    fn ask(node: &Engine, sid: &str) -> Option<Arc<str>> {
+        let (sender, answer) = std::sync::mpsc::channel();
+        node.ask(sid).expect("asked").then(move |doc| sender.send(doc).unwrap());
+        answer.recv_timeout(Duration::from_secs(10)).expect("an answer")
+    }
+
+    /// A receives no `Data` from B: what B writes exists on B only. A `get` on A that finds
+    /// nothing asks B and gets its session (in a datagram, or over TCP when it does not fit
+    /// one), merged into A's table so the next get is local; a sid B destroyed comes back as a
+    /// tombstone, and a sid nobody holds as nothing, once B answered.
+    #[test]
+    fn a_miss_asks_the_alive_members_and_merges_what_they_hold() {
+        let deaf = crate::options::TestHooks { drop_inbound_data: true, ..Default::default() };
+        let nodes = loopback_nodes("miss-asks-cluster", vec![deaf, Default::default()]);
+        let (a, b) = (&nodes[0], &nodes[1]);
+        assert!(wait_until(|| a.stats()["members"] == 2 && b.stats()["members"] == 2));
+        let expires = Some(now_ms() + 600_000);
+        let large = format!(r#"{{"pad":"{}"}}"#, "x".repeat(100_000));
+        b.set("small", r#"{"n":1}"#.into(), expires).unwrap();
+        b.set("large", large.clone(), expires).unwrap();
+        b.set("destroyed", "{}".into(), expires).unwrap();
+        b.destroy("destroyed");
+        b.flush();
+        std::thread::sleep(Duration::from_millis(200));
+        for sid in ["small", "large", "destroyed", "nowhere"] {
+            assert_eq!(a.lookup(sid), Lookup::Unknown, "{sid} is not on A");
+        }
+
+        let started = std::time::Instant::now();
+        assert_eq!(ask(a, "small").as_deref(), Some(r#"{"n":1}"#));
+        assert!(started.elapsed() < Duration::from_millis(1_000), "B answered: no timeout ({:?})", started.elapsed());
+        assert_eq!(a.lookup("small"), Lookup::Live(r#"{"n":1}"#.into()), "merged: the next get is local");
+        assert_eq!(ask(a, "large").as_deref(), Some(large.as_str()));
+        assert_eq!(ask(a, "destroyed"), None);
+        assert_eq!(a.lookup("destroyed"), Lookup::Gone, "the tombstone was merged");
+        assert_eq!(ask(a, "nowhere"), None);
+        assert_eq!(a.lookup("nowhere"), Lookup::Unknown);
+        let stats = a.stats();
+        let counts = ["missQueries", "missesRecovered", "missesNotFound", "missTimeouts", "missesRateLimited"];
+        let counts = counts.map(|k| &stats[k]);
+        assert_eq!(counts, [4, 2, 2, 0, 0], "{stats}");
+        assert_eq!(stats["dropped"], serde_json::json!({}), "{stats}");
         nodes.iter().for_each(Engine::close);
     }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use napi::sys;
 
 use crate::engine::{Engine, WriteError};
+use crate::table::Lookup;
 
 type Value = sys::napi_value;
 type Env = sys::napi_env;
@@ -67,15 +68,17 @@ pub fn register(env: Env, exports: Value) -> napi::Result<()> {
     Ok(())
 }
 
-/// `get(handle, sid)`: the session's JSON, or null.
+/// `get(handle, sid)`: the session's JSON, null, or undefined when this node holds nothing for
+/// the sid, not even a tombstone, and the live members are worth asking (`ask` in lib.rs).
 unsafe extern "C" fn get(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
         let (engine, [_, sid, ..]) = arguments(env, info, 2)?;
-        match with_str(env, sid, |sid| engine.get(sid))? {
-            None => null(env),
+        match with_str(env, sid, |sid| engine.lookup(sid))? {
             // Most sessions are ASCII: V8 copies Latin-1 without decoding it.
-            Some(doc) if doc.is_ascii() => string(env, &doc, sys::napi_create_string_latin1),
-            Some(doc) => string(env, &doc, sys::napi_create_string_utf8),
+            Lookup::Live(doc) if doc.is_ascii() => string(env, &doc, sys::napi_create_string_latin1),
+            Lookup::Live(doc) => string(env, &doc, sys::napi_create_string_utf8),
+            Lookup::Gone => null(env),
+            Lookup::Unknown => undefined(env),
         }
     })
 }
@@ -222,6 +225,12 @@ fn string(env: Env, s: &str, create: CreateString) -> Result<Value, Refusal> {
 fn null(env: Env) -> Result<Value, Refusal> {
     let mut value = ptr::null_mut();
     unsafe { sys::napi_get_null(env, &mut value) };
+    Ok(value)
+}
+
+fn undefined(env: Env) -> Result<Value, Refusal> {
+    let mut value = ptr::null_mut();
+    unsafe { sys::napi_get_undefined(env, &mut value) };
     Ok(value)
 }
 

@@ -72,6 +72,9 @@ pub struct Config {
     pub failure_timeout_ms: u64,
     /// `maxClockSkew`: a member's clock further than this from ours is warned about; 0 = never.
     pub max_clock_skew_ms: u64,
+    /// `missTimeout`: how long a `get` of a sid unknown here waits for the live members' answers
+    /// (see miss.rs); 0 = it does not ask.
+    pub miss_timeout_ms: u64,
     /// Not a user option: the doctor runs the engine as an observer that listens and probes
     /// without joining the cluster.
     pub observer: bool,
@@ -86,11 +89,14 @@ pub struct TestHooks {
     pub inbound_loss: f64,
     /// Datagrams kept for retransmission (a small buffer forces anti-entropy repairs).
     pub retransmit_datagrams: usize,
+    /// Drops every `Data` datagram received: the writes of other nodes do not arrive (until an
+    /// anti-entropy sync), so a `get` here has to ask for them (miss.rs).
+    pub drop_inbound_data: bool,
 }
 
 impl Default for TestHooks {
     fn default() -> Self {
-        TestHooks { inbound_loss: 0.0, retransmit_datagrams: 65_536 }
+        TestHooks { inbound_loss: 0.0, retransmit_datagrams: 65_536, drop_inbound_data: false }
     }
 }
 
@@ -118,6 +124,7 @@ impl Default for Config {
             heartbeat_interval_ms: 500,
             failure_timeout_ms: 3000,
             max_clock_skew_ms: 1000,
+            miss_timeout_ms: crate::miss::DEFAULT_TIMEOUT_MS,
             observer: false,
             hooks: TestHooks::default(),
         }
@@ -166,6 +173,7 @@ const KNOWN: &[&str] = &[
     "heartbeatInterval",
     "failureTimeout",
     "maxClockSkew",
+    "missTimeout",
 ];
 
 fn integer(name: &str, value: &Value, min: u64, max: u64) -> Result<u64, OptionError> {
@@ -369,6 +377,9 @@ impl Config {
         if let Some(v) = get("maxClockSkew") {
             c.max_clock_skew_ms = integer("maxClockSkew", v, 0, 86_400_000)?;
         }
+        if let Some(v) = get("missTimeout") {
+            c.miss_timeout_ms = integer("missTimeout", v, 0, crate::miss::MAX_TIMEOUT_MS)?;
+        }
         if c.failure_timeout_ms < 2 * c.heartbeat_interval_ms {
             return Err(OptionError {
                 option: "failureTimeout".into(),
@@ -405,6 +416,7 @@ impl Config {
             "heartbeatInterval": self.heartbeat_interval_ms,
             "failureTimeout": self.failure_timeout_ms,
             "maxClockSkew": self.max_clock_skew_ms,
+            "missTimeout": self.miss_timeout_ms,
         })
     }
 }
@@ -458,6 +470,9 @@ mod tests {
             (json!({ "maxClockSkew": -1 }), "maxClockSkew"),
             (json!({ "maxClockSkew": 1.5 }), "maxClockSkew"),
             (json!({ "maxClockSkew": 86_400_001 }), "maxClockSkew"),
+            (json!({ "missTimeout": -1 }), "missTimeout"),
+            (json!({ "missTimeout": 10_001 }), "missTimeout"),
+            (json!({ "missTimeout": "20" }), "missTimeout"),
             (json!({ "multicastTtl": 1 }), "multicastTtl"),
         ];
         for (options, name) in cases {
@@ -474,7 +489,7 @@ mod tests {
             "use": "v4", "multicast": "239.1.2.3", "multicastPort": 4001, "ipv4": "127.0.0.1",
             "multicastTTL": 0, "useSessionTTL": true, "sessionTTL": 0.05, "gracefulShutdown": false,
             "secret": ["pass", { "base64": key }], "cluster": "shop", "peers": ["a.svc:4000", "[fd00::1]:5"],
-            "maxSessionBytes": 1000, "heartbeatInterval": 100, "failureTimeout": 600,
+            "maxSessionBytes": 1000, "heartbeatInterval": 100, "failureTimeout": 600, "missTimeout": 0,
             "ttl": 1.5, "disableTouch": true, "touchAfter": 60, "waitForAck": true, "ackTimeout": 50,
             "maxClockSkew": 250,
         }))
@@ -484,6 +499,8 @@ mod tests {
         assert_eq!(Config::from_json(&json!({ "maxClockSkew": 0 })).unwrap().max_clock_skew_ms, 0);
         assert_eq!((c.ttl_ms, c.disable_touch, c.touch_after_ms), (Some(1500), true, 60_000));
         assert_eq!(c.to_json()["ttl"], json!(1.5));
+        assert_eq!((c.miss_timeout_ms, &c.to_json()["missTimeout"]), (0, &json!(0)));
+        assert_eq!(Config::default().miss_timeout_ms, crate::miss::DEFAULT_TIMEOUT_MS);
         assert_eq!(Config::from_json(&json!({ "touchAfter": 0 })).unwrap().touch_after_ms, 0);
         assert_eq!(c.session_ttl_ms, Some(50));
         assert!(!c.graceful_shutdown);

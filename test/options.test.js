@@ -59,6 +59,7 @@ describe("options", () => {
       heartbeatInterval: [{ heartbeatInterval: 0 }],
       failureTimeout: [{ heartbeatInterval: 500, failureTimeout: 900 }],
       maxClockSkew: [{ maxClockSkew: -1 }, { maxClockSkew: 1.5 }, { maxClockSkew: "1s" }, { maxClockSkew: 86_400_001 }],
+      missTimeout: [{ missTimeout: -1 }, { missTimeout: 10_001 }, { missTimeout: 2.5 }, { missTimeout: "20" }],
       multicastTtl: [{ multicastTtl: 1 }],
     };
 
@@ -95,6 +96,7 @@ describe("options", () => {
         heartbeatInterval: 200,
         failureTimeout: 1000,
         maxClockSkew: 250,
+        missTimeout: 50,
       });
       const o = store.options;
       assert.equal(o.use, "v4");
@@ -109,6 +111,7 @@ describe("options", () => {
       assert.equal(o.maxSessionBytes, 4096);
       assert.equal(o.heartbeatInterval, 200);
       assert.equal(o.failureTimeout, 1000);
+      assert.equal(o.missTimeout, 50);
       assert.equal(o.maxClockSkew, 250);
     });
 
@@ -158,6 +161,7 @@ describe("options", () => {
       assert.equal(o.touchAfter, 0);
       assert.equal(o.waitForAck, false);
       assert.equal(o.ackTimeout, 300);
+      assert.equal(o.missTimeout, 20);
     });
 
     it("the default group is 228.0.0.5 (v4) and a transient site-scope group (v6)", () => {

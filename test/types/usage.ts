@@ -29,6 +29,7 @@ const options: expressSessionMulticast.MulticastStoreOptions = {
     heartbeatInterval: 500,
     failureTimeout: 3000,
     maxClockSkew: 1000,
+    missTimeout: 20,
     ttl: 86400,
     disableTouch: false,
     touchAfter: 60,
@@ -55,6 +56,7 @@ const waitForAck: boolean = store.options.waitForAck;
 new MulticastStore({ ackTimeout: "300ms" });
 // @ts-expect-error maxClockSkew is a number of milliseconds
 new MulticastStore({ maxClockSkew: "1s" });
+const missTimeout: number = store.options.missTimeout;
 
 // @ts-expect-error multicastPort is a number
 new MulticastStore({ multicastPort: "4000" });
@@ -134,6 +136,11 @@ const network: (number | undefined)[] = [
     stats.stateTransfers,
     stats.antiEntropySyncs,
     stats.syncEntriesReceived,
+    stats.missQueries,
+    stats.missesRecovered,
+    stats.missesNotFound,
+    stats.missTimeouts,
+    stats.missesRateLimited,
     stats.replicationLagMs,
     stats.missingDatagrams,
     stats.retransmitBufferBytes,
@@ -176,4 +183,4 @@ store.off("member", () => {});
 const logger: expressSessionMulticast.Logger = store.logger;
 const port: number = store.options.multicastPort;
 
-console.log(ttlOption, touchAfter, waitForAck, networkState, networkError, counters, ready, network, authFailed, sent, text, logger, port, promises);
+console.log(ttlOption, touchAfter, waitForAck, missTimeout, networkState, networkError, counters, ready, network, authFailed, sent, text, logger, port, promises);
