@@ -6,10 +6,11 @@
 // next request to B (GET /me) with the cookie A set; variants (the fixture's VARIANTS): plain,
 // regenerate (the login regenerates an anonymous session), bWrites (B's page writes the session
 // too: a B that finds no session makes a new one and sends its cookie, a logout for good).
-// Per variant, waitForAck off and on: stale reads (B did not see the user), logouts for good
+// Per variant, waitForAck off and on, and off with missTimeout 0 (a get that finds nothing does
+// not ask the other nodes, src/miss.rs): stale reads (B did not see the user), logouts for good
 // (B sent a cookie of another sid), for stale reads how long after A's response ended B had the
 // login, and the login's response time on A (request sent → response ended: what waitForAck
-// costs a user) and the next request's on B. One cluster per mode, both up at once; the modes
+// costs a user) and the next request's on B. One cluster per mode, all up at once; the modes
 // take turns in blocks of BLOCK iterations, so load from elsewhere on the host falls on both.
 //   node bench/readyourwrites.js [iterations]   (default 5,000 per variant and mode; alone, or
 //   `node bench/index.js readyourwrites`; `npm run bench` runs it as part of bench/index.js)
@@ -24,6 +25,7 @@ const ITERATIONS = 5000;
 const WARMUP = 200; // per cluster and variant, before its first block
 const BLOCK = 500;
 const MODES = [
+  { id: "noMiss", label: "waitForAck off, missTimeout 0", options: { missTimeout: 0 } },
   { id: "off", label: "waitForAck off", options: {} },
   { id: "on", label: "waitForAck on", options: { waitForAck: true } },
 ];
@@ -70,7 +72,7 @@ async function run({ iterations = ITERATIONS, log = console.log } = {}) {
     await stopApps(clusters.flatMap((c) => c.apps));
   }
   const out = {
-    method: `3 apps (Express + express-session, resave false, saveUninitialized false) in separate processes on one loopback cluster; per iteration a login (POST /login, ≈1 KB session) on A, then as soon as A's response has ended GET /me on B with its cookie; variants: ${Object.entries(VARIANTS).map(([k, v]) => `${k} (${v})`).join("; ")}. ${iterations} iterations per variant and mode (after ${WARMUP} of warm-up), the two modes' clusters taking turns in blocks of ${BLOCK}. Stale read: B did not see the user; logout for good: B answered with a cookie of another sid. Stale read → B had it: from A's response ended to B's store returning the session (B polls from its miss on). Times: request sent → response ended, seen by the client`,
+    method: `3 apps (Express + express-session, resave false, saveUninitialized false) in separate processes on one loopback cluster; per iteration a login (POST /login, ≈1 KB session) on A, then as soon as A's response has ended GET /me on B with its cookie; variants: ${Object.entries(VARIANTS).map(([k, v]) => `${k} (${v})`).join("; ")}. ${iterations} iterations per variant and mode (after ${WARMUP} of warm-up), the modes' clusters taking turns in blocks of ${BLOCK}. Stale read: B did not see the user; logout for good: B answered with a cookie of another sid. Stale read → B had it: from A's response ended to B's store returning the session (B polls from its miss on). Times: request sent → response ended, seen by the client`,
     iterations,
     warmup: WARMUP,
     block: BLOCK,
