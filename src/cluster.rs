@@ -71,6 +71,8 @@ pub const LEAVE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// While it waits, it repeats its `AckRequest` this often: each one makes every receiver ack at
 /// once (a lost `AckRequest`, or a lost `Ack`, costs this much).
 const LEAVING_REPEAT: Duration = Duration::from_millis(25);
+/// Copies of the final `Leave`: at 20% loss, 2 copies miss a receiver 4% of the time, 4 copies 0.2%.
+const LEAVE_COPIES: usize = 4;
 /// Datagrams already waiting in a socket are handled before the acks they make due are sent: one
 /// cumulative ack per sender per burst, at most this many datagrams apart.
 const RECEIVE_BURST: usize = 64;
@@ -413,8 +415,8 @@ impl Cluster {
 
     /// Graceful leave: sends the writes still queued, then `AckRequest { last_seq }` (repeated every
     /// LEAVING_REPEAT) until every live (alive) member has acknowledged `last_seq`, answering
-    /// their NAKs meanwhile, or until LEAVE_TIMEOUT; then `Leave`, twice (a lost `Leave` costs a
-    /// failureTimeout). Returns the warning to log when the wait timed out, naming the members
+    /// their NAKs meanwhile, or until LEAVE_TIMEOUT; then `Leave`, LEAVE_COPIES times (a lost `Leave`
+    /// costs a failureTimeout, and the member is reported dead instead of left). Returns the warning to log when the wait timed out, naming the members
     /// that did not acknowledge.
     pub async fn leave(&self) -> Option<String> {
         if self.config.observer {
@@ -443,7 +445,7 @@ impl Cluster {
             let _ = tokio::time::timeout_at(next_leaving.min(deadline).into(), self.ack_moved.notified()).await;
         };
         self.gone.store(true, Ordering::Release);
-        for _ in 0..2 {
+        for _ in 0..LEAVE_COPIES {
             self.broadcast_message(&Message::Leave).await;
         }
         (!lagging.is_empty()).then(|| {
@@ -785,6 +787,7 @@ impl Cluster {
                 let ack = match self.state.lock().inbound.get_mut(&header.node) {
                     Some(inbound) if inbound.incarnation == header.incarnation => {
                         inbound.window.ask_ack(last_seq, now);
+                        inbound.window.expedite(now);
                         self.due_ack(inbound, false)
                     }
                     _ => return self.stats.drop("staleIncarnation"),
@@ -834,10 +837,14 @@ impl Cluster {
                 self.apply_payload(&header, payload, now);
                 // Applied first: an ack says what this node holds. Sent by the receive loop after
                 // its burst when the sender asked (its writes wait for it); otherwise at the tick.
-                if ask_ack {
-                    if let Some(inbound) = self.state.lock().inbound.get_mut(&header.node) {
+                // A repair that completes what a sender asked for is acknowledged at once too.
+                let due = self.state.lock().inbound.get_mut(&header.node).is_some_and(|inbound| {
+                    if ask_ack {
                         inbound.window.ask_ack(seq, now);
                     }
+                    inbound.window.asked_ack_due()
+                });
+                if due {
                     self.ack_asked.store(true, Ordering::Relaxed);
                 }
             }
