@@ -132,13 +132,15 @@ module.exports = function expressSessionMulticast(session) {
       if (ttl) this.options.ttl = ttl;
       this._native = native;
       this._handle = this._engine.handle();
-      // Writes queue in the engine; a flush hands them to the network thread (src/outbox.rs).
+      // Writes queue in the engine; a flush sends a few from this thread, or hands them to the
+      // network thread (src/outbox.rs).
       this._flushScheduled = false;
       this._lastFlush = -Infinity;
       this._flush = () => {
         this._flushScheduled = false;
-        this._lastFlush = performance.now();
         if (!this._closed) this._native.flush(this._handle);
+        // Measured from the end: a flush that sent from this thread took some time itself.
+        this._lastFlush = performance.now();
       };
       // waitForAck: [ticket, callback] pairs waiting for the engine's "acked" event, in ticket order.
       this._waitForAck = this.options.waitForAck;
@@ -321,10 +323,11 @@ module.exports = function expressSessionMulticast(session) {
       this._waitingHead = head;
     }
 
-    // A flush ends each event-loop turn that wrote, so a lone write leaves at once and a burst
-    // in one turn costs one wake-up of the network thread. Writes that keep coming less than
-    // FLUSH_GAP_MS apart are flushed by a 1 ms timer instead: a stream of writes then costs a
-    // wake-up per millisecond, not one per write (the engine also hands over every 256 writes).
+    // A flush ends each event-loop turn that wrote, so a lone write leaves at once (sent from
+    // this thread) and a burst in one turn costs one wake-up of the network thread. Writes that
+    // keep coming less than FLUSH_GAP_MS after the last flush are flushed by a 1 ms timer
+    // instead: a stream of writes then costs a flush per millisecond, not one per write (the
+    // engine also hands over every 256 writes).
     _wrote() {
       if (this._flushScheduled || !this._networked) return;
       this._flushScheduled = true;
