@@ -157,13 +157,14 @@ impl Engine {
         self.write(Op::Clear { version: self.clock.tick() })
     }
 
-    /// Sends the writes made since the last flush, or hands them to the network thread (see
-    /// outbox.rs and `Cluster::flush`).
-    pub fn flush(&self) {
-        if self.outbox.is_some() {
-            if let Some(cluster) = self.cluster() {
-                cluster.flush();
-            }
+    /// Hands the writes made since the last flush to the network thread; with `direct`, a few
+    /// are sent from this thread instead when no batch is in flight (see outbox.rs and
+    /// `Cluster::flush`).
+    pub fn flush(&self, direct: bool) {
+        let Some(outbox) = &self.outbox else { return };
+        match self.cluster() {
+            Some(cluster) if direct => cluster.flush(),
+            _ => outbox.flush(),
         }
     }
 
@@ -398,7 +399,7 @@ mod tests {
             // As the JS adapter does at the end of an event-loop turn (the other tests rely on
             // the tick's flush).
             if i % 10 == 0 {
-                writer.flush();
+                writer.flush(false);
             }
         }
         nodes[1].destroy("s42");
@@ -451,7 +452,7 @@ mod tests {
         for i in 0..30 {
             let pad = if i == 7 { 2_000 } else { 100 };
             let ticket = a.set(&format!("d{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad)), expires).unwrap();
-            a.flush();
+            a.flush(true);
             assert!(acked_through(ticket), "write {ticket} acknowledged: {}", a.stats());
         }
         assert_eq!((batches("writeBatches"), batches("directBatches")), (30, 30), "{}", a.stats());
@@ -459,7 +460,7 @@ mod tests {
         // The state lock taken: the network thread finishes the burst.
         let cluster = a.cluster().unwrap();
         let ticket = a.set("busy", "{}".into(), expires).unwrap();
-        cluster.with_state_locked(|| a.flush());
+        cluster.with_state_locked(|| a.flush(true));
         assert!(acked_through(ticket), "handed over, then acknowledged: {}", a.stats());
         assert_eq!((batches("writeBatches"), batches("directBatches")), (31, 30));
 
@@ -468,13 +469,13 @@ mod tests {
         for i in 0..10 {
             last = a.set(&format!("big{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000)), expires).unwrap();
         }
-        a.flush();
+        a.flush(true);
         assert!(acked_through(last), "{}", a.stats());
         assert_eq!((batches("writeBatches"), batches("directBatches")), (32, 30));
 
         // A direct send, then a close at once: B has it when close() returns.
         a.set("last", "{}".into(), expires).unwrap();
-        a.flush();
+        a.flush(true);
         assert_eq!(batches("directBatches"), 31);
         assert_eq!(a.close_reporting(), None);
         assert_eq!(b.length(), 30 + 1 + 10 + 1);
@@ -493,7 +494,7 @@ mod tests {
         // ≈1 KB each: one datagram per write.
         for i in 0..500 {
             nodes[0].set(&format!("s{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000)), expires).unwrap();
-            nodes[0].flush();
+            nodes[0].flush(false);
         }
         assert!(wait_for_convergence(&nodes, 500), "stats: {}", nodes[1].stats());
         std::thread::sleep(Duration::from_millis(200));
@@ -577,7 +578,7 @@ mod tests {
             for i in 0..200 {
                 a.set(&format!("s{i}"), format!(r#"{{"run":{run},"n":{i}}}"#), expires).unwrap();
                 if i % 20 == 19 {
-                    a.flush();
+                    a.flush(false);
                 }
             }
             let started = std::time::Instant::now();

@@ -216,7 +216,9 @@ describe("lifecycle", () => {
         const pad = "x".repeat(1_000);
         let n = 0;
         for (let turn = 0; turn < 40; turn++) {
-          // Odd turns: 10 writes of ≈1 KB (too many for the JS thread to send); even turns: one.
+          // Odd turns: 10 writes of ≈1 KB (too many for the JS thread to send); even turns: one,
+          // after the event loop slept (sent from this thread).
+          if (turn % 2 === 0) await new Promise((resolve) => setTimeout(resolve, 1));
           for (let k = turn % 2 ? 10 : 1; k > 0; k--) a.set(`r${run}-${n++}`, sessionData({ pad }), () => {});
           await new Promise(setImmediate);
         }
