@@ -422,8 +422,10 @@ declare namespace expressSessionMulticast {
         /** Joined and finished the initial state transfer (or found itself alone). */
         ready: boolean;
         datagramsSent?: number;
-        /** Batches of local writes handed to the network thread: writes close together share one. */
+        /** Batches of local writes sent: writes close together share one. */
         writeBatches?: number;
+        /** Of `writeBatches`, those sent from the JS thread itself, without waking the network thread. */
+        directBatches?: number;
         bytesSent?: number;
         datagramsReceived?: number;
         bytesReceived?: number;

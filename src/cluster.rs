@@ -1,8 +1,11 @@
 //! A running cluster node: joins, replicates local writes, applies remote ones, repairs losses.
 //!
-//! Tasks (all on the engine's tokio runtime, never on the JS thread):
+//! Tasks (all on the engine's tokio runtime; the JS thread only ever sends a few writes, without
+//! waiting, see `Cluster::flush`):
 //! - `send_loop`: drains local writes, packs them into sequenced `Data` datagrams (fragmenting
-//!   large ops), keeps each in the retransmit buffer and multicasts it;
+//!   large ops), keeps each in the retransmit buffer and multicasts it; a flush of a few writes
+//!   does the same from the JS thread when no batch is in flight (`Cluster::flush`), without
+//!   waking the network thread;
 //! - `receive_loop` (group socket and unicast socket): decodes, routes, applies;
 //! - `tick_loop`: heartbeats with our high-water mark, failure detection, NAKs for gaps,
 //!   coalesced acks, anti-entropy syncs when a gap cannot be repaired, and periodically as a
@@ -15,7 +18,7 @@
 //! - `leave` (run by `Engine::close`): the last writes, `AckRequest` until every live member has
 //!   acknowledged them (bounded by `LEAVE_TIMEOUT`), then `Leave`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +29,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::ack_wait::AckWaits;
 use crate::clock::{now_ms, Clock, Version};
@@ -63,6 +67,9 @@ const PEER_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams sent back to back before yielding, so a burst doesn't overflow receivers' buffers.
 const BURST: usize = 32;
+/// Queued bytes that leave from the writing thread when no batch is in flight (see
+/// `Cluster::send_directly`): a few datagrams, so the JS thread never sends for long.
+const DIRECT_BYTES: usize = 4 * (MAX_DATAGRAM - DATA_OVERHEAD);
 /// Syncs served at once; further connections are closed at once (peers retry later).
 const MAX_CONCURRENT_SYNCS: usize = 8;
 /// A leaving node waits at most this long, from the start of its leave, for every live member to
@@ -83,8 +90,11 @@ const ACK_TIMEOUT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct NetStats {
     pub datagrams_sent: AtomicU64,
-    /// Batches of local writes handed to the network thread (several writes share a wake-up).
+    /// Batches of local writes sent (several writes share a wake-up of the network thread, or a
+    /// direct send).
     pub write_batches: AtomicU64,
+    /// Of those, the batches sent whole from the writing thread (see `Cluster::send_directly`).
+    pub direct_batches: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub datagrams_received: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -133,6 +143,7 @@ impl NetStats {
         json!({
             "datagramsSent": get(&self.datagrams_sent),
             "writeBatches": get(&self.write_batches),
+            "directBatches": get(&self.direct_batches),
             "bytesSent": get(&self.bytes_sent),
             "datagramsReceived": get(&self.datagrams_received),
             "bytesReceived": get(&self.bytes_received),
@@ -194,6 +205,33 @@ struct State {
     next_anti_entropy: Instant,
 }
 
+/// A batch of local writes on its way out, packed into `Data` datagrams one at a time (see
+/// `Cluster::next_packet`), by the send loop or by a direct send from the writing thread.
+struct Burst {
+    ops: VecDeque<Op>,
+    /// Ops for the next datagram, and its size so far.
+    pending: Vec<Op>,
+    size: usize,
+    /// The pieces of an op too large for one datagram, sequenced and kept, not sent yet.
+    fragments: VecDeque<Vec<u8>>,
+    /// The number of the burst's last write (see ack_wait.rs).
+    last_write: u64,
+}
+
+enum Step {
+    /// The next datagram, sealed.
+    Packet(Vec<u8>),
+    /// The state lock is taken (when only tried): nothing was packed.
+    Busy,
+    Done,
+}
+
+/// A datagram a direct send could not send to `to` (`None`: to any destination).
+struct Unsent {
+    packet: Vec<u8>,
+    to: Option<Vec<SocketAddr>>,
+}
+
 pub struct Cluster {
     config: Config,
     link: Arc<Link>,
@@ -213,9 +251,12 @@ pub struct Cluster {
     member_found: tokio::sync::Notify,
     /// Local writes to replicate.
     outbox: Arc<Outbox>,
-    /// Held while writes are sent: the leave waits for the batch in flight and sends the rest
-    /// itself, so nothing is sent after the last seq it announces.
-    sending: tokio::sync::Mutex<()>,
+    /// Held while writes are sent (by the send loop, by a direct send and whoever finishes it, by
+    /// the leave): the leave waits for the batch in flight and sends the rest itself, so nothing
+    /// is sent after the last seq it announces.
+    sending: Arc<tokio::sync::Mutex<()>>,
+    /// The engine's runtime, to hand a direct send over to the network thread.
+    runtime: tokio::runtime::Handle,
     /// Wakes a leave waiting for acks when one moves.
     ack_moved: tokio::sync::Notify,
     /// Wakes `ack_wait_loop` when a batch of writes starts waiting.
@@ -271,7 +312,8 @@ impl Cluster {
             ready: AtomicBool::new(false),
             member_found: tokio::sync::Notify::new(),
             outbox,
-            sending: tokio::sync::Mutex::new(()),
+            sending: Arc::new(tokio::sync::Mutex::new(())),
+            runtime: tokio::runtime::Handle::current(),
             ack_moved: tokio::sync::Notify::new(),
             waits_added: tokio::sync::Notify::new(),
             ack_asked: AtomicBool::new(false),
@@ -294,6 +336,13 @@ impl Cluster {
         tokio::spawn(cluster.clone().accept_loop(tcp));
         tokio::spawn(cluster.clone().bootstrap());
         Ok(cluster)
+    }
+
+    /// Runs `f` with the state lock taken: a flush inside it finds the lock busy.
+    #[cfg(test)]
+    pub(crate) fn with_state_locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _state = self.state.lock();
+        f()
     }
 
     pub fn me(&self) -> NodeInfo {
@@ -332,13 +381,15 @@ impl Cluster {
 
     async fn send_to(&self, bytes: &[u8], to: SocketAddr) {
         match self.unicast.send_to(bytes, to).await {
-            Ok(_) => {
-                self.stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            }
+            Ok(_) => self.count_sent(bytes),
             // Lost datagrams are repaired like any loss; count the cause.
             Err(_) => self.stats.drop("sendError"),
         }
+    }
+
+    fn count_sent(&self, bytes: &[u8]) {
+        self.stats.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     }
 
     /// To every node: the group, plus unicast copies for whoever multicast does not reach.
@@ -351,13 +402,42 @@ impl Cluster {
         }
     }
 
+    /// `broadcast` without waiting: for the destinations a send would block for (or failed for),
+    /// or for all of them if the state lock is taken, the packet comes back as `Unsent`.
+    fn try_broadcast(&self, packet: Vec<u8>) -> Result<(), Unsent> {
+        let targets = if self.needs_unicast_targets() {
+            match self.state.try_lock() {
+                Some(state) => self.unicast_targets_in(&state),
+                None => return Err(Unsent { packet, to: None }),
+            }
+        } else {
+            Vec::new()
+        };
+        let mut destinations = self.group_addr.into_iter().chain(targets);
+        while let Some(to) = destinations.next() {
+            if self.unicast.try_send_to(&packet, to).is_err() {
+                return Err(Unsent { packet, to: Some(std::iter::once(to).chain(destinations).collect()) });
+            }
+            self.count_sent(&packet);
+        }
+        Ok(())
+    }
+
     /// Members not heard through the group (dead ones too, so a healed partition finds us), and
     /// configured peers that are no known member yet (discovery).
     fn unicast_targets(&self) -> Vec<SocketAddr> {
-        if self.config.peers.is_empty() && self.group_addr.is_some() {
+        if !self.needs_unicast_targets() {
             return Vec::new();
         }
-        let state = self.state.lock();
+        self.unicast_targets_in(&self.state.lock())
+    }
+
+    /// Without peers, multicast reaches everyone.
+    fn needs_unicast_targets(&self) -> bool {
+        !self.config.peers.is_empty() || self.group_addr.is_none()
+    }
+
+    fn unicast_targets_in(&self, state: &State) -> Vec<SocketAddr> {
         let mut targets: Vec<SocketAddr> = state
             .members
             .all()
@@ -480,54 +560,201 @@ impl Cluster {
         }
     }
 
+    /// Sends the writes queued so far. A few, when no batch is being sent, leave from the calling
+    /// (JS) thread at once: the network thread, asleep most likely, is not woken on the way. The
+    /// rest, and whatever would block, is handed to the network thread (see `send_directly`).
+    pub fn flush(self: &Arc<Self>) {
+        if !self.send_directly() {
+            self.outbox.flush();
+        }
+    }
+
+    /// Sends the queued writes from this thread if they are at most DIRECT_BYTES and nothing else
+    /// is being sent; returns false (nothing done) otherwise. Never waits: the locks are only
+    /// tried, the sends never block. When a lock is busy or a send fails half-way, the network
+    /// thread finishes the burst, holding `sending` until it is done.
+    fn send_directly(self: &Arc<Self>) -> bool {
+        if self.gone.load(Ordering::Acquire) {
+            return false;
+        }
+        // A batch in flight (the send loop's, or the leave's) goes first.
+        let Ok(sending) = self.sending.clone().try_lock_owned() else { return false };
+        let Some((ops, last_write)) = self.outbox.take_at_most(DIRECT_BYTES) else { return false };
+        if ops.is_empty() {
+            return true;
+        }
+        let mut burst = self.burst(ops, last_write);
+        loop {
+            match self.next_packet(&mut burst, false) {
+                Step::Packet(packet) => {
+                    if let Err(unsent) = self.try_broadcast(packet) {
+                        self.hand_over(burst, Some(unsent), sending);
+                        return true;
+                    }
+                }
+                Step::Busy => {
+                    self.hand_over(burst, None, sending);
+                    return true;
+                }
+                Step::Done => break,
+            }
+        }
+        if self.config.wait_for_ack && !self.try_wait_for_acks(burst.last_write) {
+            // Only the waiting is left to do.
+            self.hand_over(burst, None, sending);
+            return true;
+        }
+        self.stats.direct_batches.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The network thread finishes a burst begun on another thread: what `unsent` still owes,
+    /// then the rest of the burst, still holding `sending`.
+    fn hand_over(self: &Arc<Self>, burst: Burst, unsent: Option<Unsent>, sending: OwnedMutexGuard<()>) {
+        let cluster = self.clone();
+        self.runtime.spawn(async move {
+            if let Some(Unsent { packet, to }) = unsent {
+                match to {
+                    Some(to) => {
+                        for to in to {
+                            cluster.send_to(&packet, to).await;
+                        }
+                    }
+                    None => cluster.broadcast(&packet).await,
+                }
+            }
+            cluster.send_burst(burst).await;
+            drop(sending);
+        });
+    }
+
     /// Packs ops into as few datagrams as possible; an op too large for one is fragmented. With
     /// `waitForAck`, the last datagram asks for acks at once, and the writes up to `last_write`
     /// wait for them.
     async fn send_ops(&self, ops: Vec<Op>, last_write: u64) {
-        self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
-        let wait = self.config.wait_for_ack;
-        let mut pending = Vec::new();
-        let mut size = DATA_OVERHEAD;
+        self.send_burst(self.burst(ops, last_write)).await;
+    }
+
+    /// Sends the rest of a burst from the network thread (see `send_ops`).
+    async fn send_burst(&self, mut burst: Burst) {
         let mut sent = 0;
-        let count = ops.len();
-        for (i, op) in ops.into_iter().enumerate() {
-            let len = wire::op_len(&op);
+        while let Step::Packet(packet) = self.next_packet(&mut burst, true) {
+            self.broadcast(&packet).await;
+            sent += 1;
+            if sent % BURST == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        if self.config.wait_for_ack {
+            self.wait_for_acks(burst.last_write);
+        }
+    }
+
+    fn burst(&self, ops: Vec<Op>, last_write: u64) -> Burst {
+        self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
+        Burst { ops: ops.into(), pending: Vec::new(), size: DATA_OVERHEAD, fragments: VecDeque::new(), last_write }
+    }
+
+    /// The burst's next datagram, sealed: its sequence number is allocated, and the datagram kept
+    /// for retransmission, under the state lock. With `waitForAck`, the last one asks for acks at
+    /// once. `blocking` false: the state lock is only tried (`Step::Busy` when it is taken).
+    fn next_packet(&self, burst: &mut Burst, blocking: bool) -> Step {
+        let ask_ack = self.config.wait_for_ack;
+        loop {
+            if let Some(packet) = burst.fragments.pop_front() {
+                return Step::Packet(self.link.seal_encoded(packet));
+            }
+            let Some(op) = burst.ops.front() else {
+                if burst.pending.is_empty() {
+                    return Step::Done;
+                }
+                let packet = match self.lock_state(blocking) {
+                    Some(mut state) => self.data_packet(&mut state, std::mem::take(&mut burst.pending), ask_ack),
+                    None => return Step::Busy,
+                };
+                return Step::Packet(self.link.seal_encoded(packet));
+            };
+            let len = wire::op_len(op);
             if DATA_OVERHEAD + len > MAX_DATAGRAM {
-                // The last datagram of the batch when nothing is left for a final `send_data`.
-                let last = wait && i + 1 == count && pending.is_empty();
-                sent += self.send_fragmented(&op, last).await;
+                // The last datagram of the burst when nothing is left for a final `Data`.
+                let last = ask_ack && burst.ops.len() == 1 && burst.pending.is_empty();
+                let encoded = wire::encode_op(op);
+                match fragment::split(&encoded) {
+                    Some(pieces) => match self.lock_state(blocking) {
+                        Some(mut state) => burst.fragments = self.fragment_packets(&mut state, &pieces, last),
+                        None => return Step::Busy,
+                    },
+                    None => self.stats.drop("opTooLarge"),
+                }
+                burst.ops.pop_front();
                 continue;
             }
-            if size + len > MAX_DATAGRAM || pending.len() == u16::MAX as usize {
-                self.send_data(Payload::Ops(std::mem::take(&mut pending)), false).await;
-                size = DATA_OVERHEAD;
-                sent += 1;
-                if sent % BURST == 0 {
-                    tokio::task::yield_now().await;
-                }
+            if burst.size + len > MAX_DATAGRAM || burst.pending.len() == u16::MAX as usize {
+                let packet = match self.lock_state(blocking) {
+                    Some(mut state) => self.data_packet(&mut state, std::mem::take(&mut burst.pending), false),
+                    None => return Step::Busy,
+                };
+                burst.size = DATA_OVERHEAD;
+                return Step::Packet(self.link.seal_encoded(packet));
             }
-            size += len;
-            pending.push(op);
+            burst.size += len;
+            burst.pending.extend(burst.ops.pop_front());
         }
-        if !pending.is_empty() {
-            self.send_data(Payload::Ops(pending), wait).await;
+    }
+
+    fn lock_state(&self, blocking: bool) -> Option<parking_lot::MutexGuard<'_, State>> {
+        if blocking {
+            Some(self.state.lock())
+        } else {
+            self.state.try_lock()
         }
-        if wait {
-            self.wait_for_acks(last_write);
-        }
+    }
+
+    fn data_packet(&self, state: &mut State, ops: Vec<Op>, ask_ack: bool) -> Vec<u8> {
+        let seq = state.send.next_seq();
+        let packet = self.link.encode(&Message::Data { seq, ask_ack, payload: Payload::Ops(ops) });
+        state.send.keep(seq, packet.as_slice().into());
+        packet
+    }
+
+    /// The pieces of one op, on consecutive sequence numbers; `ask_ack`: the last one asks for
+    /// acks at once.
+    fn fragment_packets(&self, state: &mut State, pieces: &[&[u8]], ask_ack: bool) -> VecDeque<Vec<u8>> {
+        let count = pieces.len() as u16;
+        let mut first_seq = 0;
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(index, piece)| {
+                let seq = state.send.next_seq();
+                if index == 0 {
+                    first_seq = seq;
+                }
+                let payload = Payload::Fragment { first_seq, index: index as u16, count, bytes: piece.to_vec() };
+                let ask_ack = ask_ack && index + 1 == count as usize;
+                let packet = self.link.encode(&Message::Data { seq, ask_ack, payload });
+                state.send.keep(seq, packet.as_slice().into());
+                packet
+            })
+            .collect()
     }
 
     /// The writes up to `last_write` are sent: they wait for the members alive now.
     fn wait_for_acks(&self, last_write: u64) {
         let now = Instant::now();
-        {
-            let mut state = self.state.lock();
-            let State { members, send, waits, .. } = &mut *state;
-            let alive = members.all().filter(|m| m.state == MemberState::Alive).map(|m| (m.id, m.incarnation));
-            waits.add(last_write, send.high_seq(), alive.collect(), now);
-        }
+        add_waits(&mut self.state.lock(), last_write, now);
         self.settle_writes(now);
         self.waits_added.notify_one();
+    }
+
+    /// `wait_for_acks` from a thread that must not wait for the state lock: false if it is taken.
+    /// `ack_wait_loop` settles the writes (at once if there is no member to wait for).
+    fn try_wait_for_acks(&self, last_write: u64) -> bool {
+        let Some(mut state) = self.state.try_lock() else { return false };
+        add_waits(&mut state, last_write, Instant::now());
+        drop(state);
+        self.waits_added.notify_one();
+        true
     }
 
     /// Settles the writes whose members all acknowledged them (or are no longer alive), or whose
@@ -603,55 +830,6 @@ impl Cluster {
                 }
             }
         }
-    }
-
-    async fn send_data(&self, payload: Payload, ask_ack: bool) {
-        let packet = {
-            let mut state = self.state.lock();
-            let seq = state.send.next_seq();
-            let packet = self.link.encode(&Message::Data { seq, ask_ack, payload });
-            state.send.keep(seq, packet.as_slice().into());
-            packet
-        };
-        self.broadcast(&self.link.seal_encoded(packet)).await;
-    }
-
-    /// `ask_ack`: the last piece asks for acks at once.
-    async fn send_fragmented(&self, op: &Op, ask_ack: bool) -> usize {
-        let encoded = wire::encode_op(op);
-        let Some(pieces) = fragment::split(&encoded) else {
-            self.stats.drop("opTooLarge");
-            return 0;
-        };
-        let count = pieces.len() as u16;
-        // Consecutive sequence numbers, allocated together.
-        let packets: Vec<Vec<u8>> = {
-            let mut state = self.state.lock();
-            let mut first_seq = 0;
-            pieces
-                .iter()
-                .enumerate()
-                .map(|(index, piece)| {
-                    let seq = state.send.next_seq();
-                    if index == 0 {
-                        first_seq = seq;
-                    }
-                    let payload = Payload::Fragment { first_seq, index: index as u16, count, bytes: piece.to_vec() };
-                    let ask_ack = ask_ack && index + 1 == count as usize;
-                    let packet = self.link.encode(&Message::Data { seq, ask_ack, payload });
-                    state.send.keep(seq, packet.as_slice().into());
-                    packet
-                })
-                .collect()
-        };
-        let count = packets.len();
-        for (i, packet) in packets.into_iter().enumerate() {
-            self.broadcast(&self.link.seal_encoded(packet)).await;
-            if (i + 1) % BURST == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
-        count
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1447,6 +1625,14 @@ impl Cluster {
 }
 
 /// Whether (`node`, `incarnation`) is a member seen alive (not suspect, dead or departed).
+/// The writes up to `last_write` are sent, in datagrams up to the current high seq: they wait
+/// for the members alive now.
+fn add_waits(state: &mut State, last_write: u64, now: Instant) {
+    let State { members, send, waits, .. } = state;
+    let alive = members.all().filter(|m| m.state == MemberState::Alive).map(|m| (m.id, m.incarnation));
+    waits.add(last_write, send.high_seq(), alive.collect(), now);
+}
+
 fn is_alive(members: &Members, node: u64, incarnation: u64) -> bool {
     members.get(node).is_some_and(|m| m.incarnation == incarnation && m.state == MemberState::Alive)
 }

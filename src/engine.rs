@@ -178,10 +178,14 @@ impl Engine {
         self.write(Op::Clear { version: self.clock.tick() })
     }
 
-    /// Hands the writes made since the last flush to the network thread (see outbox.rs).
-    pub fn flush(&self) {
-        if let Some(outbox) = &self.outbox {
-            outbox.flush();
+    /// Hands the writes made since the last flush to the network thread; with `direct`, a few
+    /// are sent from this thread instead when no batch is in flight (see outbox.rs and
+    /// `Cluster::flush`).
+    pub fn flush(&self, direct: bool) {
+        let Some(outbox) = &self.outbox else { return };
+        match self.cluster() {
+            Some(cluster) if direct => cluster.flush(),
+            _ => outbox.flush(),
         }
     }
 
@@ -438,7 +442,7 @@ mod tests {
             // As the JS adapter does at the end of an event-loop turn (the other tests rely on
             // the tick's flush).
             if i % 10 == 0 {
-                writer.flush();
+                writer.flush(false);
             }
         }
         nodes[1].destroy("s42");
@@ -451,6 +455,78 @@ mod tests {
         nodes.iter().for_each(Engine::close);
     }
 
+    /// A flush sends a few writes from the calling thread: a `directBatches` batch, its datagrams
+    /// sequenced and kept for retransmission, and with `waitForAck` its writes wait for acks. One
+    /// that finds the state lock taken is finished by the network thread, still in order; a batch
+    /// larger than DIRECT_BYTES is handed over whole. A close right after a direct send delivers
+    /// everything. With `waitForAck`, every write is acknowledged; with 20% loss on the
+    /// receiver, the datagrams of direct sends are repaired like any.
+    #[test]
+    fn direct_sends_and_hand_overs_deliver_in_order_and_are_acknowledged() {
+        let acked = Arc::new(AtomicU64::new(0));
+        let seen = acked.clone();
+        let events: crate::events::EventSink = Arc::new(move |event| {
+            if let crate::events::Event::Acked { through } = event {
+                seen.fetch_max(through, Ordering::SeqCst);
+            }
+        });
+        let port = 20_000 + (std::process::id() as u16 % 20_000) + 311;
+        let config = |wait_for_ack, inbound_loss| Config {
+            ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
+            multicast_ttl: 0,
+            multicast_port: port,
+            cluster: format!("direct-{}", std::process::id()),
+            heartbeat_interval_ms: 50,
+            failure_timeout_ms: 1000,
+            wait_for_ack,
+            ack_timeout_ms: 5_000,
+            hooks: crate::options::TestHooks { inbound_loss, ..Default::default() },
+            ..Config::default()
+        };
+        let a = Engine::start(config(true, 0.0), events).unwrap();
+        let b = Engine::start(config(false, 0.2), crate::events::discard()).unwrap();
+        assert!(wait_until(|| a.stats()["members"] == 2 && b.stats()["members"] == 2));
+        assert!(wait_until(|| a.stats()["ready"] == true && b.stats()["ready"] == true));
+        let expires = Some(now_ms() + 600_000);
+        let batches = |what: &str| a.stats()[what].as_u64().unwrap();
+        let acked_through = |n: u64| wait_until(|| acked.load(Ordering::SeqCst) >= n);
+
+        // Lone writes, a session of two fragments among them: sent directly, acknowledged.
+        for i in 0..30 {
+            let pad = if i == 7 { 2_000 } else { 100 };
+            let ticket = a.set(&format!("d{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad)), expires).unwrap();
+            a.flush(true);
+            assert!(acked_through(ticket), "write {ticket} acknowledged: {}", a.stats());
+        }
+        assert_eq!((batches("writeBatches"), batches("directBatches")), (30, 30), "{}", a.stats());
+
+        // The state lock taken: the network thread finishes the burst.
+        let cluster = a.cluster().unwrap();
+        let ticket = a.set("busy", "{}".into(), expires).unwrap();
+        cluster.with_state_locked(|| a.flush(true));
+        assert!(acked_through(ticket), "handed over, then acknowledged: {}", a.stats());
+        assert_eq!((batches("writeBatches"), batches("directBatches")), (31, 30));
+
+        // More than DIRECT_BYTES: handed over whole.
+        let mut last = 0;
+        for i in 0..10 {
+            last = a.set(&format!("big{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000)), expires).unwrap();
+        }
+        a.flush(true);
+        assert!(acked_through(last), "{}", a.stats());
+        assert_eq!((batches("writeBatches"), batches("directBatches")), (32, 30));
+
+        // A direct send, then a close at once: B has it when close() returns.
+        a.set("last", "{}".into(), expires).unwrap();
+        a.flush(true);
+        assert_eq!(batches("directBatches"), 31);
+        assert_eq!(a.close_reporting(), None);
+        assert_eq!(b.length(), 30 + 1 + 10 + 1);
+        assert_eq!(b.get("d7").map(|doc| doc.len()), Some(2_010));
+        assert_eq!(b.stats()["missingDatagrams"], 0);
+        b.close();
+    }
+
     /// Multicast loops every datagram back to its sender: the node recognizes its own by header
     /// and source address and drops them as `ownLoopback`, not as drops or replays; a second
     /// node still gets every write.
@@ -461,7 +537,7 @@ mod tests {
         // ≈1 KB each: one datagram per write.
         for i in 0..500 {
             nodes[0].set(&format!("s{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000)), expires).unwrap();
-            nodes[0].flush();
+            nodes[0].flush(false);
         }
         assert!(wait_for_convergence(&nodes, 500), "stats: {}", nodes[1].stats());
         std::thread::sleep(Duration::from_millis(200));
@@ -545,7 +621,7 @@ mod tests {
             for i in 0..200 {
                 a.set(&format!("s{i}"), format!(r#"{{"run":{run},"n":{i}}}"#), expires).unwrap();
                 if i % 20 == 19 {
-                    a.flush();
+                    a.flush(false);
                 }
             }
             let started = std::time::Instant::now();
@@ -683,7 +759,7 @@ mod tests {
         b.set("large", large.clone(), expires).unwrap();
         b.set("destroyed", "{}".into(), expires).unwrap();
         b.destroy("destroyed");
-        b.flush();
+        b.flush(false);
         std::thread::sleep(Duration::from_millis(200));
         for sid in ["small", "large", "destroyed", "nowhere"] {
             assert_eq!(a.lookup(sid), Lookup::Unknown, "{sid} is not on A");

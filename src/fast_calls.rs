@@ -113,11 +113,15 @@ unsafe extern "C" fn destroy(env: Env, info: sys::napi_callback_info) -> Value {
     })
 }
 
-/// `flush(handle)`: hands this turn's writes to the network thread (see outbox.rs).
+/// `flush(handle, direct)`: hands this turn's writes to the network thread, or with `direct`
+/// true sends a few from this thread (see outbox.rs and `Engine::flush`).
 unsafe extern "C" fn flush(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
-        let (engine, _) = arguments(env, info, 1)?;
-        engine.flush();
+        let (engine, [_, direct_value, ..]) = arguments(env, info, 1)?;
+        // Left false for anything but a boolean (undefined included).
+        let mut direct = false;
+        unsafe { sys::napi_get_value_bool(env, direct_value, &mut direct) };
+        engine.flush(direct);
         null(env)
     })
 }

@@ -1,11 +1,13 @@
-//! Local writes on their way to the network thread.
+//! Local writes on their way to the network.
 //!
 //! Waking the network thread costs a syscall and an inter-processor interrupt, more than the
-//! write itself; so a write only queues, and the queue is handed over by `flush()`, which the
-//! JS adapter calls once per event-loop turn that wrote. A burst of writes in one turn costs one
-//! wake-up. The queue also hands itself over once it holds `FLUSH_OPS` writes or `FLUSH_BYTES`
-//! bytes (a long synchronous loop of writes does not pile up), and the cluster's tick drains
-//! whatever is left, so a missing flush delays a write by one tick at most, never loses it.
+//! write itself; so a write only queues until the JS adapter's flush, once per event-loop turn
+//! that wrote. A few writes then leave from the JS thread itself when no batch is in flight
+//! (`Cluster::flush`, `take_at_most`); more are handed to the network thread, a burst of writes
+//! in one turn costing one wake-up (`flush`). The queue also hands itself over once it holds
+//! `FLUSH_OPS` writes or `FLUSH_BYTES` bytes (a long synchronous loop of writes does not pile
+//! up), and the cluster's tick drains whatever is left, so a missing flush delays a write by one
+//! tick at most, never loses it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -74,6 +76,16 @@ impl Outbox {
         let mut queue = self.queue.lock();
         queue.bytes = 0;
         (std::mem::take(&mut queue.ops), queue.pushed)
+    }
+
+    /// `take`, if the queue holds at most `max_bytes`; else None, and nothing is taken.
+    pub fn take_at_most(&self, max_bytes: usize) -> Option<(Vec<Op>, u64)> {
+        let mut queue = self.queue.lock();
+        if queue.bytes > max_bytes {
+            return None;
+        }
+        queue.bytes = 0;
+        Some((std::mem::take(&mut queue.ops), queue.pushed))
     }
 
     /// Waits for a flush (the queue may be empty by then: a tick may have drained it).

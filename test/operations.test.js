@@ -167,6 +167,7 @@ const METRIC_OF = {
   localTouches: ["local_touches_total", true],
   datagramsSent: ["datagrams_sent_total", true],
   writeBatches: ["write_batches_total", true],
+  directBatches: ["direct_write_batches_total", true],
   bytesSent: ["sent_bytes_total", true],
   datagramsReceived: ["datagrams_received_total", true],
   bytesReceived: ["received_bytes_total", true],

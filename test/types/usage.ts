@@ -125,6 +125,7 @@ const networkError: string | undefined = stats.networkError;
 const network: (number | undefined)[] = [
     stats.datagramsSent,
     stats.writeBatches,
+    stats.directBatches,
     stats.bytesSent,
     stats.datagramsReceived,
     stats.bytesReceived,
