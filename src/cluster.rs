@@ -86,7 +86,7 @@ const RECEIVE_BURST: usize = 64;
 /// `waitForAck` timeouts are logged at most this often (and counted always).
 const ACK_TIMEOUT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Network counters for `stats()`.
+/// Network counters for `stats()` (declared in stats.rs, which reads them).
 #[derive(Default)]
 pub struct NetStats {
     pub datagrams_sent: AtomicU64,
@@ -138,34 +138,14 @@ impl NetStats {
         });
     }
 
-    pub fn to_json(&self) -> Value {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "datagramsSent": get(&self.datagrams_sent),
-            "writeBatches": get(&self.write_batches),
-            "directBatches": get(&self.direct_batches),
-            "bytesSent": get(&self.bytes_sent),
-            "datagramsReceived": get(&self.datagrams_received),
-            "bytesReceived": get(&self.bytes_received),
-            "retransmissions": get(&self.retransmissions),
-            "naksSent": get(&self.naks_sent),
-            "naksReceived": get(&self.naks_received),
-            "acksSent": get(&self.acks_sent),
-            "acksReceived": get(&self.acks_received),
-            "ackTimeouts": get(&self.ack_timeouts),
-            "duplicates": get(&self.duplicates),
-            "ownLoopback": get(&self.own_loopback),
-            "stateTransfers": get(&self.state_transfers),
-            "antiEntropySyncs": get(&self.anti_entropy_syncs),
-            "syncEntriesReceived": get(&self.sync_entries_received),
-            "missQueries": get(&self.miss_queries),
-            "missesRecovered": get(&self.misses_recovered),
-            "missesNotFound": get(&self.misses_not_found),
-            "missTimeouts": get(&self.miss_timeouts),
-            "missesRateLimited": get(&self.misses_rate_limited),
-            "replicationLagMs": (f64::from_bits(get(&self.replication_lag_ms)) * 10.0).round() / 10.0,
-            "dropped": *self.drops.lock(),
-        })
+    /// The lag estimate, in ms.
+    pub fn replication_lag_ms(&self) -> f64 {
+        f64::from_bits(self.replication_lag_ms.load(Ordering::Relaxed))
+    }
+
+    /// Input dropped so far, by reason.
+    pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
+        self.drops.lock().clone()
     }
 }
 
@@ -1314,8 +1294,8 @@ impl Cluster {
             if self.gone.load(Ordering::Acquire) {
                 return;
             }
-            // Writes nobody flushed go out within a tick.
-            self.outbox.flush();
+            // Writes nobody flushed go out within two ticks.
+            self.outbox.flush_stale();
             let now = Instant::now();
             if now >= next_heartbeat && !self.config.observer {
                 // A steady cadence: ticks only decide how late a heartbeat may be, not how often.

@@ -13,10 +13,11 @@ use serde_json::json;
 use crate::clock::{now_ms, Clock};
 use crate::cluster::{Cluster, LEAVE_TIMEOUT};
 use crate::crypto::Codec;
-use crate::link::Link;
 use crate::events::{Event, EventSink, Level};
+use crate::link::Link;
 use crate::options::Config;
 use crate::outbox::Outbox;
+use crate::stats::{Snapshot, Sources};
 use crate::table::{expiry, Lookup, Op, Table};
 use crate::wire::{self, Header};
 
@@ -31,11 +32,12 @@ pub enum WriteError {
     TooLarge,
 }
 
+/// The engine's own counters for `stats()` (declared in stats.rs, which reads them).
 #[derive(Default)]
-struct Counters {
-    purged: AtomicU64,
-    too_large: AtomicU64,
-    local_touches: AtomicU64,
+pub struct Counters {
+    pub purged: AtomicU64,
+    pub too_large: AtomicU64,
+    pub local_touches: AtomicU64,
 }
 
 pub struct Engine {
@@ -197,32 +199,23 @@ impl Engine {
         self.table.length(now_ms())
     }
 
-    pub fn stats(&self) -> serde_json::Value {
-        let counts = self.table.counts(now_ms());
-        let mut stats = json!({
-            "sessions": counts.sessions,
-            "tombstones": counts.tombstones,
-            "sessionBytes": counts.session_bytes,
-            "entries": counts.entries,
-            "purged": self.counters.purged.load(Ordering::Relaxed),
-            "rejectedTooLarge": self.counters.too_large.load(Ordering::Relaxed),
-            "localTouches": self.counters.local_touches.load(Ordering::Relaxed),
-            "network": self.network_state(),
-        });
-        if let Some(error) = &self.network_error {
-            stats["networkError"] = json!(error);
-        }
+    /// The figures of `stats()` and `metrics()` (declared in stats.rs).
+    fn snapshot(&self) -> Snapshot {
         let cluster = self.cluster();
-        stats["members"] = json!(1 + cluster.as_ref().map_or(0, |c| c.reachable_members()));
-        stats["ready"] = json!(cluster.as_ref().is_none_or(|c| c.is_ready()));
-        if let (Some(cluster), Some(map)) = (cluster, stats.as_object_mut()) {
-            for part in [cluster.stats.to_json(), cluster.buffers_json()] {
-                if let Some(part) = part.as_object() {
-                    map.extend(part.clone());
-                }
-            }
-        }
-        stats
+        let sources = Sources {
+            table: self.table.counts(now_ms()),
+            counters: &self.counters,
+            network: self.network_state(),
+            network_error: self.network_error.as_deref(),
+            members: 1 + cluster.as_ref().map_or(0, |c| c.reachable_members()),
+            ready: cluster.as_ref().is_none_or(|c| c.is_ready()),
+            net: cluster.as_ref().map(|c| (&c.stats, c.buffers_json())),
+        };
+        Snapshot::take(&sources)
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        self.snapshot().to_json()
     }
 
     /// `"up"`, `"off"` (not networked by configuration), `"failed"` (serving alone after a
@@ -239,7 +232,7 @@ impl Engine {
     /// `stats()` and `members()` in the Prometheus text format.
     pub fn metrics(&self) -> String {
         let members = self.members();
-        crate::metrics::render(&self.stats(), members.as_array().map_or(&[], Vec::as_slice))
+        crate::metrics::render(&self.snapshot(), members.as_array().map_or(&[], Vec::as_slice))
     }
 
     /// This node first, then every member it knows of.

@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod reliable;
 pub mod replay;
 pub mod skew;
+pub mod stats;
 pub mod table;
 pub mod transfer;
 pub mod transport;
@@ -79,6 +80,18 @@ mod node {
                 deferred.resolve(Box::new(|_| Ok(None)));
             }
         }
+    }
+
+    /// The declarations of every option, `stats()` figure and metric (src/options.rs, src/stats.rs,
+    /// src/metrics.rs), as JSON: not part of the API, for the tests of index.d.ts and the README.
+    #[napi(js_name = "__declarations")]
+    pub fn declarations() -> String {
+        serde_json::json!({
+            "options": crate::options::declarations(),
+            "stats": crate::stats::declarations(),
+            "memberMetrics": crate::metrics::declarations(),
+        })
+        .to_string()
     }
 
     fn config_from(options_json: &str) -> Result<Config> {

@@ -32,7 +32,7 @@ use crate::table::{Data, Entry, Op};
 pub const MAGIC: [u8; 2] = *b"SM";
 pub const WIRE_VERSION: u8 = 2;
 pub const HEADER_BYTES: usize = 36;
-/// Where the message kind sits in the header (read by the kernel filter of transport.rs too).
+/// Where the message kind sits in the header.
 pub const KIND_AT: usize = 3;
 pub const PACKET_NUMBER_AT: usize = 24;
 pub const KEY_ID_AT: usize = 32;

@@ -24,7 +24,23 @@ async function cluster(n, options = {}) {
   await Promise.all(stores.map((s) => s.ready()));
   const allAlive = () => stores.every((s) => s.members().filter((m) => m.state === "alive").length === n);
   await waitUntil(allAlive, 5_000, { what: `${n} alive members everywhere` });
+  await syncsOver(stores);
   return stores;
+}
+
+/**
+ * Waits until the syncs that follow a join are over (none for 300 ms): a sync reads the other
+ * node's table, so one running during a test would bring a write that has not left its node.
+ */
+async function syncsOver(stores) {
+  const syncs = () => stores.reduce((sum, s) => sum + s.stats().antiEntropySyncs + s.stats().stateTransfers, 0);
+  let last = syncs();
+  let quietSince = Date.now();
+  await waitUntil(() => {
+    const now = syncs();
+    if (now !== last) [last, quietSince] = [now, Date.now()];
+    return Date.now() - quietSince >= 300;
+  }, 10_000, { what: "the syncs after the joins are over" });
 }
 
 const MISS = ["missQueries", "missesRecovered", "missesNotFound", "missTimeouts", "missesRateLimited"];
