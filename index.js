@@ -5,7 +5,7 @@ const { loadEngine } = require("./lib/native");
 const { normalizeOptions } = require("./lib/options");
 
 // What the engine's write calls return for a session over maxSessionBytes; otherwise the write's
-// ticket: with waitForAck, the number to wait for (see _afterWrite), else 0.
+// ticket: with waitForAck, the number to wait for (see _whenAcked), else 0.
 const SESSION_TOO_LARGE = -1;
 // Writes closer together than this are flushed to the network together (see _wrote).
 const FLUSH_GAP_MS = 0.05;
@@ -257,7 +257,6 @@ module.exports = function expressSessionMulticast(session) {
       } catch (e) {
         return settle(callback, e); // a bad ttl() result, or a sid that is not a string
       }
-      this._wrote();
       if (status === SESSION_TOO_LARGE) return settle(callback, this._tooLarge(sid));
       return this._afterWrite(status, callback);
     }
@@ -272,7 +271,6 @@ module.exports = function expressSessionMulticast(session) {
       } catch (e) {
         return settle(callback, e);
       }
-      this._wrote();
       if (status === SESSION_TOO_LARGE) return settle(callback, this._tooLarge(sid));
       return this._afterWrite(status, callback);
     }
@@ -302,20 +300,27 @@ module.exports = function expressSessionMulticast(session) {
       } catch (e) {
         return settle(callback, e);
       }
-      this._wrote();
       return this._afterWrite(ticket, callback);
     }
 
     clear(callback) {
       if (this._closed) return settle(callback, closedError());
       const ticket = this._engine.clear();
-      this._wrote();
       return this._afterWrite(ticket, callback);
+    }
+
+    // A write was queued: its callback, then the flush (see _wrote). Both are immediates, run
+    // in that order: the callback (and the response it may send) does not wait for a send from
+    // this thread.
+    _afterWrite(ticket, callback) {
+      const result = this._whenAcked(ticket, callback);
+      this._wrote();
+      return result;
     }
 
     // With waitForAck, a write calls back once every member alive when it left has applied it,
     // or at ackTimeout (src/ack_wait.rs); ticket 0 has nothing to wait for.
-    _afterWrite(ticket, callback) {
+    _whenAcked(ticket, callback) {
       if (ticket <= this._acked) return settle(callback, null);
       // A write that waits keeps the process alive, as a socket in flight would; only then.
       if (this._waitingHead === this._waiting.length) {

@@ -560,6 +560,18 @@ describe("writes to the network", () => {
     await waitUntil(async () => (await b.length()) === 70, 5_000);
   });
 
+  it("a write's callback runs before the flush that sends it: the send does not delay it", async () => {
+    const { a, b } = await pair();
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    const before = a.stats().writeBatches;
+    const atCallback = await new Promise((resolve, reject) =>
+      a.set("first", sessionData(), (err) => (err ? reject(err) : resolve(a.stats().writeBatches)))
+    );
+    assert.equal(atCallback, before, "nothing sent yet when the callback ran");
+    await waitUntil(() => a.stats().writeBatches === before + 1, 2_000);
+    await waitUntil(async () => (await b.get("first")) != null, 2_000);
+  });
+
   it("writes made in one synchronous loop leave without waiting for the turn to end", async () => {
     // Heartbeats every 5 s: the cluster's tick (its fallback flush) runs every 100 ms at most.
     const { a, b } = await pair(5_000);
