@@ -162,9 +162,9 @@ impl Engine {
     /// `Cluster::flush`).
     pub fn flush(&self, direct: bool) {
         let Some(outbox) = &self.outbox else { return };
-        match self.cluster() {
-            Some(cluster) if direct => cluster.flush(),
-            _ => outbox.flush(),
+        match direct.then(|| self.cluster()).flatten() {
+            Some(cluster) => cluster.flush(),
+            None => outbox.flush(),
         }
     }
 
