@@ -15,8 +15,6 @@
 //   node bench/readyourwrites.js [iterations]   (default 5,000 per variant and mode; alone, or
 //   `node bench/index.js readyourwrites`; `npm run bench` runs it as part of bench/index.js)
 const crypto = require("crypto");
-const fs = require("fs");
-const path = require("path");
 const u = require("./util");
 const report = require("./report");
 const { VARIANTS, startApps, stopApps, loginThenNext } = require("../test/fixtures/session-app");
@@ -95,24 +93,5 @@ module.exports = { run };
 
 if (require.main === module) {
   u.limitRun("bench/readyourwrites.js", 15);
-  (async () => {
-    const m = u.machine();
-    const engine = u.addonHash();
-    console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | engine ${engine}`);
-    const started = Date.now();
-    const result = await run({ iterations: Number(process.argv[2]) || ITERATIONS });
-    const data = { date: new Date().toISOString(), seconds: (Date.now() - started) / 1000, machine: m, engine: { addonSha256: engine, changed: u.addonHash() !== engine }, ...result };
-    const written = u.writeJSON("readyourwrites.json", data);
-    // summary.md: this part's section replaced (or added), the rest of the file as it was
-    const summary = path.join(u.RESULTS_DIR, "summary.md");
-    fs.mkdirSync(u.RESULTS_DIR, { recursive: true });
-    const before = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
-    fs.writeFileSync(summary, report.withReadYourWritesSection(before, data));
-    console.log(`written ${written} and its section of ${summary}`);
-  })()
-    .catch((err) => {
-      console.error(err);
-      process.exitCode = 1;
-    })
-    .finally(u.killAll);
+  u.runPartAlone("readyourwrites", () => run({ iterations: Number(process.argv[2]) || ITERATIONS }), report.withReadYourWritesSection);
 }
