@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::membership::Change;
+use crate::core::membership::Change;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {

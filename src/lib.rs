@@ -3,29 +3,18 @@
 //! The engine modules are plain Rust, tested with `cargo test --no-default-features`; the `node`
 //! feature adds the thin napi surface below, driven by `index.js`.
 
-pub mod ack_wait;
 pub mod clock;
-pub mod cluster;
+pub mod core;
 pub mod crypto;
-pub mod doctor;
+pub mod driver;
 pub mod engine;
 pub mod events;
 #[cfg(feature = "node")]
 mod fast_calls;
-pub mod fragment;
-pub mod link;
-pub mod membership;
 pub mod metrics;
-pub mod miss;
 pub mod options;
-pub mod outbox;
-pub mod reliable;
-pub mod replay;
-pub mod skew;
 pub mod stats;
 pub mod table;
-pub mod transfer;
-pub mod transport;
 pub mod wire;
 
 #[cfg(feature = "node")]
@@ -112,23 +101,27 @@ mod node {
         /// engine event as JSON; it is weak, so it never keeps Node alive.
         #[napi(constructor, catch_unwind)]
         pub fn new(options_json: String, on_event: Function<String, ()>) -> Result<Self> {
-            Self::start(config_from(&options_json)?, on_event)
+            Self::start(config_from(&options_json)?, Engine::start, on_event)
         }
 
         /// An engine that observes and probes the cluster without joining it (the doctor).
         #[napi(factory, catch_unwind)]
         pub fn observer(options_json: String, on_event: Function<String, ()>) -> Result<Self> {
-            Self::start(Config { observer: true, ..config_from(&options_json)? }, on_event)
+            Self::start(config_from(&options_json)?, Engine::observer, on_event)
         }
 
-        fn start(config: Config, on_event: Function<String, ()>) -> Result<Self> {
+        fn start(
+            config: Config,
+            launch: fn(Config, EventSink) -> std::io::Result<Engine>,
+            on_event: Function<String, ()>,
+        ) -> Result<Self> {
             let callback =
                 on_event.build_threadsafe_function::<String>().weak::<true>().callee_handled::<false>().build()?;
             let events: EventSink = Arc::new(move |event| {
                 // Fails only while Node is shutting down, when nobody listens any more.
                 let _ = callback.call(event.to_json(), ThreadsafeFunctionCallMode::NonBlocking);
             });
-            let engine = Engine::start(config, events).map_err(|e| {
+            let engine = launch(config, events).map_err(|e| {
                 Error::new(Status::GenericFailure, format!("express-session-multicast: cannot start the engine: {e}"))
             })?;
             Ok(NativeEngine { engine: Arc::new(engine) })
@@ -144,10 +137,11 @@ mod node {
         /// timeout passed); null at once when nothing is asked (over the rate limit).
         #[napi(catch_unwind)]
         pub fn ask(&self, env: Env, sid: String) -> Result<Option<Raw>> {
-            let Some(asked) = self.engine.ask(&sid) else { return Ok(None) };
             let (deferred, promise) = env.create_deferred::<Option<String>, Resolve>()?;
             let settle = Settle(Some(deferred));
-            asked.then(move |doc| settle.answer(doc));
+            if !self.engine.ask(&sid, move |doc| settle.answer(doc)) {
+                return Ok(None);
+            }
             Ok(Some(Raw(promise.raw())))
         }
 

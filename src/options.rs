@@ -43,7 +43,7 @@ pub struct Peer {
     pub port: u16,
 }
 
-/// The validated options, and the engine's settings that are not options (`observer`, `hooks`).
+/// The validated options.
 /// Its fields are set by the declarations of `OPTIONS`, defaults included.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -82,29 +82,6 @@ pub struct Config {
     /// `missTimeout`: how long a `get` of a sid unknown here waits for the live members' answers
     /// (see miss.rs); 0 = it does not ask.
     pub miss_timeout_ms: u64,
-    /// Not a user option: the doctor runs the engine as an observer that listens and probes
-    /// without joining the cluster.
-    pub observer: bool,
-    /// Not user options: knobs for engine tests.
-    pub hooks: TestHooks,
-}
-
-/// Knobs that let engine tests reach the repair paths; never set from JS.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TestHooks {
-    /// Fraction of received datagrams dropped on purpose.
-    pub inbound_loss: f64,
-    /// Datagrams kept for retransmission (a small buffer forces anti-entropy repairs).
-    pub retransmit_datagrams: usize,
-    /// Drops every `Data` datagram received: the writes of other nodes do not arrive (until an
-    /// anti-entropy sync), so a `get` here has to ask for them (miss.rs).
-    pub drop_inbound_data: bool,
-}
-
-impl Default for TestHooks {
-    fn default() -> Self {
-        TestHooks { inbound_loss: 0.0, retransmit_datagrams: 65_536, drop_inbound_data: false }
-    }
 }
 
 /// The declared defaults of every option (see `OPTIONS`).
@@ -399,8 +376,8 @@ pub static OPTIONS: &[OptionDecl] = &[
     },
     OptionDecl {
         name: "missTimeout",
-        kind: integer!(0, crate::miss::MAX_TIMEOUT_MS, miss_timeout_ms as u64),
-        default: Lit::Int(crate::miss::DEFAULT_TIMEOUT_MS),
+        kind: integer!(0, crate::core::miss::MAX_TIMEOUT_MS, miss_timeout_ms as u64),
+        default: Lit::Int(crate::core::miss::DEFAULT_TIMEOUT_MS),
         doc: "Milliseconds a get of a sid unknown here waits for the live members' answers; 0: it does not ask.",
     },
 ];
@@ -633,8 +610,6 @@ impl Config {
             failure_timeout_ms: 0,
             max_clock_skew_ms: 0,
             miss_timeout_ms: 0,
-            observer: false,
-            hooks: TestHooks::default(),
         }
     }
 
@@ -839,7 +814,7 @@ mod tests {
         assert_eq!((c.ttl_ms, c.disable_touch, c.touch_after_ms), (Some(1500), true, 60_000));
         assert_eq!(c.to_json()["ttl"], json!(1.5));
         assert_eq!((c.miss_timeout_ms, &c.to_json()["missTimeout"]), (0, &json!(0)));
-        assert_eq!(Config::default().miss_timeout_ms, crate::miss::DEFAULT_TIMEOUT_MS);
+        assert_eq!(Config::default().miss_timeout_ms, crate::core::miss::DEFAULT_TIMEOUT_MS);
         assert_eq!(Config::from_json(&json!({ "touchAfter": 0 })).unwrap().touch_after_ms, 0);
         assert_eq!(c.session_ttl_ms, Some(50));
         assert!(!c.graceful_shutdown);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Map, Value};
 
-use crate::cluster::NetStats;
+use crate::core::{Buffers, Counters as NetCounters};
 use crate::engine::Counters;
 use crate::table::TableCounts;
 
@@ -34,11 +34,11 @@ enum Read {
     /// The node itself: its network state, members, readiness (`None`: not there).
     Node(fn(&Sources) -> Option<Reading>),
     /// A counter of the cluster node (there while networked).
-    NetCounter(fn(&NetStats) -> &AtomicU64),
+    NetCounter(fn(&NetCounters) -> u64),
     /// Another figure of the cluster node (there while networked).
-    Net(fn(&NetStats) -> Reading),
-    /// A figure of `Cluster::buffers_json()`, under its own key (there while networked).
-    Buffer,
+    Net(fn(&NetCounters) -> Reading),
+    /// What the node holds for the protocol (there while networked).
+    Buffer(fn(&Buffers) -> u64),
 }
 
 /// How `metrics()` exports a figure.
@@ -181,163 +181,163 @@ pub static STATS: &[StatDecl] = &[
     },
     StatDecl {
         key: "datagramsSent",
-        read: Read::NetCounter(|n| &n.datagrams_sent),
+        read: Read::NetCounter(|n| n.datagrams_sent),
         export: counter("datagrams_sent_total"),
         help: "UDP datagrams sent.",
     },
     StatDecl {
         key: "writeBatches",
-        read: Read::NetCounter(|n| &n.write_batches),
+        read: Read::NetCounter(|n| n.write_batches),
         export: counter("write_batches_total"),
         help: "Batches of local writes handed to the network thread.",
     },
     StatDecl {
         key: "directBatches",
-        read: Read::NetCounter(|n| &n.direct_batches),
+        read: Read::NetCounter(|n| n.direct_batches),
         export: counter("direct_write_batches_total"),
         help: "Batches of local writes the JS thread sent itself, without waking the network thread.",
     },
     StatDecl {
         key: "bytesSent",
-        read: Read::NetCounter(|n| &n.bytes_sent),
+        read: Read::NetCounter(|n| n.bytes_sent),
         export: counter("sent_bytes_total"),
         help: "UDP bytes sent.",
     },
     StatDecl {
         key: "datagramsReceived",
-        read: Read::NetCounter(|n| &n.datagrams_received),
+        read: Read::NetCounter(|n| n.datagrams_received),
         export: counter("datagrams_received_total"),
         help: "UDP datagrams received.",
     },
     StatDecl {
         key: "bytesReceived",
-        read: Read::NetCounter(|n| &n.bytes_received),
+        read: Read::NetCounter(|n| n.bytes_received),
         export: counter("received_bytes_total"),
         help: "UDP bytes received.",
     },
     StatDecl {
         key: "retransmissions",
-        read: Read::NetCounter(|n| &n.retransmissions),
+        read: Read::NetCounter(|n| n.retransmissions),
         export: counter("retransmissions_total"),
         help: "Datagrams sent again in answer to NAKs.",
     },
     StatDecl {
         key: "naksSent",
-        read: Read::NetCounter(|n| &n.naks_sent),
+        read: Read::NetCounter(|n| n.naks_sent),
         export: counter("naks_sent_total"),
         help: "Negative acknowledgements sent.",
     },
     StatDecl {
         key: "naksReceived",
-        read: Read::NetCounter(|n| &n.naks_received),
+        read: Read::NetCounter(|n| n.naks_received),
         export: counter("naks_received_total"),
         help: "Negative acknowledgements received.",
     },
     StatDecl {
         key: "acksSent",
-        read: Read::NetCounter(|n| &n.acks_sent),
+        read: Read::NetCounter(|n| n.acks_sent),
         export: counter("acks_sent_total"),
         help: "Cumulative acknowledgements sent to senders.",
     },
     StatDecl {
         key: "acksReceived",
-        read: Read::NetCounter(|n| &n.acks_received),
+        read: Read::NetCounter(|n| n.acks_received),
         export: counter("acks_received_total"),
         help: "Cumulative acknowledgements received from members.",
     },
     StatDecl {
         key: "ackTimeouts",
-        read: Read::NetCounter(|n| &n.ack_timeouts),
+        read: Read::NetCounter(|n| n.ack_timeouts),
         export: counter("ack_timeouts_total"),
         help: "waitForAck writes called back at ackTimeout.",
     },
     StatDecl {
         key: "duplicates",
-        read: Read::NetCounter(|n| &n.duplicates),
+        read: Read::NetCounter(|n| n.duplicates),
         export: counter("duplicate_datagrams_total"),
         help: "Datagrams received more than once.",
     },
     StatDecl {
         key: "ownLoopback",
-        read: Read::NetCounter(|n| &n.own_loopback),
+        read: Read::NetCounter(|n| n.own_loopback),
         export: Export::No,
         help: "This node's own multicast datagrams looped back to it (a diagnostic of the doctor).",
     },
     StatDecl {
         key: "stateTransfers",
-        read: Read::NetCounter(|n| &n.state_transfers),
+        read: Read::NetCounter(|n| n.state_transfers),
         export: counter("state_transfers_total"),
         help: "Full state transfers received.",
     },
     StatDecl {
         key: "antiEntropySyncs",
-        read: Read::NetCounter(|n| &n.anti_entropy_syncs),
+        read: Read::NetCounter(|n| n.anti_entropy_syncs),
         export: counter("anti_entropy_syncs_total"),
         help: "Anti-entropy syncs completed.",
     },
     StatDecl {
         key: "syncEntriesReceived",
-        read: Read::NetCounter(|n| &n.sync_entries_received),
+        read: Read::NetCounter(|n| n.sync_entries_received),
         export: counter("sync_entries_received_total"),
         help: "Entries received by anti-entropy syncs.",
     },
     StatDecl {
         key: "missQueries",
-        read: Read::NetCounter(|n| &n.miss_queries),
+        read: Read::NetCounter(|n| n.miss_queries),
         export: counter("miss_queries_total"),
         help: "Gets that found nothing here and asked the alive members.",
     },
     StatDecl {
         key: "missesRecovered",
-        read: Read::NetCounter(|n| &n.misses_recovered),
+        read: Read::NetCounter(|n| n.misses_recovered),
         export: counter("misses_recovered_total"),
         help: "Asked gets answered with a session another member held.",
     },
     StatDecl {
         key: "missesNotFound",
-        read: Read::NetCounter(|n| &n.misses_not_found),
+        read: Read::NetCounter(|n| n.misses_not_found),
         export: counter("misses_not_found_total"),
         help: "Asked gets every asked member answered without a session.",
     },
     StatDecl {
         key: "missTimeouts",
-        read: Read::NetCounter(|n| &n.miss_timeouts),
+        read: Read::NetCounter(|n| n.miss_timeouts),
         export: counter("miss_timeouts_total"),
         help: "Asked gets that reached missTimeout before every answer.",
     },
     StatDecl {
         key: "missesRateLimited",
-        read: Read::NetCounter(|n| &n.misses_rate_limited),
+        read: Read::NetCounter(|n| n.misses_rate_limited),
         export: counter("misses_rate_limited_total"),
         help: "Gets that found nothing here and did not ask: rate limit.",
     },
     StatDecl {
         key: "replicationLagMs",
-        read: Read::Net(|n| Reading::Number((n.replication_lag_ms() * 10.0).round() / 10.0)),
+        read: Read::Net(|n| Reading::Number((n.replication_lag_ms * 10.0).round() / 10.0)),
         export: Export::Series { name: "replication_lag_seconds", kind: Kind::Gauge, scale: 0.001 },
         help: "Average age of remote writes on arrival.",
     },
     StatDecl {
         key: "missingDatagrams",
-        read: Read::Buffer,
+        read: Read::Buffer(|b| b.missing_datagrams),
         export: gauge("missing_datagrams"),
         help: "Datagrams known to be missing and being asked for.",
     },
     StatDecl {
         key: "retransmitBufferBytes",
-        read: Read::Buffer,
+        read: Read::Buffer(|b| b.retransmit_buffer_bytes),
         export: gauge("retransmit_buffer_bytes"),
         help: "Bytes kept for retransmission.",
     },
     StatDecl {
         key: "reassemblyBytes",
-        read: Read::Buffer,
+        read: Read::Buffer(|b| b.reassembly_bytes),
         export: gauge("reassembly_bytes"),
         help: "Bytes held in partial fragmented messages.",
     },
     StatDecl {
         key: "dropped",
-        read: Read::Net(|n| Reading::ByKey(n.dropped())),
+        read: Read::Net(|n| Reading::ByKey(n.dropped.clone())),
         export: Export::ByKey { name: "dropped_total", label: "reason" },
         help: "Input dropped, by reason.",
     },
@@ -353,8 +353,14 @@ pub struct Sources<'a> {
     /// Reachable members, this node included.
     pub members: usize,
     pub ready: bool,
-    /// While networked: the cluster node's counters and `Cluster::buffers_json()`.
-    pub net: Option<(&'a NetStats, Value)>,
+    /// While networked: the node's counters and buffers.
+    pub net: Option<Net>,
+}
+
+/// The node's figures, copied at one moment.
+pub struct Net {
+    pub counters: NetCounters,
+    pub buffers: Buffers,
 }
 
 /// The figures present at one moment, in the order of `STATS`.
@@ -367,11 +373,9 @@ impl Snapshot {
             Read::Table(get) => Some(Reading::Count(get(&sources.table) as u64)),
             Read::Local(get) => Some(load(get(sources.counters))),
             Read::Node(get) => get(sources),
-            Read::NetCounter(get) => sources.net.as_ref().map(|(net, _)| load(get(net))),
-            Read::Net(get) => sources.net.as_ref().map(|(net, _)| get(net)),
-            Read::Buffer => {
-                sources.net.as_ref().and_then(|(_, buffers)| buffers[stat.key].as_u64().map(Reading::Count))
-            }
+            Read::NetCounter(get) => sources.net.as_ref().map(|net| Reading::Count(get(&net.counters))),
+            Read::Net(get) => sources.net.as_ref().map(|net| get(&net.counters)),
+            Read::Buffer(get) => sources.net.as_ref().map(|net| Reading::Count(get(&net.buffers))),
         };
         Snapshot(STATS.iter().filter_map(|stat| Some((stat, read(stat)?))).collect())
     }
@@ -401,7 +405,7 @@ pub fn stat(key: &str) -> Option<&'static StatDecl> {
 /// The declarations, for the tests of index.d.ts and the README (lib.rs exposes them to JS).
 pub fn declarations() -> Value {
     let entries = STATS.iter().map(|stat| {
-        let networked = matches!(stat.read, Read::NetCounter(_) | Read::Net(_) | Read::Buffer);
+        let networked = matches!(stat.read, Read::NetCounter(_) | Read::Net(_) | Read::Buffer(_));
         let mut entry = Map::new();
         entry.insert("key".into(), json!(stat.key));
         entry.insert("networked".into(), json!(networked));
@@ -495,7 +499,7 @@ mod tests {
         let closed = engine.stats();
         assert_eq!(closed["network"], "closed");
         let mut networked =
-            STATS.iter().filter(|s| matches!(s.read, Read::NetCounter(_) | Read::Net(_) | Read::Buffer));
+            STATS.iter().filter(|s| matches!(s.read, Read::NetCounter(_) | Read::Net(_) | Read::Buffer(_)));
         assert!(networked.clone().count() > 20 && networked.all(|s| closed.get(s.key).is_none()), "{closed}");
     }
 

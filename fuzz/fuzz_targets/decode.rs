@@ -1,5 +1,6 @@
 //! Arbitrary bytes through every receive-side decoder: `wire::decode`, `wire::decode_op`, and
-//! `Link::open` of an unsealed and of a sealed link. None of them may panic.
+//! `Codec::open_message` then the replay window (what a node does with a datagram) of an
+//! unsealed and of a sealed link. None of them may panic.
 //!
 //! Raw bytes rarely get past the magic and never past the CRC or the AEAD tag, so the input is
 //! also framed behind a good magic and version, decoded, and then sealed (with the receiving
@@ -8,10 +9,10 @@
 //! packet re-encodes to the same body, and `open(seal(p))` decodes exactly as `decode(p)` does.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
+use express_session_multicast::core::replay::ReplayGuard;
 use express_session_multicast::crypto::Codec;
-use express_session_multicast::link::Link;
 use express_session_multicast::options::Secret;
 use express_session_multicast::wire::{
     self, DecodeError, Header, Message, HEADER_BYTES, KEY_ID_AT, MAGIC, WIRE_VERSION,
@@ -19,6 +20,27 @@ use express_session_multicast::wire::{
 use libfuzzer_sys::fuzz_target;
 
 const CLUSTER_NAME: &str = "fuzz";
+
+/// The receiving end of a node: opens, then rejects replays.
+struct Link {
+    codec: Codec,
+    cluster: u32,
+    replay: Mutex<ReplayGuard>,
+}
+
+impl Link {
+    fn new(header: Header, codec: Codec) -> Link {
+        Link { codec, cluster: header.cluster, replay: Mutex::new(ReplayGuard::new()) }
+    }
+
+    fn open(&self, bytes: &[u8]) -> Result<(Header, Message), DecodeError> {
+        let (header, msg, pn) = self.codec.open_message(bytes, self.cluster)?;
+        if !self.replay.lock().unwrap().accept(header.node, header.incarnation, pn) {
+            return Err(DecodeError::Replay);
+        }
+        Ok((header, msg))
+    }
+}
 
 struct Fixture {
     cluster: u32,

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use express_session_multicast::fragment::{Reassembler, PARTIAL_COST, PIECE_LEN};
+use express_session_multicast::core::fragment::{Reassembler, PARTIAL_COST, PIECE_LEN};
 use libfuzzer_sys::fuzz_target;
 
 const BUDGETS: [usize; 4] = [64 * 1024, 16 * 1024, 8 * 1024, 3 * PIECE_LEN + PARTIAL_COST];

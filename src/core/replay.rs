@@ -6,7 +6,7 @@
 //! replay. Senders are remembered long after they die or leave (up to `MAX_SENDERS`, the least
 //! recently heard forgotten first), so replayed joins and heartbeats cannot bring them back.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// Packet numbers tracked below the highest one: UDP and TCP packets of one sender interleave,
 /// so a packet may arrive a few thousand numbers late and must still be accepted.
@@ -61,7 +61,8 @@ impl Window {
 
 #[derive(Default)]
 pub struct ReplayGuard {
-    windows: HashMap<(u64, u64), Window>,
+    /// Ordered: a replayed simulation walks them in the same order.
+    windows: BTreeMap<(u64, u64), Window>,
     clock: u64,
 }
 

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::core::Role;
 use crate::options::{Config, Family};
 use crate::wire::NodeInfo;
 
@@ -89,7 +90,7 @@ fn udp_socket(domain: Domain) -> io::Result<Socket> {
 }
 
 /// Opens every socket of the node. Must run inside the tokio runtime.
-pub fn open(config: &Config) -> io::Result<Sockets> {
+pub fn open(config: &Config, role: Role) -> io::Result<Sockets> {
     let iface = interface(config)?;
     let domain = if iface.ip.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
 
@@ -127,7 +128,7 @@ pub fn open(config: &Config) -> io::Result<Sockets> {
     };
 
     // An observer (the doctor) must not take the cluster port from the node it runs beside.
-    let listen = if config.peers.is_empty() || config.observer {
+    let listen = if config.peers.is_empty() || role == Role::Observer {
         None
     } else {
         let socket = udp_socket(domain)?;
@@ -204,8 +205,8 @@ mod tests {
     #[tokio::test]
     async fn group_datagrams_reach_every_node_on_loopback() {
         let config = loopback(34_000 + (std::process::id() % 1000) as u16);
-        let a = open(&config).unwrap();
-        let b = open(&config).unwrap();
+        let a = open(&config, Role::Member).unwrap();
+        let b = open(&config, Role::Member).unwrap();
         assert_eq!(a.me.addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_ne!(a.me.addr.port(), b.me.addr.port());
         a.unicast.send_to(b"hello", a.group_addr.unwrap()).await.unwrap();
@@ -225,7 +226,7 @@ mod tests {
             peers: vec![crate::options::Peer { host: "127.0.0.1".into(), port }],
             ..loopback(port)
         };
-        let node = open(&config).unwrap();
+        let node = open(&config, Role::Member).unwrap();
         assert!(node.group.is_none());
         assert_eq!(node.me.listen_port, port);
         node.unicast.send_to(b"hi", ("127.0.0.1", port)).await.unwrap();

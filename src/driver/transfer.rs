@@ -1,13 +1,6 @@
-//! State transfer and anti-entropy over TCP (DESIGN §3).
-//!
-//! A node asks a peer for `SyncRequest(Full)` when it joins, or `SyncRequest(Digest)` with its
-//! per-bucket digests to repair what multicast lost. The peer answers with `SyncChunk` frames
-//! (the entries of every bucket, or of the buckets that differ), then `SyncEnd` carrying its
-//! sequence number when its snapshot began: everything it sent before that is now covered.
-//! Frames are wire packets behind a 4-byte big-endian length.
-//!
-//! A `Query` for one sid gets one `Answer` frame with the entry, whatever its size: how a node
-//! fetches an entry too large for the datagram of a UDP answer (see miss.rs).
+//! The TCP side of state transfers, anti-entropy syncs and fetches (what travels is decided in
+//! core/sync.rs): connections, frames (wire packets behind a 4-byte big-endian length) and
+//! timeouts.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,49 +12,28 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::clock::{now_ms, Clock};
-use crate::link::Link;
-use crate::miss;
-use crate::table::{Entry, Table};
-use crate::wire::{Message, Reply, SyncMode};
+use crate::core::sync::{self, Pull, Pulled, Source};
+use crate::table::Table;
+use crate::wire::{self, DecodeError, Header, Message};
 
-/// Buckets of the anti-entropy digest: 8 KiB of digest, and a difference in one session costs
-/// a transfer of about 1/1024 of the table.
-pub const DIGEST_BUCKETS: usize = 1024;
-/// Target size of one `SyncChunk` frame.
-const CHUNK_BYTES: usize = 256 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A peer that sends nothing for this long is given up on.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connecting peer must send its request within this, so stalled connections free their slot.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A request is a few KiB at most (a digest), whatever the frame limit for entries.
+const MAX_REQUEST: usize = 64 * 1024;
 
-/// What both ends of a sync need to know.
-pub struct SyncContext {
-    pub table: Arc<Table>,
-    pub clock: Arc<Clock>,
-    /// Seals and opens every frame, exactly as datagrams.
-    pub link: Arc<Link>,
+/// One end of a sync: seals and opens frames exactly as datagrams (the node's packet numbers and
+/// replay windows), and the table and clock the sync reads or merges into.
+pub trait Endpoint {
+    fn seal(&self, msg: &Message) -> Vec<u8>;
+    fn open(&self, frame: &[u8]) -> Result<(Header, Message), DecodeError>;
+    fn node_id(&self) -> u64;
+    fn table(&self) -> &Table;
+    fn clock(&self) -> &Clock;
     /// Largest frame accepted: one entry must fit (maxSessionBytes plus room).
-    pub max_frame: usize,
-}
-
-impl SyncContext {
-    /// Merges an entry from another node, as a replicated write.
-    pub fn merge(&self, sid: &str, entry: &Entry) {
-        self.clock.observe(entry.newest_version());
-        self.table.merge(sid, entry);
-    }
-}
-
-/// What a finished pull brought.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pulled {
-    pub entries: usize,
-    pub bytes: usize,
-    /// The peer's sequence number when its snapshot began.
-    pub high_seq: u64,
-    /// Senders the peer remembers that are not live members (see `Message::SyncEnd`).
-    pub departed: Vec<(u64, u64, u64)>,
+    fn max_frame(&self) -> usize;
 }
 
 async fn write_frame(stream: &mut TcpStream, packet: &[u8]) -> io::Result<()> {
@@ -87,130 +59,155 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Answers one sync request on an accepted connection. `high_seq` is read before the snapshot;
-/// `departed` goes along in `SyncEnd`.
-pub async fn serve(
-    ctx: &SyncContext,
-    mut stream: TcpStream,
-    high_seq: u64,
-    departed: Vec<(u64, u64, u64)>,
-) -> io::Result<()> {
-    // A request is a few KiB at most (a digest), whatever the frame limit for entries.
-    let frame = read_frame(&mut stream, 64 * 1024, REQUEST_TIMEOUT).await?;
-    let (_, request) = ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?;
-    let (target, mode) = match request {
-        Message::SyncRequest { target, mode } => (target, mode),
-        Message::Query { token, sid } => {
-            let answer = Message::Answer { token, reply: miss::reply(&ctx.table, sid, now_ms()) };
-            write_frame(&mut stream, &ctx.link.seal(&answer)).await?;
-            return stream.shutdown().await;
-        }
-        _ => return Err(invalid("expected a sync request or a query")),
-    };
-    if target != ctx.link.header().node {
-        return Err(invalid("a sync request meant for another node"));
+fn open(ep: &impl Endpoint, frame: &[u8]) -> io::Result<Message> {
+    ep.open(frame).map(|(_, msg)| msg).map_err(|e| invalid(e.reason()))
+}
+
+/// Answers one request (a sync or a query) on an accepted connection; `source` is read before.
+pub async fn serve(ep: &impl Endpoint, mut stream: TcpStream, source: Source) -> io::Result<()> {
+    let frame = read_frame(&mut stream, MAX_REQUEST, REQUEST_TIMEOUT).await?;
+    let request = open(ep, &frame)?;
+    let frames = sync::respond(ep.table(), ep.node_id(), request, source, now_ms()).map_err(invalid)?;
+    for msg in &frames {
+        write_frame(&mut stream, &ep.seal(msg)).await?;
     }
-    let now = now_ms();
-    let wanted = match mode {
-        SyncMode::Full => None,
-        SyncMode::Digest(theirs) if theirs.len() == DIGEST_BUCKETS => {
-            let ours = ctx.table.digest(now, DIGEST_BUCKETS);
-            Some(ours.iter().zip(&theirs).map(|(a, b)| a != b).collect::<Vec<bool>>())
-        }
-        SyncMode::Digest(_) => return Err(invalid("digest of the wrong size")),
-    };
-    let mut batches = Vec::new();
-    ctx.table.snapshot(now, wanted.as_deref().map(|w| (w, DIGEST_BUCKETS)), CHUNK_BYTES, |b| batches.push(b));
-    let clear_mark = ctx.table.clear_mark();
-    if batches.is_empty() {
-        batches.push(Vec::new()); // the clear watermark travels even with no entries
-    }
-    for entries in batches {
-        let chunk = ctx.link.seal(&Message::SyncChunk { clear_mark, entries });
-        write_frame(&mut stream, &chunk).await?;
-    }
-    write_frame(&mut stream, &ctx.link.seal(&Message::SyncEnd { high_seq, departed })).await?;
     stream.shutdown().await
 }
 
 /// Pulls a full state transfer (`full`) or the differing buckets from node `target` at `peer`,
 /// merging everything into the table as it arrives.
-pub async fn pull(ctx: &SyncContext, target: u64, peer: SocketAddr, full: bool) -> io::Result<Pulled> {
+pub async fn pull(ep: &impl Endpoint, target: u64, peer: SocketAddr, full: bool) -> io::Result<Pulled> {
     let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await??;
     stream.set_nodelay(true)?;
-    let mode = if full { SyncMode::Full } else { SyncMode::Digest(ctx.table.digest(now_ms(), DIGEST_BUCKETS)) };
-    write_frame(&mut stream, &ctx.link.seal(&Message::SyncRequest { target, mode })).await?;
-    let mut pulled = Pulled { entries: 0, bytes: 0, high_seq: 0, departed: Vec::new() };
+    let request = sync::request(ep.table(), target, full, now_ms());
+    write_frame(&mut stream, &ep.seal(&request)).await?;
+    let mut pull = Pull::default();
     loop {
-        let frame = read_frame(&mut stream, ctx.max_frame, IDLE_TIMEOUT).await?;
-        pulled.bytes += frame.len();
-        match ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?.1 {
-            Message::SyncChunk { clear_mark, entries } => {
-                ctx.clock.observe(clear_mark);
-                ctx.table.merge_clear_mark(clear_mark);
-                for (sid, entry) in &entries {
-                    ctx.merge(sid, entry);
-                }
-                pulled.entries += entries.len();
-            }
-            Message::SyncEnd { high_seq, departed } => {
-                pulled.high_seq = high_seq;
-                pulled.departed = departed;
-                return Ok(pulled);
-            }
-            _ => return Err(invalid("unexpected message in a sync")),
+        let frame = read_frame(&mut stream, ep.max_frame(), IDLE_TIMEOUT).await?;
+        let msg = open(ep, &frame)?;
+        if let Some(pulled) = pull.frame(ep.table(), ep.clock(), msg, frame.len()).map_err(invalid)? {
+            return Ok(pulled);
         }
     }
 }
 
 /// Fetches what the node at `peer` holds for `sid` and merges it (an entry too large for the
 /// datagram of an answer).
-pub async fn fetch(ctx: &SyncContext, peer: SocketAddr, token: u64, sid: Arc<str>) -> io::Result<()> {
+pub async fn fetch(ep: &impl Endpoint, peer: SocketAddr, token: u64, sid: Arc<str>) -> io::Result<()> {
     let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await??;
     stream.set_nodelay(true)?;
-    write_frame(&mut stream, &ctx.link.seal(&Message::Query { token, sid: sid.clone() })).await?;
-    let frame = read_frame(&mut stream, ctx.max_frame, IDLE_TIMEOUT).await?;
-    match ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?.1 {
-        Message::Answer { token: answered, reply } if answered == token => match reply {
-            Reply::Entry { sid: held, entry } if held == sid => ctx.merge(&held, &entry),
-            Reply::Nothing => {}
-            _ => return Err(invalid("an answer about something else")),
-        },
-        _ => return Err(invalid("expected the answer to the query")),
+    write_frame(&mut stream, &ep.seal(&Message::Query { token, sid: sid.clone() })).await?;
+    let frame = read_frame(&mut stream, ep.max_frame(), IDLE_TIMEOUT).await?;
+    let msg = open(ep, &frame)?;
+    sync::fetched(ep.table(), ep.clock(), token, &sid, msg).map_err(invalid)
+}
+
+/// TCP frames are sealed and opened by the node's packet numbers and replay windows, shared with
+/// its datagrams; the crypto runs outside the node's lock.
+impl Endpoint for super::Driver {
+    fn seal(&self, msg: &Message) -> Vec<u8> {
+        let pn = self.node.lock().next_packet_number();
+        self.parts.codec.seal(wire::encode(&self.parts.header, msg), pn)
     }
-    Ok(())
+
+    fn open(&self, frame: &[u8]) -> Result<(Header, Message), DecodeError> {
+        let (header, msg, pn) = self.parts.codec.open_message(frame, self.parts.header.cluster)?;
+        self.node.lock().accept(&header, pn)?;
+        Ok((header, msg))
+    }
+
+    fn node_id(&self) -> u64 {
+        self.parts.header.node
+    }
+
+    fn table(&self) -> &Table {
+        &self.parts.table
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.parts.clock
+    }
+
+    fn max_frame(&self) -> usize {
+        self.max_frame
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use parking_lot::Mutex;
+    use tokio::net::TcpListener;
+
     use super::*;
+    use crate::core::replay::ReplayGuard;
+    use crate::core::sync::DIGEST_BUCKETS;
     use crate::crypto::Codec;
     use crate::options::Secret;
     use crate::table::Op;
-    use crate::wire::Header;
-    use tokio::net::TcpListener;
 
-    fn context(node: u64) -> SyncContext {
-        let codec = Codec::new("transfer", &[Secret::Key([9; 32])]);
-        SyncContext {
-            table: Arc::new(Table::new()),
-            clock: Arc::new(Clock::new(node)),
-            link: Arc::new(Link::new(Header { cluster: 5, node, incarnation: 1 }, codec)),
-            max_frame: 4 << 20,
+    /// An endpoint of its own (a node's own has its packet numbers and replay windows).
+    struct Ctx {
+        header: Header,
+        codec: Codec,
+        next_pn: AtomicU64,
+        replay: Mutex<ReplayGuard>,
+        table: Table,
+        clock: Clock,
+    }
+
+    impl Endpoint for Ctx {
+        fn seal(&self, msg: &Message) -> Vec<u8> {
+            self.codec.seal(crate::wire::encode(&self.header, msg), self.next_pn.fetch_add(1, Ordering::Relaxed))
+        }
+        fn open(&self, frame: &[u8]) -> Result<(Header, Message), DecodeError> {
+            let (header, msg, pn) = self.codec.open_message(frame, self.header.cluster)?;
+            if !self.replay.lock().accept(header.node, header.incarnation, pn) {
+                return Err(DecodeError::Replay);
+            }
+            Ok((header, msg))
+        }
+        fn node_id(&self) -> u64 {
+            self.header.node
+        }
+        fn table(&self) -> &Table {
+            &self.table
+        }
+        fn clock(&self) -> &Clock {
+            &self.clock
+        }
+        fn max_frame(&self) -> usize {
+            4 << 20
         }
     }
 
-    async fn serve_once(ctx: Arc<SyncContext>) -> SocketAddr {
+    fn context(node: u64) -> Ctx {
+        Ctx {
+            header: Header { cluster: 5, node, incarnation: 1 },
+            codec: Codec::new("transfer", &[Secret::Key([9; 32])]),
+            next_pn: AtomicU64::new(1),
+            replay: Mutex::new(ReplayGuard::new()),
+            table: Table::new(),
+            clock: Clock::new(node),
+        }
+    }
+
+    fn source() -> Source {
+        Source { high_seq: 77, departed: vec![(8, 9, 10)] }
+    }
+
+    async fn serve_once(ctx: Arc<Ctx>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            serve(&ctx, stream, 77, vec![(8, 9, 10)]).await.unwrap();
+            serve(&*ctx, stream, source()).await.unwrap();
         });
         addr
     }
 
-    fn fill(ctx: &SyncContext, n: usize, bytes: usize) {
+    fn fill(ctx: &Ctx, n: usize, bytes: usize) {
         let doc: Arc<str> = format!(r#"{{"pad":"{}"}}"#, "x".repeat(bytes)).into();
         for i in 0..n {
             let version = ctx.clock.tick();
@@ -282,7 +279,7 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
                 let (stream, _) = listener.accept().await.unwrap();
-                assert!(serve(&donor, stream, 0, Vec::new()).await.is_err());
+                assert!(serve(&*donor, stream, source()).await.is_err());
             });
             addr
         };
@@ -297,7 +294,7 @@ mod tests {
         let _silent = TcpStream::connect(addr).await.unwrap();
         let (stream, _) = listener.accept().await.unwrap();
         let started = std::time::Instant::now();
-        assert!(serve(&ctx, stream, 0, Vec::new()).await.is_err());
+        assert!(serve(&*ctx, stream, source()).await.is_err());
         assert!(started.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(1));
     }
 
@@ -312,7 +309,7 @@ mod tests {
                 let mut results = Vec::new();
                 for _ in 0..2 {
                     let (stream, _) = listener.accept().await.unwrap();
-                    results.push(serve(&ctx, stream, 0, Vec::new()).await.is_err());
+                    results.push(serve(&*ctx, stream, source()).await.is_err());
                 }
                 results
             })

@@ -9,12 +9,12 @@
 //! that a forgotten incarnation was a member (for the departed senders a donor reports). Each
 //! member's clock offset is estimated from the send times its heartbeats carry (`skew`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::skew::ClockOffset;
+use super::skew::ClockOffset;
 use crate::wire::NodeInfo;
 
 /// Most members tracked (dead and left ones included until forgotten).
@@ -120,7 +120,8 @@ impl Recent {
 }
 
 pub struct Members {
-    members: HashMap<u64, Member>,
+    /// By id: ordered, so every walk over the members is the same in a replayed simulation.
+    members: BTreeMap<u64, Member>,
     /// Incarnations that announced their leave.
     departed: Recent,
     /// Incarnations that were members, then were forgotten.
@@ -135,7 +136,7 @@ pub struct Members {
 impl Members {
     pub fn new(heartbeat: Duration, failure_timeout: Duration, max_clock_skew_ms: u64) -> Self {
         Members {
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             departed: Recent::default(),
             forgotten: Recent::default(),
             // Two missed heartbeats (not one lost) make a node suspect, never later than failureTimeout.

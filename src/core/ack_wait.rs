@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::reliable::Acks;
+use super::reliable::Acks;
 
 /// First re-ask of lagging members after a batch left: several round trips on a LAN, and rarely
 /// needed (the datagram itself asks for an ack at once).

@@ -9,15 +9,12 @@
 //! queries a node sends (a flood of unknown sids, say after every node restarted, costs at most
 //! that); and concurrent asks for one sid share one query.
 //!
-//! This module keeps the bookkeeping; the cluster does the I/O.
+//! This module keeps the bookkeeping, plain data driven with `now` (the node does the sends).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-
-use parking_lot::Mutex;
-use tokio::sync::{watch, Notify};
 
 use crate::clock::Version;
 use crate::table::{Entry, Table};
@@ -68,15 +65,13 @@ pub fn reply(table: &Table, sid: Arc<str>, now: u64) -> Reply {
 
 /// One query in flight.
 pub struct Query {
-    sid: Arc<str>,
+    pub sid: Arc<str>,
     /// Asked members that have not answered yet, and where they were asked.
     waiting: Vec<(u64, NodeInfo)>,
     /// The newest version a member holds in an entry too large for a datagram, and its TCP address.
     larger: Option<(Version, SocketAddr)>,
-    /// Notified once every asked member has answered.
-    complete: Arc<Notify>,
-    /// Asks for the same sid wait on this until the query ends (the leader drops the sender).
-    ended: watch::Receiver<()>,
+    /// When the query gives up on the members that have not answered.
+    pub deadline: Instant,
 }
 
 impl Query {
@@ -96,79 +91,62 @@ impl Query {
 pub struct Answered {
     /// The entry to merge.
     pub entry: Option<(Arc<str>, Entry)>,
-    /// To notify, once the entry is merged, when this was the last answer awaited.
-    pub complete: Option<Arc<Notify>>,
+    /// It was the last answer awaited: the query is over once the entry is merged.
+    pub complete: bool,
+}
+
+/// How a miss is asked about (`Asks::admit`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// A new query: send it (`asking`).
+    New(u64),
+    /// A query for the same sid is in flight: its end answers this ask too.
+    Joined(u64),
+    /// Over the rate limit: nothing is asked.
+    RateLimited,
 }
 
 /// The queries of one node: the rate limit, and those in flight by token and by sid.
 pub struct Asks {
     bucket: TokenBucket,
     next_token: u64,
-    queries: HashMap<u64, Query>,
-    by_sid: HashMap<Arc<str>, u64>,
-}
-
-/// How a miss is asked about (`Asks::admit`).
-pub enum Admission {
-    /// A new query, run by this ask.
-    Lead(Lead),
-    /// A query for the same sid is in flight: `changed()` returns (an error) when it ends.
-    Join(watch::Receiver<()>),
-}
-
-/// The ask that runs a query. Dropping it ends the query: it is forgotten, and the asks that
-/// joined it wake up (also when a query is dropped unfinished).
-pub struct Lead {
-    pub token: u64,
-    asks: Arc<Mutex<Asks>>,
-    _ended: watch::Sender<()>,
-}
-
-impl Drop for Lead {
-    fn drop(&mut self) {
-        self.asks.lock().end(self.token);
-    }
+    queries: BTreeMap<u64, Query>,
+    by_sid: BTreeMap<Arc<str>, u64>,
 }
 
 impl Asks {
-    pub fn new(now: Instant) -> Arc<Mutex<Asks>> {
-        Arc::new(Mutex::new(Asks {
+    /// `first_token`: not guessable from outside, so an answer must name a query in flight.
+    pub fn new(now: Instant, first_token: u64) -> Asks {
+        Asks {
             bucket: TokenBucket::new(QUERIES_PER_SECOND, QUERY_BURST, now),
-            // Not guessable from outside: an answer must name a query in flight.
-            next_token: rand::random(),
-            queries: HashMap::new(),
-            by_sid: HashMap::new(),
-        }))
+            next_token: first_token,
+            queries: BTreeMap::new(),
+            by_sid: BTreeMap::new(),
+        }
     }
 
-    /// Joins the query in flight for `sid`, or starts one if the rate limit allows (`None`: it
-    /// does not).
-    pub fn admit(asks: &Arc<Mutex<Asks>>, sid: &str, now: Instant) -> Option<Admission> {
-        let mut this = asks.lock();
-        if let Some(query) = this.by_sid.get(sid).and_then(|token| this.queries.get(token)) {
-            return Some(Admission::Join(query.ended.clone()));
+    /// Joins the query in flight for `sid`, or starts one, ending at `deadline`, if the rate
+    /// limit allows.
+    pub fn admit(&mut self, sid: &str, now: Instant, deadline: Instant) -> Admission {
+        if let Some(token) = self.by_sid.get(sid).filter(|token| self.queries.contains_key(token)) {
+            return Admission::Joined(*token);
         }
-        if !this.bucket.take(now) {
-            return None;
+        if !self.bucket.take(now) {
+            return Admission::RateLimited;
         }
-        let token = this.next_token;
-        this.next_token = this.next_token.wrapping_add(1);
-        let (sender, ended) = watch::channel(());
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
         let sid: Arc<str> = sid.into();
-        let query = Query { sid: sid.clone(), waiting: Vec::new(), larger: None, complete: Arc::default(), ended };
-        this.queries.insert(token, query);
-        this.by_sid.insert(sid, token);
-        Some(Admission::Lead(Lead { token, asks: asks.clone(), _ended: sender }))
+        self.queries.insert(token, Query { sid: sid.clone(), waiting: Vec::new(), larger: None, deadline });
+        self.by_sid.insert(sid, token);
+        Admission::New(token)
     }
 
-    /// The members a query is sent to; returns what is notified once all of them answered.
-    pub fn asking(&mut self, token: u64, members: Vec<(u64, NodeInfo)>) -> Arc<Notify> {
-        let Some(query) = self.queries.get_mut(&token) else { return Arc::default() };
-        query.waiting = members;
-        if query.waiting.is_empty() {
-            query.complete.notify_one();
+    /// The members a query is sent to.
+    pub fn asking(&mut self, token: u64, members: Vec<(u64, NodeInfo)>) {
+        if let Some(query) = self.queries.get_mut(&token) {
+            query.waiting = members;
         }
-        query.complete.clone()
     }
 
     /// Records the answer of `node`, received from `from`. `None` when it is for no query in
@@ -190,7 +168,7 @@ impl Asks {
             }
         };
         query.waiting.swap_remove(at);
-        Some(Answered { entry, complete: query.waiting.is_empty().then(|| query.complete.clone()) })
+        Some(Answered { entry, complete: query.waiting.is_empty() })
     }
 
     /// Forgets a query; returns it unless it was forgotten already.
@@ -200,6 +178,21 @@ impl Asks {
             self.by_sid.remove(&query.sid);
         }
         Some(query)
+    }
+
+    /// The earliest deadline of the queries in flight.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.queries.values().map(|q| q.deadline).min()
+    }
+
+    /// The queries whose deadline has come.
+    pub fn due(&self, now: Instant) -> Vec<u64> {
+        self.queries.iter().filter(|(_, q)| q.deadline <= now).map(|(token, _)| *token).collect()
+    }
+
+    /// Queries in flight (the simulator bounds them).
+    pub fn in_flight(&self) -> usize {
+        self.queries.len()
     }
 }
 
@@ -223,10 +216,12 @@ mod tests {
         Entry { data, data_version: version, cookie_version: version, expires_at, ..Entry::absent() }
     }
 
-    fn lead(admission: Option<Admission>) -> Lead {
-        match admission {
-            Some(Admission::Lead(lead)) => lead,
-            _ => panic!("expected a new query"),
+    const LATER: Duration = Duration::from_millis(20);
+
+    fn new_query(asks: &mut Asks, sid: &str, now: Instant) -> u64 {
+        match asks.admit(sid, now, now + LATER) {
+            Admission::New(token) => token,
+            other => panic!("expected a new query, got {other:?}"),
         }
     }
 
@@ -245,61 +240,61 @@ mod tests {
     #[test]
     fn asks_for_one_sid_share_a_query_and_only_new_queries_are_rate_limited() {
         let t0 = Instant::now();
-        let asks = Asks::new(t0);
-        let first = lead(Asks::admit(&asks, "a", t0));
-        let Some(Admission::Join(joined)) = Asks::admit(&asks, "a", t0) else { panic!("expected to join") };
-        let others: Vec<Lead> =
-            (1..QUERY_BURST as usize).map(|i| lead(Asks::admit(&asks, &format!("s{i}"), t0))).collect();
-        assert!(Asks::admit(&asks, "over", t0).is_none(), "the burst is spent");
-        assert!(matches!(Asks::admit(&asks, "a", t0), Some(Admission::Join(_))), "joining costs nothing");
-        assert!(matches!(joined.has_changed(), Ok(false)), "the query runs");
-        drop(first);
-        assert!(joined.has_changed().is_err(), "the end of the query wakes those that joined it");
+        let mut asks = Asks::new(t0, 40);
+        let first = new_query(&mut asks, "a", t0);
+        assert_eq!(first, 40);
+        assert_eq!(asks.admit("a", t0, t0), Admission::Joined(first));
+        let others: Vec<u64> = (1..QUERY_BURST as usize).map(|i| new_query(&mut asks, &format!("s{i}"), t0)).collect();
+        assert_eq!(asks.admit("over", t0, t0), Admission::RateLimited, "the burst is spent");
+        assert_eq!(asks.admit("a", t0, t0), Admission::Joined(first), "joining costs nothing");
+        assert_eq!(asks.next_deadline(), Some(t0 + LATER));
+        assert_eq!(asks.due(t0 + LATER - Duration::from_nanos(1)), Vec::<u64>::new());
+        assert_eq!(asks.due(t0 + LATER).len(), QUERY_BURST as usize);
+        assert!(asks.end(first).is_some());
+        assert!(asks.end(first).is_none(), "ended once");
         let left = |asks: &Asks| (asks.queries.len(), asks.by_sid.len(), asks.by_sid.contains_key("a"));
-        assert_eq!(left(&asks.lock()), (others.len(), others.len(), false));
-        drop(others);
-        assert_eq!(left(&asks.lock()), (0, 0, false), "nothing left behind");
+        assert_eq!(left(&asks), (others.len(), others.len(), false));
+        others.iter().for_each(|token| _ = asks.end(*token));
+        assert_eq!(left(&asks), (0, 0, false), "nothing left behind");
+        assert_eq!(asks.next_deadline(), None);
     }
 
     #[test]
     fn answers_are_taken_once_from_the_members_asked_at_their_address() {
         let t0 = Instant::now();
-        let asks = Asks::new(t0);
-        let query = lead(Asks::admit(&asks, "a", t0));
+        let mut asks = Asks::new(t0, 1);
+        let token = new_query(&mut asks, "a", t0);
         let (b, c) = (member(2, 5000), member(3, 6000));
-        let mut asks = asks.lock();
-        let complete = asks.asking(query.token, vec![b, c]);
+        asks.asking(token, vec![b, c]);
         let entry = live("{}", v(5, 2), u64::MAX);
         let from_b = b.1.addr;
-        assert!(asks.answered(query.token + 1, b.0, from_b, Reply::Nothing).is_none(), "no such query");
-        assert!(asks.answered(query.token, 9, from_b, Reply::Nothing).is_none(), "not asked");
-        assert!(asks.answered(query.token, b.0, c.1.addr, Reply::Nothing).is_none(), "another address");
+        assert!(asks.answered(token + 1, b.0, from_b, Reply::Nothing).is_none(), "no such query");
+        assert!(asks.answered(token, 9, from_b, Reply::Nothing).is_none(), "not asked");
+        assert!(asks.answered(token, b.0, c.1.addr, Reply::Nothing).is_none(), "another address");
         let other_sid = Reply::Entry { sid: "b".into(), entry: entry.clone() };
-        assert!(asks.answered(query.token, b.0, from_b, other_sid).is_none(), "another sid");
+        assert!(asks.answered(token, b.0, from_b, other_sid).is_none(), "another sid");
         let reply = Reply::Entry { sid: "a".into(), entry: entry.clone() };
-        let Answered { entry: merge, complete: notify } = asks.answered(query.token, b.0, from_b, reply).unwrap();
+        let Answered { entry: merge, complete } = asks.answered(token, b.0, from_b, reply).unwrap();
         assert_eq!(merge, Some(("a".into(), entry)));
-        assert!(notify.is_none(), "C has not answered");
-        assert!(asks.answered(query.token, b.0, from_b, Reply::Nothing).is_none(), "B answered already");
-        let last = asks.answered(query.token, c.0, c.1.addr, Reply::Nothing).unwrap();
-        let Answered { entry: merge, complete: notify } = last;
+        assert!(!complete, "C has not answered");
+        assert!(asks.answered(token, b.0, from_b, Reply::Nothing).is_none(), "B answered already");
+        let Answered { entry: merge, complete } = asks.answered(token, c.0, c.1.addr, Reply::Nothing).unwrap();
         assert!(merge.is_none());
-        assert!(Arc::ptr_eq(&notify.unwrap(), &complete), "the last answer completes the query");
-        assert_eq!(asks.end(query.token).map(|q| q.unanswered()), Some(0));
-        assert!(asks.answered(query.token, c.0, c.1.addr, Reply::Nothing).is_none(), "late");
+        assert!(complete, "the last answer completes the query");
+        assert_eq!(asks.end(token).map(|q| q.unanswered()), Some(0));
+        assert!(asks.answered(token, c.0, c.1.addr, Reply::Nothing).is_none(), "late");
     }
 
     #[test]
     fn the_newest_entry_too_large_for_a_datagram_is_fetched_only_if_newer_than_what_arrived() {
         let t0 = Instant::now();
-        let asks = Asks::new(t0);
-        let query = lead(Asks::admit(&asks, "a", t0));
+        let mut asks = Asks::new(t0, 1);
+        let token = new_query(&mut asks, "a", t0);
         let (b, c, d) = (member(2, 5000), member(3, 6000), member(4, 7000));
-        let mut asks = asks.lock();
-        asks.asking(query.token, vec![b, c, d]);
-        asks.answered(query.token, b.0, b.1.addr, Reply::TooLarge { version: v(7, 2) }).unwrap();
-        asks.answered(query.token, c.0, c.1.addr, Reply::TooLarge { version: v(5, 3) }).unwrap();
-        let ended = asks.end(query.token).unwrap();
+        asks.asking(token, vec![b, c, d]);
+        asks.answered(token, b.0, b.1.addr, Reply::TooLarge { version: v(7, 2) }).unwrap();
+        asks.answered(token, c.0, c.1.addr, Reply::TooLarge { version: v(5, 3) }).unwrap();
+        let ended = asks.end(token).unwrap();
         assert_eq!(ended.unanswered(), 1, "D did not answer");
         let b_tcp = SocketAddr::from(([127, 0, 0, 1], 5001));
         assert_eq!(ended.fetch_from(Version::ZERO), Some(b_tcp), "from the member with the newest");
