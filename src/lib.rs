@@ -13,6 +13,8 @@ pub mod events;
 mod fast_calls;
 pub mod metrics;
 pub mod options;
+#[cfg(test)]
+mod sim;
 pub mod stats;
 pub mod table;
 pub mod wire;

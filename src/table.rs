@@ -46,7 +46,8 @@ impl Op {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
-    /// Nothing written yet (only a touch arrived), or voided by a clear.
+    /// Nothing written yet (only a touch arrived), or voided by a clear (its version then back to
+    /// zero: as if never written, whether the write came before the clear or after).
     Absent,
     /// The session JSON exactly as `get` serves it (the newest cookie already in place).
     Live(Arc<str>),
@@ -181,7 +182,7 @@ fn object_len(json: &[u8]) -> Option<usize> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lookup {
     Live(Arc<str>),
-    /// Known here and not live: destroyed, expired, or voided by a clear.
+    /// Known here and not live: destroyed, or expired.
     Gone,
     /// Neither a session nor a tombstone: never heard of here, or only touched.
     Unknown,
@@ -327,9 +328,18 @@ impl Table {
             }
             *mark = version;
         }
+        // A register the clear voids goes back to "never written": as if its write had arrived
+        // after the clear (and been ignored), so replicas agree whatever the order of arrival.
         self.entries.retain(|_, entry| {
             if entry.data_version <= version {
                 entry.data = Data::Absent;
+                entry.data_version = Version::ZERO;
+            }
+            if entry.cookie_version <= version {
+                entry.cookie_version = Version::ZERO;
+                entry.cookie = None;
+                entry.expires_at = 0;
+                entry.local_expires_at = 0;
             }
             entry.newest_version() > version
         });

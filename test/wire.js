@@ -1,12 +1,12 @@
 "use strict";
-// Builds and parses packets of wire format version 2 (src/wire.rs is authoritative), the way an
+// Builds and parses packets of wire format version 3 (src/wire/ is authoritative), the way an
 // outsider on the network could: enough to capture, tamper with, replay and forge datagrams in
 // test/security.test.js. Integers are big-endian; ids, incarnations and packet numbers are
 // BigInts.
 //
 //  offset size
 //   0     2    magic "SM"
-//   2     1    wire version (2)
+//   2     1    wire version (3)
 //   3     1    kind
 //   4     4    cluster id: 32-bit FNV-1a of the cluster name
 //   8     8    sender node id
@@ -17,7 +17,7 @@
 //  end    …    unsealed: CRC-32 of (cluster name ‖ header ‖ body), 4 bytes; sealed: Poly1305 tag, 16
 const zlib = require("node:zlib");
 
-const VERSION = 2;
+const VERSION = 3;
 const HEADER_BYTES = 36;
 const AT = Object.freeze({ magic: 0, version: 2, kind: 3, cluster: 4, node: 8, incarnation: 16, packetNumber: 24, keyId: 32 });
 const CRC_BYTES = 4;

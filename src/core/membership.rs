@@ -246,6 +246,14 @@ impl Members {
         Some((Change::Leave, m.clone()))
     }
 
+    /// Marks a member dead without waiting for its silence (a state transfer's donor reports it
+    /// gone): if it is alive after all, the next packet it sends makes it alive again.
+    pub fn declare_dead(&mut self, id: u64, incarnation: u64) -> Option<(Change, Member)> {
+        let m = self.members.get_mut(&id).filter(|m| m.incarnation == incarnation && m.is_reachable())?;
+        m.state = MemberState::Dead;
+        Some((Change::Dead, m.clone()))
+    }
+
     /// Suspicion and death by silence; forgets long-gone members.
     pub fn check(&mut self, now: Instant) -> Vec<(Change, Member)> {
         let mut changes = Vec::new();

@@ -125,6 +125,13 @@ impl Asks {
         }
     }
 
+    /// A token of no query (an ask the table answers at once).
+    pub fn token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token = token.wrapping_add(1);
+        token
+    }
+
     /// Joins the query in flight for `sid`, or starts one, ending at `deadline`, if the rate
     /// limit allows.
     pub fn admit(&mut self, sid: &str, now: Instant, deadline: Instant) -> Admission {
@@ -134,8 +141,7 @@ impl Asks {
         if !self.bucket.take(now) {
             return Admission::RateLimited;
         }
-        let token = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1);
+        let token = self.token();
         let sid: Arc<str> = sid.into();
         self.queries.insert(token, Query { sid: sid.clone(), waiting: Vec::new(), larger: None, deadline });
         self.by_sid.insert(sid, token);

@@ -26,6 +26,8 @@ pub mod replay;
 mod send;
 pub mod skew;
 pub mod sync;
+#[cfg(test)]
+mod tests;
 mod timers;
 
 pub use api::{Buffers, Now, Output, Role, Settings, Transmit};

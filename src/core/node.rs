@@ -112,6 +112,7 @@ pub struct Node {
     pub(super) bootstrap: Bootstrap,
     /// Joined and finished the initial state transfer (or found no one).
     pub(super) ready: bool,
+    /// Whether writes need sending (`update_audience`); the driver learns each change.
     pub(super) audience: bool,
     pub(super) leaving: Option<Leaving>,
     /// The final `Leave` is sent: nothing is sent or acted upon any more.
@@ -145,7 +146,7 @@ impl Node {
         let mut rng = SmallRng::seed_from_u64(seed);
         let first_token = rng.random();
         let members = Members::new(settings.heartbeat, settings.failure_timeout, settings.max_clock_skew_ms);
-        Node {
+        let mut node = Node {
             send: SendBuffer::new(settings.retransmit_datagrams, RETRANSMIT_BYTES),
             waits: AckWaits::new(settings.ack_timeout),
             reassembler: Reassembler::new(settings.reassembly_budget, REASSEMBLY_TIMEOUT),
@@ -184,7 +185,9 @@ impl Node {
             ack_asked: false,
             next_heartbeat: now.instant,
             silence_check: None,
-        }
+        };
+        node.update_audience(now);
+        node
     }
 
     // -----------------------------------------------------------------------------------------
@@ -287,10 +290,10 @@ impl Node {
         report
     }
 
-    /// Datagrams kept for retransmission, senders in the replay windows, partial fragmented
-    /// messages and queries in flight: what the simulator bounds.
-    pub fn held(&self) -> (usize, usize, usize, usize) {
-        (self.send.held_datagrams(), self.replay.senders(), self.reassembler.partials(), self.asks.in_flight())
+    /// Datagrams kept for retransmission, senders in the replay windows and queries in flight:
+    /// what the simulator bounds (with `buffers`).
+    pub fn held(&self) -> (usize, usize, usize) {
+        (self.send.held_datagrams(), self.replay.senders(), self.asks.in_flight())
     }
 
     // -----------------------------------------------------------------------------------------
@@ -338,6 +341,18 @@ impl Node {
         }
     }
 
+    /// What the node tracks of each stream, and the acks of its own (the simulator's reports).
+    #[cfg(test)]
+    pub(crate) fn describe_streams(&self) -> String {
+        let streams = self.inbound.iter().map(|(id, i)| {
+            let (window, unknown, wanted) = (&i.window, i.history_unknown, i.sync_wanted);
+            let (have, missing, sync) = (window.contiguous(), window.missing(), window.needs_sync());
+            format!("{id:016x}: have {have} missing {missing} sync {sync} unknown {unknown} wanted {wanted}")
+        });
+        let streams: Vec<String> = streams.collect();
+        format!("streams {streams:?}, syncing {:?}, {:?} of {}", self.syncing, self.acks, self.send.high_seq())
+    }
+
     // -----------------------------------------------------------------------------------------
     // Packets
 
@@ -376,6 +391,10 @@ impl Node {
         }
     }
 
+    pub(super) fn replay_highest(&self, node: u64, incarnation: u64) -> Option<u64> {
+        self.replay.highest(node, incarnation)
+    }
+
     pub(super) fn replay_memory(&self) -> Vec<(u64, u64, u64)> {
         self.replay.snapshot()
     }
@@ -407,12 +426,12 @@ impl Node {
 
     pub(super) fn heard(&mut self, header: &Header, info: Option<NodeInfo>, now: Now) {
         let change = self.members.heard(header.node, header.incarnation, info, now.instant, now.ms);
-        self.report(change);
+        self.report(change, now);
     }
 
-    pub(super) fn report(&mut self, change: Option<(Change, Member)>) {
+    pub(super) fn report(&mut self, change: Option<(Change, Member)>, now: Now) {
         let Some((change, member)) = change else { return };
-        self.update_audience();
+        self.update_audience(now);
         let level = match change {
             Change::Suspect => Level::Debug,
             Change::Dead => Level::Warn,
@@ -423,12 +442,22 @@ impl Node {
     }
 
     /// Whether writes need sending: some member that has not left is known (dead ones included:
-    /// one cut off by a partition may still hear us).
-    pub(super) fn update_audience(&mut self) {
-        let audience = self.members.all().any(|m| m.state != MemberState::Left);
+    /// one cut off by a partition may still hear us), or the node is still looking for its
+    /// cluster: what it writes meanwhile goes out like any write, so the members it finds have it
+    /// (nothing else would bring it to them but a periodic anti-entropy sync).
+    pub(super) fn update_audience(&mut self, now: Now) {
+        let looking = matches!(self.bootstrap, Bootstrap::NotStarted | Bootstrap::Discovering { .. });
+        let audience = looking || self.members.all().any(|m| m.state != MemberState::Left);
         if audience != self.audience {
             self.audience = audience;
             self.output(Output::Audience(audience));
+            if audience && !looking && self.settings.role == Role::Member {
+                // What this node wrote alone went nowhere, and members that heard it before may
+                // have pulled from it before those writes: a greeting makes each pull once (see
+                // `on_greeting`).
+                let high_seq = self.send.high_seq();
+                self.broadcast(&Message::Greeting { info: self.settings.me, high_seq, sent_ms: now.ms });
+            }
         }
     }
 
@@ -460,6 +489,21 @@ impl Node {
         true
     }
 
+    /// A member's stream ended unfinished (it died, or left while this node missed some of it):
+    /// what it sent last may have reached some members and not others, and only they hold it
+    /// now. One digest sync with each other member brings it here at once, rather than when the
+    /// periodic anti-entropy happens to pick one that has it.
+    pub(super) fn sync_with_every_member(&mut self) {
+        for inbound in self.inbound.values_mut() {
+            inbound.sync_wanted = true;
+        }
+    }
+
+    /// Whether this node may miss some of `node`'s stream.
+    pub(super) fn stream_unfinished(&self, node: u64) -> bool {
+        self.inbound.get(&node).is_some_and(|i| i.window.missing() > 0 || i.window.needs_sync() || i.history_unknown)
+    }
+
     pub(super) fn forget_stream(&mut self, node: u64) {
         self.inbound.remove(&node);
         self.acks.forget(node);
@@ -478,7 +522,7 @@ impl Node {
         let Some(high_seq) = inbound.window.take_ack(periodic) else { return };
         let to = inbound.reply_to;
         self.counters.acks_sent += 1;
-        self.send_to(&Message::Ack { high_seq }, to);
+        self.send_to(&Message::Ack { target: node, high_seq }, to);
     }
 
     /// Alive members of this incarnation: those whose acks writes wait for.

@@ -10,6 +10,7 @@ use super::node::Node;
 use super::sync::Fetched;
 use crate::clock::Version;
 use crate::events::Level;
+use crate::table::Lookup;
 use crate::wire::{self, Message, NodeInfo, MAX_DATAGRAM};
 
 impl Node {
@@ -19,6 +20,12 @@ impl Node {
     pub fn ask(&mut self, sid: &str, now: Now) -> Option<u64> {
         if wire::QUERY_OVERHEAD + sid.len() > MAX_DATAGRAM {
             return None;
+        }
+        if self.table.lookup(sid, now.ms) != Lookup::Unknown {
+            // A query ended (its answers merged) since the caller looked: the table answers.
+            let token = self.asks.token();
+            self.output(Output::Answered { token });
+            return Some(token);
         }
         let token = match self.asks.admit(sid, now.instant, now.instant + self.settings.miss_timeout) {
             Admission::Joined(token) => return Some(token),

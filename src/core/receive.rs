@@ -73,7 +73,7 @@ impl Node {
             }
             (Role::Member, Message::Leave) => self.on_leave(&header, now),
             (Role::Member, Message::AckRequest { last_seq }) => self.on_ack_request(&header, last_seq, from, now),
-            (Role::Member, Message::Ack { high_seq }) => self.on_ack(&header, high_seq, now),
+            (Role::Member, Message::Ack { target, high_seq }) => self.on_ack(&header, target, high_seq, now),
             (Role::Member, Message::Data { seq, ask_ack, payload }) => {
                 self.on_data(&header, seq, ask_ack, payload, from, now)
             }
@@ -130,7 +130,17 @@ impl Node {
     fn on_greeting(&mut self, header: &Header, info: NodeInfo, high_seq: u64, sent_ms: u64, now: Now) {
         self.heard(header, Some(info), now);
         self.clock_sample(header, sent_ms, now);
-        self.open_inbound(header, high_seq + 1, info.addr, false, now);
+        // The state transfer covers what the member sent before: unless it is over already (a
+        // late greeting, or a member that was alone greeting its first audience: it may hold
+        // writes it never sent), then a sync with the member does, once, and its stream is
+        // acknowledged only then.
+        let transferred = self.ready;
+        if !self.open_inbound(header, high_seq + 1, info.addr, transferred, now) && transferred {
+            if let Some(inbound) = self.inbound.get_mut(&header.node).filter(|i| i.incarnation == header.incarnation) {
+                inbound.sync_wanted = true;
+                inbound.history_unknown = true;
+            }
+        }
     }
 
     fn on_heartbeat(&mut self, header: &Header, info: NodeInfo, high_seq: u64, sent_ms: u64, now: Now) {
@@ -146,8 +156,12 @@ impl Node {
 
     fn on_leave(&mut self, header: &Header, now: Now) {
         let change = self.members.announced_leave(header.node, header.incarnation);
+        let unfinished = self.stream_unfinished(header.node);
         self.forget_stream(header.node);
-        self.report(change);
+        if unfinished {
+            self.sync_with_every_member();
+        }
+        self.report(change, now);
         self.settle_writes(now);
     }
 
@@ -171,7 +185,11 @@ impl Node {
         self.send_naks(now, Some(header.node));
     }
 
-    fn on_ack(&mut self, header: &Header, high_seq: u64, now: Now) {
+    fn on_ack(&mut self, header: &Header, target: u64, high_seq: u64, now: Now) {
+        if target != self.header.node {
+            // Another node's ack, recorded and replayed here (or a port reused since it was sent).
+            return self.counters.drop("misdirected");
+        }
         self.heard(header, None, now);
         self.counters.acks_received += 1;
         if self.members.get(header.node).is_none_or(|m| m.incarnation != header.incarnation) {

@@ -94,6 +94,11 @@ impl ReplayGuard {
         self.windows.iter().map(|((node, incarnation), w)| (*node, *incarnation, w.highest)).collect()
     }
 
+    /// The highest packet number accepted (or primed) of that sender, if it is remembered.
+    pub fn highest(&self, node: u64, incarnation: u64) -> Option<u64> {
+        self.windows.get(&(node, incarnation)).map(|w| w.highest)
+    }
+
     /// Learns from a peer that a sender was heard up to `highest`: every number up to it is
     /// treated as seen, so recordings of that sender are replays here too.
     pub fn prime(&mut self, node: u64, incarnation: u64, highest: u64) {

@@ -236,7 +236,7 @@ impl Node {
         let peer = SocketAddr::new(donor.info.addr.ip(), donor.info.tcp_port);
         match result {
             Ok(pulled) => {
-                self.forget_departed(&pulled.departed);
+                self.forget_departed(&pulled.departed, now);
                 self.counters.state_transfers += 1;
                 // The donor's snapshot may miss writes other members sent just before they greeted
                 // us: a digest sync with each of them closes that window.
@@ -287,16 +287,23 @@ impl Node {
         }
     }
 
-    /// After the state transfer: members the donor knows to be gone were heard here only through
-    /// recordings; they leave, and their recordings are replays from now on.
-    fn forget_departed(&mut self, departed: &[(u64, u64, u64)]) {
-        self.prime_replay(departed);
-        for (node, incarnation, _) in departed {
-            let change = self.members.left(*node, *incarnation);
-            if change.is_some() {
-                self.forget_stream(*node);
+    /// After the state transfer: senders the donor knows to be gone (left, or dead to it) were
+    /// heard here through recordings, or are cut off from the donor only. Their recordings are
+    /// replays from now on; those heard here no further than the donor did are dead (not left:
+    /// one that is alive after all, cut off from the donor by a partition, comes back with its
+    /// next packet).
+    fn forget_departed(&mut self, departed: &[(u64, u64, u64)], now: Now) {
+        for &(node, incarnation, highest) in departed {
+            let heard_beyond = self.replay_highest(node, incarnation).is_some_and(|here| here > highest);
+            self.prime_replay(&[(node, incarnation, highest)]);
+            if heard_beyond {
+                continue;
             }
-            self.report(change);
+            let change = self.members.declare_dead(node, incarnation);
+            if change.is_some() {
+                self.forget_stream(node);
+            }
+            self.report(change, now);
         }
     }
 }

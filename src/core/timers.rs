@@ -103,6 +103,7 @@ impl Node {
         }
         self.bootstrap = Bootstrap::Done;
         self.ready = true;
+        self.update_audience(now);
         self.output(Output::Event(Event::Ready));
     }
 
@@ -134,13 +135,15 @@ impl Node {
     fn check_members(&mut self, now: Now) {
         let changes = self.members.check(now.instant);
         // Long-gone members are forgotten without a change to report.
-        self.update_audience();
+        self.update_audience(now);
         for (change, member) in changes {
             if change == Change::Dead {
-                // If it comes back (a partition healed), it is heard anew and synced.
+                // If it comes back (a partition healed), it is heard anew and synced. Its last
+                // datagrams (a tail nobody announced) may have reached some members only.
                 self.forget_stream(member.id);
+                self.sync_with_every_member();
             }
-            self.report(Some((change, member)));
+            self.report(Some((change, member)), now);
         }
         self.settle_writes(now);
         for _ in 0..self.reassembler.expire(now.instant) {

@@ -126,7 +126,7 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
         Kind::Heartbeat => Message::Heartbeat { info: r.node_info()?, high_seq: r.u64()?, sent_ms: r.u64()? },
         Kind::Leave => Message::Leave,
         Kind::AckRequest => Message::AckRequest { last_seq: r.u64()? },
-        Kind::Ack => Message::Ack { high_seq: r.u64()? },
+        Kind::Ack => Message::Ack { target: r.u64()?, high_seq: r.u64()? },
         Kind::Data => {
             let seq = r.u64()?;
             let tag = r.u8()?;

@@ -130,7 +130,10 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
         }
         Message::Leave => {}
         Message::AckRequest { last_seq } => w.u64(*last_seq),
-        Message::Ack { high_seq } => w.u64(*high_seq),
+        Message::Ack { target, high_seq } => {
+            w.u64(*target);
+            w.u64(*high_seq);
+        }
         Message::Data { seq, ask_ack, payload } => {
             w.u64(*seq);
             let ask = if *ask_ack { ASK_ACK } else { 0 };

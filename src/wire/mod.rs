@@ -1,11 +1,11 @@
-//! Binary wire format, version 2 (documented in README "Wire format").
+//! Binary wire format, version 3 (documented in README "Wire format").
 //!
 //! Every datagram and every TCP frame is one packet:
 //!
 //! ```text
 //! offset size
 //!  0     2    magic "SM"
-//!  2     1    wire version (2)
+//!  2     1    wire version (3)
 //!  3     1    kind (see `Kind`)
 //!  4     4    cluster id: FNV-1a of the cluster name (fast drop of foreign clusters)
 //!  8     8    sender node id
@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Version 2 added the sender's wall-clock time to `Greeting` and `Heartbeat` (clock offsets,
-//! `skew`); version 1 nodes and version 2 nodes drop each other's packets (`badVersion`).
+//! `skew`); version 3 the node an `Ack` is meant for. Nodes of different versions drop each
+//! other's packets (`badVersion`).
 //!
 //! This module declares the packets; encode.rs and decode.rs write and read header and body,
 //! and `crypto` adds and checks the trailer.
@@ -39,7 +40,7 @@ pub use decode::{decode, decode_op, packet_number, peek_header};
 pub use encode::{encode, encode_op, op_len};
 
 pub const MAGIC: [u8; 2] = *b"SM";
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 pub const HEADER_BYTES: usize = 36;
 /// Where the message kind sits in the header.
 pub const KIND_AT: usize = 3;
@@ -168,8 +169,9 @@ pub enum Message {
         last_seq: u64,
     },
     /// "I have every `Data` datagram of yours up to and including `high_seq`" (cumulative),
-    /// unicast to that sender.
+    /// unicast to that sender, `target`: a recording replayed to another node is no ack of its.
     Ack {
+        target: u64,
         high_seq: u64,
     },
     /// `ask_ack`: acknowledge at once (the sender has writes waiting for it, `waitForAck`);

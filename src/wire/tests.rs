@@ -52,7 +52,7 @@ fn samples() -> Vec<Message> {
         Message::Ping { token: 6, padding: vec![0; 9] },
         Message::Pong { token: 6, size: 1400 },
         Message::AckRequest { last_seq: 41 },
-        Message::Ack { high_seq: u64::MAX },
+        Message::Ack { target: 3, high_seq: u64::MAX },
         Message::Query { token: 8, sid: "sid-é".into() },
         Message::Answer { token: 8, reply: Reply::Nothing },
         Message::Answer { token: 9, reply: Reply::Entry { sid: "s".into(), entry: entry.clone() } },
