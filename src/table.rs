@@ -8,14 +8,20 @@
 //! a `touch` keeps the touched cookie. `clear` is a watermark: every write at or below it is void.
 //! Merging is commutative and idempotent, so replicas that saw the same ops in any order agree.
 
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use dashmap::DashMap;
-use indexmap::IndexMap;
 use parking_lot::RwLock;
-use serde_json::value::RawValue;
 
 use crate::clock::Version;
+
+mod entry;
+mod tomb;
+
+pub use entry::{splice_cookie, Data, Entry, Op};
+use tomb::Tomb;
 
 /// A session with neither cookie expiry, `ttl` nor `useSessionTTL` lives this long after its last
 /// write.
@@ -23,91 +29,6 @@ pub const DEFAULT_LIFETIME_MS: u64 = 86_400_000;
 /// A tombstone outlives the destroyed session's expiry, and lives at least this long, so that no
 /// late or replayed write brings the session back.
 pub const TOMBSTONE_MIN_RETENTION_MS: u64 = 3_600_000;
-
-/// One replicated write. Local calls produce these; remote ones arrive in messages.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Op {
-    Set { sid: Arc<str>, doc: Arc<str>, expires_at: u64, version: Version },
-    Touch { sid: Arc<str>, cookie: Option<Arc<str>>, expires_at: u64, version: Version },
-    Destroy { sid: Arc<str>, version: Version },
-    Clear { version: Version },
-}
-
-impl Op {
-    pub fn version(&self) -> Version {
-        match self {
-            Op::Set { version, .. }
-            | Op::Touch { version, .. }
-            | Op::Destroy { version, .. }
-            | Op::Clear { version } => *version,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Data {
-    /// Nothing written yet (only a touch arrived), or voided by a clear (its version then back to
-    /// zero: as if never written, whether the write came before the clear or after).
-    Absent,
-    /// The session JSON exactly as `get` serves it (the newest cookie already in place).
-    Live(Arc<str>),
-    /// Destroyed: a tombstone.
-    Deleted,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
-    pub data: Data,
-    pub data_version: Version,
-    pub cookie_version: Version,
-    /// The touched cookie JSON, kept while the touch is newer than the data (a later-arriving
-    /// older `set` must get it spliced in too). `None` when the data's own cookie is current.
-    pub cookie: Option<Arc<str>>,
-    /// Absolute expiry, epoch ms, from the cookie register.
-    pub expires_at: u64,
-    /// A later expiry from touches kept on this node (`touchAfter`); never replicated, and void
-    /// once a newer cookie version arrives.
-    pub local_expires_at: u64,
-}
-
-impl Entry {
-    pub fn absent() -> Self {
-        Entry {
-            data: Data::Absent,
-            data_version: Version::ZERO,
-            cookie_version: Version::ZERO,
-            cookie: None,
-            expires_at: 0,
-            local_expires_at: 0,
-        }
-    }
-
-    /// The expiry this node enforces: the replicated one, or a later local touch's.
-    pub fn effective_expiry(&self) -> u64 {
-        self.expires_at.max(self.local_expires_at)
-    }
-
-    pub fn is_visible(&self, now: u64) -> bool {
-        matches!(self.data, Data::Live(_)) && self.effective_expiry() > now
-    }
-
-    /// Not yet forgettable at `now`: a live session, or a tombstone within its retention.
-    pub fn is_kept(&self, now: u64) -> bool {
-        self.purge_at() > now
-    }
-
-    /// When the sweeper may forget this entry.
-    fn purge_at(&self) -> u64 {
-        match self.data {
-            Data::Deleted => self.expires_at.max(self.data_version.millis() + TOMBSTONE_MIN_RETENTION_MS),
-            _ => self.effective_expiry(),
-        }
-    }
-
-    pub fn newest_version(&self) -> Version {
-        self.data_version.max(self.cookie_version)
-    }
-}
 
 /// Absolute expiry of a session written `now` (README "Session expiry"): the cookie's own expiry,
 /// else now + `ttl` (one day when unset); with `session_ttl_ms` (useSessionTTL) never later than
@@ -121,61 +42,6 @@ pub fn expiry(cookie_expires: Option<u64>, now: u64, session_ttl_ms: Option<u64>
         (None, None, None) => lifetime(DEFAULT_LIFETIME_MS),
     };
     session_ttl_ms.map_or(own, |session_ttl| own.min(lifetime(session_ttl)))
-}
-
-/// Replaces the top-level `cookie` of a session JSON object, keeping every other member as is.
-/// Returns `None` when `doc` is not a JSON object (it is then served unchanged).
-pub fn splice_cookie(doc: &str, cookie: &str) -> Option<String> {
-    let cookie: &RawValue = serde_json::from_str(cookie).ok()?;
-    splice_leading_cookie(doc, cookie.get()).or_else(|| {
-        let mut members: IndexMap<String, &RawValue> = serde_json::from_str(doc).ok()?;
-        members.insert("cookie".to_owned(), cookie);
-        serde_json::to_string(&members).ok()
-    })
-}
-
-/// express-session writes the cookie first (`{"cookie":{…},…}`): then only the cookie is
-/// scanned and replaced, not the whole session (a touch of a 16 KB session was a 16 KB parse).
-fn splice_leading_cookie(doc: &str, cookie: &str) -> Option<String> {
-    const LEAD: &str = r#"{"cookie":"#;
-    let old = doc.strip_prefix(LEAD)?;
-    let rest = &old[object_len(old.as_bytes())?..];
-    if !(rest.starts_with(',') || rest.starts_with('}')) {
-        return None;
-    }
-    Some([LEAD, cookie, rest].concat())
-}
-
-/// Length of the JSON object at the start of `json` (strings and escapes respected), if it is
-/// one and it ends.
-fn object_len(json: &[u8]) -> Option<usize> {
-    if json.first() != Some(&b'{') {
-        return None;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, &byte) in json.iter().enumerate() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 /// What the table holds for a sid (see `Table::lookup`).
@@ -197,15 +63,87 @@ pub struct TableCounts {
     pub entries: usize,
 }
 
+/// Shards of the table, each behind its own lock: writes to different sids rarely wait for
+/// each other (the JS thread's local writes, the network thread's merges).
+const SHARDS: usize = 16;
+
+/// The sessions and tombstones of a shard. A sid is in one of the two maps at most; a tombstone
+/// is kept compact (tomb.rs) unless it cannot be.
 #[derive(Default)]
+struct Shard {
+    entries: HashMap<Box<str>, Entry>,
+    tombs: HashSet<Tomb>,
+}
+
+impl Shard {
+    fn get(&self, sid: &str) -> Option<Entry> {
+        self.entries.get(sid).cloned().or_else(|| self.tombs.get(sid.as_bytes()).map(Tomb::entry))
+    }
+
+    /// Stores the state of `sid`: a tombstone compactly when it can be; nothing for an entry
+    /// that holds nothing.
+    fn put(&mut self, sid: &str, entry: Entry) {
+        if let Some(tomb) = Tomb::of(sid, &entry) {
+            self.entries.remove(sid);
+            self.tombs.replace(tomb);
+        } else if entry.newest_version() != Version::ZERO {
+            self.tombs.remove(sid.as_bytes());
+            self.entries.insert(sid.into(), entry);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len() + self.tombs.len()
+    }
+
+    /// Every entry, tombstones expanded.
+    fn each(&self, mut visit: impl FnMut(&str, &Entry)) {
+        self.entries.iter().for_each(|(sid, entry)| visit(sid, entry));
+        for tomb in &self.tombs {
+            visit(tomb.sid(), &tomb.entry());
+        }
+    }
+
+    fn sweep(&mut self, now: u64, retention_ms: u64) {
+        self.entries.retain(|_, entry| entry.purge_at(retention_ms) > now);
+        self.tombs.retain(|tomb| tomb.purge_at(retention_ms) > now);
+    }
+}
+
 pub struct Table {
-    entries: DashMap<Box<str>, Entry>,
+    shards: Box<[RwLock<Shard>]>,
+    /// Picks a sid's shard.
+    router: RandomState,
     clear_mark: RwLock<Version>,
+    /// A tombstone's least retention after its destroy.
+    retention_ms: u64,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            router: RandomState::new(),
+            clear_mark: RwLock::default(),
+            retention_ms: TOMBSTONE_MIN_RETENTION_MS,
+        }
+    }
 }
 
 impl Table {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A table whose tombstones are kept at least `retention_ms` after their destroy (the
+    /// simulator's study of the retention).
+    #[cfg(test)]
+    pub fn with_retention(retention_ms: u64) -> Self {
+        Table { retention_ms, ..Self::default() }
+    }
+
+    fn shard(&self, sid: &str) -> &RwLock<Shard> {
+        &self.shards[self.router.hash_one(sid) as usize % SHARDS]
     }
 
     /// The session JSON if it exists and has not expired at `now`.
@@ -218,7 +156,10 @@ impl Table {
 
     /// What `get` finds, telling a sid known here and not live from one never heard of.
     pub fn lookup(&self, sid: &str, now: u64) -> Lookup {
-        let Some(entry) = self.entries.get(sid) else { return Lookup::Unknown };
+        let shard = self.shard(sid).read();
+        let Some(entry) = shard.entries.get(sid) else {
+            return if shard.tombs.contains(sid.as_bytes()) { Lookup::Gone } else { Lookup::Unknown };
+        };
         match &entry.data {
             Data::Live(doc) if entry.effective_expiry() > now => Lookup::Live(doc.clone()),
             // Only a touch arrived: the set it touched was written elsewhere.
@@ -228,7 +169,7 @@ impl Table {
     }
 
     pub fn is_visible(&self, sid: &str, now: u64) -> bool {
-        self.entries.get(sid).is_some_and(|e| e.is_visible(now))
+        self.shard(sid).read().entries.get(sid).is_some_and(|e| e.is_visible(now))
     }
 
     pub fn clear_mark(&self) -> Version {
@@ -264,39 +205,22 @@ impl Table {
     /// below the clear watermark were erased by that clear and are ignored.
     pub fn merge(&self, sid: &str, incoming: &Entry) -> bool {
         let mark = *self.clear_mark.read();
-        let takes_data = incoming.data_version > mark;
-        let takes_cookie = incoming.cookie_version > mark;
-        if !takes_data && !takes_cookie {
+        if incoming.data_version <= mark && incoming.cookie_version <= mark {
             return false;
         }
-        let update = |entry: &mut Entry| {
-            let data_newer = takes_data && incoming.data_version > entry.data_version;
-            let cookie_newer = takes_cookie && incoming.cookie_version > entry.cookie_version;
-            if data_newer {
-                entry.data = incoming.data.clone();
-                entry.data_version = incoming.data_version;
+        let mut shard = self.shard(sid).write();
+        if let Some(entry) = shard.entries.get_mut(sid) {
+            let changed = entry.merge(incoming, mark);
+            if let Some(tomb) = Tomb::of(sid, entry) {
+                shard.entries.remove(sid);
+                shard.tombs.replace(tomb);
             }
-            if cookie_newer {
-                entry.cookie_version = incoming.cookie_version;
-                entry.cookie = incoming.cookie.clone();
-                entry.expires_at = incoming.expires_at;
-                entry.local_expires_at = 0;
-            }
-            // A cookie touched after the data was written replaces the data's own cookie.
-            if (data_newer || cookie_newer) && entry.cookie_version > entry.data_version {
-                if let (Data::Live(doc), Some(cookie)) = (&entry.data, &entry.cookie) {
-                    if let Some(spliced) = splice_cookie(doc, cookie) {
-                        entry.data = Data::Live(spliced.into());
-                    }
-                }
-            }
-            data_newer || cookie_newer
-        };
-        if let Some(mut entry) = self.entries.get_mut(sid) {
-            return update(&mut entry);
+            return changed;
         }
-        let mut entry = self.entries.entry(sid.into()).or_insert_with(Entry::absent);
-        update(&mut entry)
+        let mut entry = shard.tombs.get(sid.as_bytes()).map_or_else(Entry::absent, Tomb::entry);
+        let changed = entry.merge(incoming, mark);
+        shard.put(sid, entry);
+        changed
     }
 
     /// `touchAfter`: when a touch would move a live session's replicated expiry forward by less
@@ -304,7 +228,8 @@ impl Table {
     /// is kept on this node only (no new version, so digests and peers are unaffected) and this
     /// returns true. Otherwise nothing changes and the touch must be written as usual.
     pub fn extend_locally(&self, sid: &str, expires_at: u64, now: u64, threshold_ms: u64) -> bool {
-        let Some(mut entry) = self.entries.get_mut(sid) else { return false };
+        let mut shard = self.shard(sid).write();
+        let Some(entry) = shard.entries.get_mut(sid) else { return false };
         let replicated = entry.expires_at;
         let small_step = expires_at >= replicated && expires_at - replicated < threshold_ms;
         let far_from_expiry = replicated.saturating_sub(now) > threshold_ms;
@@ -330,34 +255,39 @@ impl Table {
         }
         // A register the clear voids goes back to "never written": as if its write had arrived
         // after the clear (and been ignored), so replicas agree whatever the order of arrival.
-        self.entries.retain(|_, entry| {
-            if entry.data_version <= version {
-                entry.data = Data::Absent;
-                entry.data_version = Version::ZERO;
-            }
-            if entry.cookie_version <= version {
-                entry.cookie_version = Version::ZERO;
-                entry.cookie = None;
-                entry.expires_at = 0;
-                entry.local_expires_at = 0;
-            }
-            entry.newest_version() > version
-        });
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            shard.tombs.retain(|tomb| tomb.version() > version);
+            shard.entries.retain(|_, entry| {
+                if entry.data_version <= version {
+                    entry.data = Data::Absent;
+                    entry.data_version = Version::ZERO;
+                }
+                if entry.cookie_version <= version {
+                    entry.cookie_version = Version::ZERO;
+                    entry.cookie = None;
+                    entry.expires_at = 0;
+                    entry.local_expires_at = 0;
+                }
+                entry.newest_version() > version
+            });
+        }
         true
     }
 
     /// Every visible session as one JSON object keyed by sid (the shape of MemoryStore's `all`).
     pub fn all_json(&self, now: u64) -> String {
         let mut out = String::from("{");
-        for item in self.entries.iter() {
-            let entry = item.value();
-            if let (Data::Live(doc), true) = (&entry.data, entry.effective_expiry() > now) {
-                if out.len() > 1 {
-                    out.push(',');
+        for shard in self.shards.iter() {
+            for (sid, entry) in &shard.read().entries {
+                if let (Data::Live(doc), true) = (&entry.data, entry.effective_expiry() > now) {
+                    if out.len() > 1 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::to_string(&**sid).unwrap_or_default());
+                    out.push(':');
+                    out.push_str(doc);
                 }
-                out.push_str(&serde_json::to_string(&**item.key()).unwrap_or_default());
-                out.push(':');
-                out.push_str(doc);
             }
         }
         out.push('}');
@@ -365,19 +295,24 @@ impl Table {
     }
 
     pub fn length(&self, now: u64) -> usize {
-        self.entries.iter().filter(|e| e.is_visible(now)).count()
+        self.shards.iter().map(|s| s.read().entries.values().filter(|e| e.is_visible(now)).count()).sum()
     }
 
     pub fn counts(&self, now: u64) -> TableCounts {
-        let mut counts = TableCounts { entries: self.entries.len(), ..TableCounts::default() };
-        for item in self.entries.iter() {
-            match &item.data {
-                Data::Live(doc) if item.effective_expiry() > now => {
-                    counts.sessions += 1;
-                    counts.session_bytes += doc.len();
+        let mut counts = TableCounts::default();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            counts.entries += shard.len();
+            counts.tombstones += shard.tombs.len();
+            for entry in shard.entries.values() {
+                match &entry.data {
+                    Data::Live(doc) if entry.effective_expiry() > now => {
+                        counts.sessions += 1;
+                        counts.session_bytes += doc.len();
+                    }
+                    Data::Deleted => counts.tombstones += 1,
+                    _ => {}
                 }
-                Data::Deleted => counts.tombstones += 1,
-                _ => {}
             }
         }
         counts
@@ -385,18 +320,29 @@ impl Table {
 
     /// Forgets expired sessions and tombstones past their retention. Returns how many.
     pub fn sweep(&self, now: u64) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|_, entry| entry.purge_at() > now);
-        before.saturating_sub(self.entries.len())
+        let mut purged = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            let before = shard.len();
+            shard.sweep(now, self.retention_ms);
+            purged += before - shard.len();
+        }
+        purged
     }
 
     /// A copy of one entry (state transfer, anti-entropy, tests).
     pub fn entry(&self, sid: &str) -> Option<Entry> {
-        self.entries.get(sid).map(|e| e.clone())
+        self.shard(sid).read().get(sid)
+    }
+
+    /// The entry of `sid` unless it may be forgotten at `now` (an expired session, a tombstone
+    /// past its retention): what an answer to a miss gives.
+    pub fn kept(&self, sid: &str, now: u64) -> Option<Entry> {
+        self.entry(sid).filter(|e| e.purge_at(self.retention_ms) > now)
     }
 
     /// Entries not yet purgeable at `now` (only those in `buckets` of `bucket_count` when given),
-    /// handed to `visit` in batches of about `batch_bytes`, without holding a lock across calls.
+    /// handed to `visit` in batches of about `batch_bytes`, no lock held while `visit` runs.
     pub fn snapshot(
         &self,
         now: u64,
@@ -406,20 +352,21 @@ impl Table {
     ) {
         let mut batch = Vec::new();
         let mut size = 0;
-        for item in self.entries.iter() {
-            if item.purge_at() <= now {
-                continue;
-            }
-            if let Some((wanted, count)) = buckets {
-                if !wanted[bucket_of(item.key(), count)] {
-                    continue;
+        for shard in self.shards.iter() {
+            let mut taken: Vec<(Arc<str>, Entry)> = Vec::new();
+            shard.read().each(|sid, entry| {
+                let wanted = buckets.is_none_or(|(wanted, count)| wanted[bucket_of(sid, count)]);
+                if entry.purge_at(self.retention_ms) > now && wanted {
+                    taken.push((Arc::from(sid), entry.clone()));
                 }
-            }
-            size += item.key().len() + item.approx_bytes();
-            batch.push((Arc::from(&**item.key()), item.value().clone()));
-            if size >= batch_bytes {
-                visit(std::mem::take(&mut batch));
-                size = 0;
+            });
+            for (sid, entry) in taken {
+                size += sid.len() + entry.approx_bytes();
+                batch.push((sid, entry));
+                if size >= batch_bytes {
+                    visit(std::mem::take(&mut batch));
+                    size = 0;
+                }
             }
         }
         if !batch.is_empty() {
@@ -431,11 +378,13 @@ impl Table {
     /// same entries have the same digests, whatever order they merged them in.
     pub fn digest(&self, now: u64, count: usize) -> Vec<u64> {
         let mut digest = vec![0u64; count];
-        for item in self.entries.iter() {
-            if item.purge_at() > now {
-                let bucket = bucket_of(item.key(), count);
-                digest[bucket] = digest[bucket].wrapping_add(item.fingerprint(item.key()));
-            }
+        for shard in self.shards.iter() {
+            shard.read().each(|sid, entry| {
+                if entry.purge_at(self.retention_ms) > now {
+                    let bucket = bucket_of(sid, count);
+                    digest[bucket] = digest[bucket].wrapping_add(entry.fingerprint(sid));
+                }
+            });
         }
         digest
     }
@@ -461,28 +410,6 @@ impl Fnv {
 
 pub fn bucket_of(sid: &str, count: usize) -> usize {
     (Fnv::new().bytes(sid.as_bytes()).0 % count as u64) as usize
-}
-
-impl Entry {
-    fn approx_bytes(&self) -> usize {
-        let doc = match &self.data {
-            Data::Live(doc) => doc.len(),
-            _ => 0,
-        };
-        64 + doc + self.cookie.as_ref().map_or(0, |c| c.len())
-    }
-
-    /// Identifies the entry's state: sid, register versions and expiry.
-    fn fingerprint(&self, sid: &str) -> u64 {
-        let state = match self.data {
-            Data::Absent => 0u8,
-            Data::Live(_) => 1,
-            Data::Deleted => 2,
-        };
-        let v = |h: Fnv, v: Version| h.u64(v.hlc).u64(v.node);
-        let h = Fnv::new().bytes(sid.as_bytes()).bytes(&[0xff, state]);
-        v(v(h, self.data_version), self.cookie_version).u64(self.expires_at).0
-    }
 }
 
 #[cfg(test)]

@@ -57,9 +57,9 @@ impl TokenBucket {
 /// What this node holds for `sid`, as an answer: its entry unless it may be forgotten (an expired
 /// session, a tombstone past its retention), which says nothing the asker can use.
 pub fn reply(table: &Table, sid: Arc<str>, now: u64) -> Reply {
-    match table.entry(&sid) {
-        Some(entry) if entry.is_kept(now) => Reply::Entry { sid, entry },
-        _ => Reply::Nothing,
+    match table.kept(&sid, now) {
+        Some(entry) => Reply::Entry { sid, entry },
+        None => Reply::Nothing,
     }
 }
 

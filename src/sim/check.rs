@@ -46,7 +46,11 @@ impl Written {
         let Some(entry) = table.entry(sid) else { return false };
         match self.register {
             Register::Data => entry.data_version >= self.version,
-            Register::Cookie => entry.cookie_version >= self.version,
+            // A destroy after a touch voids it (the session it touched is gone).
+            Register::Cookie => {
+                let voided = matches!(entry.data, Data::Deleted) && entry.data_version >= self.version;
+                entry.cookie_version >= self.version || voided
+            }
             Register::Clear => false,
         }
     }
@@ -78,13 +82,14 @@ impl History {
         self.writes.iter().filter(move |w| kept(&w.node))
     }
 
-    /// The data register of `sid` on node `node` never goes back: a session live again below a
-    /// version this node already held (a destroy, or a newer set) came back from the dead.
-    pub fn data_never_goes_back(&mut self, node: u64, sid: &Arc<str>, table: &Table) -> Result<(), String> {
+    /// The data register of `sid` on node `node` never goes back: a session live again (at
+    /// `now`, the node's clock) below a version this node already held (a destroy, or a newer
+    /// set) came back from the dead.
+    pub fn data_never_goes_back(&mut self, node: u64, sid: &Arc<str>, table: &Table, now: u64) -> Result<(), String> {
         let Some(entry) = table.entry(sid) else { return Ok(()) };
         let key = (node, sid.clone());
         let before = self.seen.get(&key).copied().unwrap_or(Version::ZERO);
-        if matches!(entry.data, Data::Live(_)) && entry.data_version < before && table.clear_mark() < before {
+        if entry.is_visible(now) && entry.data_version < before && table.clear_mark() < before {
             return Err(format!(
                 "node {node:016x}: session {sid:?} is live again at version {:?}, below {before:?} that it held before",
                 entry.data_version

@@ -177,6 +177,29 @@ fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// Runs `run` for every seed, on every core; the failures, by seed.
+fn across<T: Send>(seeds: &[u64], run: impl Fn(u64) -> Result<T, Failure> + Sync) -> (Vec<T>, Vec<(u64, Failure)>) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = parking_lot::Mutex::new((Vec::new(), Vec::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { return };
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed))) {
+                    Ok(Ok(outcome)) => results.lock().0.push(outcome),
+                    Ok(Err(failure)) => results.lock().1.push((seed, failure)),
+                    Err(_) => results.lock().1.push((seed, Failure { why: "panicked".into(), trace: Vec::new() })),
+                }
+            });
+        }
+    });
+    let (outcomes, mut failures) = results.into_inner();
+    failures.sort_by_key(|(seed, _)| *seed);
+    (outcomes, failures)
+}
+
 /// `SIM_SEED=n`: that seed alone; otherwise `SIM_SEEDS` seeds from 0, on every core.
 #[test]
 fn sim_seeds() {
@@ -184,44 +207,57 @@ fn sim_seeds() {
         Some(seed) => vec![seed],
         None => (0..env("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let started = std::time::Instant::now();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failures = parking_lot::Mutex::new(Vec::new());
-    let slowest = parking_lot::Mutex::new(Duration::ZERO);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&seed) = seeds.get(i) else { return };
-                let outcome = std::panic::catch_unwind(|| run(seed));
-                match outcome {
-                    Ok(Ok(outcome)) => {
-                        let mut slowest = slowest.lock();
-                        *slowest = (*slowest).max(outcome.converged_after);
-                    }
-                    Ok(Err(failure)) => failures.lock().push((seed, failure.why, failure.trace)),
-                    Err(_) => failures.lock().push((seed, "panicked".into(), Vec::new())),
-                }
-            });
-        }
-    });
+    let (outcomes, failures) = across(&seeds, run);
     let elapsed = started.elapsed();
-    let mut failures = failures.into_inner();
-    failures.sort_by_key(|(seed, _, _)| *seed);
     eprintln!(
         "sim: {} seeds in {elapsed:.1?} ({:.0} seeds/s), {} failed; slowest convergence {:?} after the last fault",
         seeds.len(),
         seeds.len() as f64 / elapsed.as_secs_f64(),
         failures.len(),
-        slowest.into_inner(),
+        outcomes.iter().map(|o: &Outcome| o.converged_after).max().unwrap_or_default(),
     );
-    if let Some((seed, why, trace)) = failures.first() {
-        let tail: Vec<&String> = trace.iter().rev().take(60).rev().collect();
-        let others: Vec<u64> = failures.iter().skip(1).map(|(seed, _, _)| *seed).collect();
+    if let Some((seed, Failure { why, trace })) = failures.first() {
+        let tail: Vec<&str> = trace.iter().rev().take(60).rev().map(String::as_str).collect();
+        let others: Vec<u64> = failures.iter().skip(1).map(|(seed, _)| *seed).collect();
         panic!(
             "sim: seed {seed} failed: {why}\nits last events:\n{}\nfailing seeds besides: {others:?}\nrerun it alone: SIM_SEED={seed} cargo test --release sim",
-            tail.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n"),
+            tail.join("\n"),
+        );
+    }
+}
+
+/// The tombstone's retention: sessions living 20 s, partitions of up to 15 s, clocks up to
+/// `SIM_SKEW_MS` apart (2 s by default); how many seeds see a destroyed session come back (or
+/// an acknowledged destroy forgotten), for each least retention after the destroy. A study, run
+/// alone (`SIM_SEEDS` per retention, 200 by default):
+/// `cargo test --release --no-default-features sim_tombstone_retention -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sim_tombstone_retention() {
+    let lifetime = Duration::from_secs(20);
+    let skew_ms = env("SIM_SKEW_MS").unwrap_or(2_000) as i64;
+    let seeds: Vec<u64> = (0..env("SIM_SEEDS").unwrap_or(200)).collect();
+    for retention in [0, 2, 5, 10, 20, 30].map(Duration::from_secs) {
+        let (_, failures) = across(&seeds, |seed| {
+            let plan = Plan::draw_short_lived(seed, lifetime, retention, skew_ms);
+            let end = plan.quiet_from() + lifetime + retention + Duration::from_secs(20);
+            let mut world = World::new(seed, plan);
+            world.run(end);
+            world.failure.take().map_or(Ok(()), |why| Err(Failure { why, trace: Vec::new() }))
+        });
+        let back: Vec<u64> =
+            failures.iter().filter(|(_, f)| f.why.contains("is live again")).map(|(s, _)| *s).collect();
+        let other: Vec<(u64, &str)> = failures
+            .iter()
+            .filter(|(_, f)| !f.why.contains("is live again"))
+            .map(|(s, f)| (*s, f.why.as_str()))
+            .collect();
+        eprintln!(
+            "retention {retention:?}: a destroyed session came back in {} of {} seeds {:?}; other failures: {other:?}",
+            back.len(),
+            seeds.len(),
+            &back[..back.len().min(8)],
         );
     }
 }

@@ -71,6 +71,10 @@ pub struct Plan {
     /// A failed TCP sync (connection reset) while faults last.
     pub p_sync_failure: f64,
     pub retransmit_datagrams: usize,
+    /// How long a session lives after its last write, and a tombstone's least retention after
+    /// its destroy (long by default: nothing expires during a run).
+    pub lifetime: Duration,
+    pub retention: Duration,
 }
 
 fn ms(ms: u64) -> Duration {
@@ -146,7 +150,34 @@ impl Plan {
             garbage_rate: if rng.random_bool(0.5) { rng.random_range(1.0..50.0) } else { 0.0 },
             p_sync_failure: rng.random_range(0.0..0.2),
             retransmit_datagrams: if rng.random_bool(0.2) { rng.random_range(8..128) } else { 65_536 },
+            lifetime: Duration::from_secs(86_400),
+            retention: Duration::from_millis(crate::table::TOMBSTONE_MIN_RETENTION_MS),
         }
+    }
+
+    /// A run where sessions live `lifetime`, and tombstones are forgotten `retention` after
+    /// their destroy (or once the session expired): partitions of up to 15 s, clocks up to
+    /// `skew_ms` apart, many destroys and touches of few sessions. For the study of the retention.
+    pub fn draw_short_lived(seed: u64, lifetime: Duration, retention: Duration, skew_ms: i64) -> Plan {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x0072_e7e1_7100);
+        let mut plan = Plan::draw(seed);
+        plan.faults_until = ms(rng.random_range(20_000..40_000));
+        plan.partitions = (0..rng.random_range(1..=3))
+            .map(|_| {
+                let start = ms(rng.random_range(0..plan.faults_until.as_millis() as u64));
+                let side = (0..plan.slots).map(|_| rng.random_bool(0.5)).collect();
+                Partition { start, end: (start + ms(rng.random_range(1_000..15_000))).min(plan.faults_until), side }
+            })
+            .collect();
+        plan.skew_ms = (0..plan.slots).map(|_| rng.random_range(-skew_ms..=skew_ms)).collect();
+        plan.stops.clear();
+        plan.sids = rng.random_range(3..10);
+        plan.p_destroy = 0.3;
+        plan.p_touch = 0.3;
+        plan.p_clear = 0.0;
+        plan.lifetime = lifetime;
+        plan.retention = retention;
+        plan
     }
 
     /// When the last fault ends: partitions heal, stopped nodes are back (or gone for good).

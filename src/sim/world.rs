@@ -27,8 +27,6 @@ pub const CLUSTER: &str = "sim";
 const WALL0: u64 = 1_800_000_000_000;
 const GROUP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 1, 2, 3)), 4000);
 const CLUSTER_PORT: u16 = 4000;
-/// Sessions live a day: none expires during a run.
-const LIFETIME_MS: u64 = 86_400_000;
 /// The real driver's TCP timeouts: to connect, and of a stalled transfer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -262,7 +260,8 @@ impl World {
         settings.retransmit_datagrams = plan.retransmit_datagrams;
         let secrets = if plan.sealed { vec![Secret::Key([7; 32])] } else { Vec::new() };
         let codec = Arc::new(Codec::new(CLUSTER, &secrets));
-        let (table, clock) = (Arc::new(Table::new()), Arc::new(Clock::new(node_id)));
+        let table = Arc::new(Table::with_retention(plan.retention.as_millis() as u64));
+        let clock = Arc::new(Clock::new(node_id));
         let mut node = Node::new(settings, header, codec.clone(), table.clone(), clock.clone(), self.rng.random(), now);
         if peers_mode {
             let mut resolved: Vec<SocketAddr> =
@@ -627,6 +626,7 @@ impl World {
         let plan = &self.plan;
         let (p_ask, p_clear, p_destroy, p_touch) = (plan.p_ask, plan.p_clear, plan.p_destroy, plan.p_touch);
         let (p_fragmented, p_large) = (plan.p_fragmented, plan.p_large);
+        let lifetime = plan.lifetime.as_millis() as u64;
         if roll < p_ask {
             return self.ask(slot, &sid);
         }
@@ -645,10 +645,10 @@ impl World {
             Op::Destroy { sid, version }
         } else if roll < p_clear + p_destroy + p_touch {
             let cookie = Some(format!(r#"{{"t":{n}}}"#).into());
-            Op::Touch { sid, cookie, expires_at: now.ms + LIFETIME_MS, version }
+            Op::Touch { sid, cookie, expires_at: now.ms + lifetime, version }
         } else {
             let doc = format!(r#"{{"cookie":{{"n":{n}}},"pad":"{}"}}"#, "x".repeat(size)).into();
-            Op::Set { sid, doc, expires_at: now.ms + LIFETIME_MS, version }
+            Op::Set { sid, doc, expires_at: now.ms + lifetime, version }
         };
         live.table.apply(&op);
         let index = self.history.writes.len();
@@ -781,7 +781,7 @@ impl World {
         let sids: Vec<Arc<str>> = (0..self.plan.sids).map(|i| format!("s{i}").into()).collect();
         for slot in 0..self.slots.len() {
             let Some(live) = self.slots[slot].live.as_ref() else { continue };
-            let (node, table) = (live.header.node, live.table.clone());
+            let (node, table, now) = (live.header.node, live.table.clone(), self.now(slot).ms);
             let (retransmit, senders, queries) = live.node.held();
             let reassembly = live.node.buffers().reassembly_bytes;
             if retransmit > self.plan.retransmit_datagrams || senders > crate::core::replay::MAX_SENDERS {
@@ -791,7 +791,7 @@ impl World {
                 self.fail(format!("slot {slot}: unbounded: {reassembly} bytes reassembling, {queries} queries"));
             }
             for sid in &sids {
-                if let Err(why) = self.history.data_never_goes_back(node, sid, &table) {
+                if let Err(why) = self.history.data_never_goes_back(node, sid, &table, now) {
                     self.fail(why);
                 }
             }
