@@ -165,7 +165,7 @@ describe("a consumer's install from the packed tarballs, without cargo or rustc"
   });
 
   /** Installs into a fresh folder with `command`; checks the install and the two-node session. */
-  async function installAndRun(name, command) {
+  async function installAndRun(name, command, { scriptRuns }) {
     const dir = path.join(work, name);
     fs.mkdirSync(dir);
     fs.writeFileSync(
@@ -196,6 +196,11 @@ describe("a consumer's install from the packed tarballs, without cargo or rustc"
     assert.ok(!fs.existsSync(path.join(pkgDir, "target")), "a target/ folder appeared: the install compiled the engine");
     assert.ok(!fs.existsSync(path.join(pkgDir, "express_session_multicast.node")), "a local build of the engine appeared");
     assert.doesNotMatch(r.stdout + r.stderr, /building the native engine from source/);
+    // Whether the package manager ran the install script (npm --foreground-scripts prints its banner).
+    const banner = new RegExp(`> ${PACKAGE}@${version.replace(/\./g, "\\.")} install\\n> node scripts/build\\.js\\n`);
+    if (scriptRuns) assert.match(r.stdout, banner, "npm did not run the install script");
+    else assert.doesNotMatch(r.stdout, /node scripts\/build\.js/, "the install script ran");
+    for (const line of (r.stdout + r.stderr).split("\n")) if (/build scripts/i.test(line)) console.log(`      ${name} says: ${line.trim()}`);
     const t0 = process.hrtime.bigint();
     const script = spawnSync(process.execPath, [path.join(pkgDir, "scripts", "build.js")], { cwd: pkgDir, env, encoding: "utf8" });
     const scriptMs = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -247,17 +252,17 @@ describe("a consumer's install from the packed tarballs, without cargo or rustc"
   }
 
   it("npm install: the install script finds the prebuilt engine and does nothing", async function () {
-    await installAndRun("npm", ["npm", "install", "--registry", registry.url, "--no-audit", "--no-fund", "--foreground-scripts"]);
+    await installAndRun("npm", ["npm", "install", "--registry", registry.url, "--no-audit", "--no-fund", "--foreground-scripts"], { scriptRuns: true });
   });
 
   it("npm install --ignore-scripts", async function () {
-    await installAndRun("npm-ignore-scripts", ["npm", "install", "--registry", registry.url, "--no-audit", "--no-fund", "--ignore-scripts"]);
+    await installAndRun("npm-ignore-scripts", ["npm", "install", "--registry", registry.url, "--no-audit", "--no-fund", "--foreground-scripts", "--ignore-scripts"], { scriptRuns: false });
   });
 
   it(`pnpm install (${PNPM}: dependencies' build scripts are skipped by default)`, async function () {
     // pnpm itself comes from the npm registry, outside the timed install.
     const probe = spawnSync("npm", ["exec", "--yes", `--package=${PNPM}`, "--", "pnpm", "--version"], { cwd: work, env, encoding: "utf8", timeout: 120_000 });
     assert.equal(probe.status, 0, `${PNPM} could not be had from the npm registry:\n${probe.stderr}`);
-    await installAndRun("pnpm", ["npm", "exec", "--yes", `--package=${PNPM}`, "--", "pnpm", "install", "--registry", registry.url, "--no-frozen-lockfile", "--reporter=append-only"]);
+    await installAndRun("pnpm", ["npm", "exec", "--yes", `--package=${PNPM}`, "--", "pnpm", "install", "--registry", registry.url, "--no-frozen-lockfile", "--reporter=append-only"], { scriptRuns: false });
   });
 });
