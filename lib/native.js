@@ -81,9 +81,10 @@ function moduleNotFound(err, id) {
 
 /**
  * Tries the local build, then the platform package; resolves to { addon, source, file } or throws
- * the ERR_NATIVE_ENGINE_MISSING error. Options (tests, scripts/build.js): platform, arch, libc (or
- * a process like this one's), root (the package folder), local (false: skip the local build),
- * require (loads a module id or file), version (the engine package's expected version).
+ * the ERR_NATIVE_ENGINE_MISSING error. Options (tests, scripts/build.js), each defaulting to this
+ * process's: platform, arch, libc ("glibc" | "musl"; detected), root (the package folder), local
+ * (false: skip the local build), require (loads a module id or file), version (the platform
+ * package's expected version: this package's).
  */
 function findEngine(options = {}) {
   const platform = options.platform || process.platform;
