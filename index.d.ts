@@ -24,8 +24,10 @@ declare class MulticastStoreBase extends Store {
     readonly logger: expressSessionMulticast.Logger;
 
     /**
-     * Reads a session. Local: never waits on the network. Every call returns a fresh object.
-     * `session` is `null` when the sid is unknown, destroyed or expired.
+     * Reads a session. Every call returns a fresh object. `session` is `null` when the sid is
+     * unknown, destroyed or expired. Local, unless this node holds nothing for the sid, not even
+     * a tombstone: then it asks the live members first, for at most `missTimeout` ms (the
+     * session may have been written on another node and not have arrived yet).
      */
     get(sid: string, callback: (err: Error | null, session?: SessionData | null) => void): void;
     get(sid: string): Promise<SessionData | null>;
@@ -339,6 +341,14 @@ declare namespace expressSessionMulticast {
          * @default 1000
          */
         maxClockSkew?: number;
+
+        /**
+         * How long, in **milliseconds**, a `get` that finds nothing here (not even a tombstone)
+         * waits for the live members it asks about the sid; it answers as soon as they all
+         * have. `0`: a `get` never asks. At most 10000.
+         * @default 20
+         */
+        missTimeout?: number;
     }
 
     /** Turns a session (without its cookie, which the store keeps as JSON) into text and back. */
@@ -378,6 +388,8 @@ declare namespace expressSessionMulticast {
         failureTimeout: number;
         /** Milliseconds; 0 = never warn. */
         maxClockSkew: number;
+        /** Milliseconds. */
+        missTimeout: number;
         [option: string]: unknown;
     }
 
@@ -410,8 +422,10 @@ declare namespace expressSessionMulticast {
         /** Joined and finished the initial state transfer (or found itself alone). */
         ready: boolean;
         datagramsSent?: number;
-        /** Batches of local writes handed to the network thread: writes close together share one. */
+        /** Batches of local writes sent: writes close together share one. */
         writeBatches?: number;
+        /** Of `writeBatches`, those sent from the JS thread itself, without waking the network thread. */
+        directBatches?: number;
         bytesSent?: number;
         datagramsReceived?: number;
         bytesReceived?: number;
@@ -433,6 +447,16 @@ declare namespace expressSessionMulticast {
         stateTransfers?: number;
         antiEntropySyncs?: number;
         syncEntriesReceived?: number;
+        /** Gets that found nothing here, not even a tombstone, and asked the live members. */
+        missQueries?: number;
+        /** Of those, the ones that found the session on another member (and merged it here). */
+        missesRecovered?: number;
+        /** Of those, the ones that every member asked answered without a session (a tombstone answer included). */
+        missesNotFound?: number;
+        /** Of those, the ones that reached `missTimeout` before every answer came, without a session. */
+        missTimeouts?: number;
+        /** Gets that found nothing here and did not ask: over the rate limit (100 queries a second, bursts of 100). */
+        missesRateLimited?: number;
         /**
          * Estimated replication lag, in **milliseconds**: the average age of remote writes when
          * they arrive (exponentially weighted; relies on the nodes' clocks being in step).

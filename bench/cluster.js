@@ -105,8 +105,10 @@ const newPrefix = () => crypto.randomBytes(18).toString("base64url");
 
 // kind "multicast": a cluster of `nodes` (A, B, and C… that only take part); kind "redis": two
 // processes with connect-redis on one server. `extra`: store options of a variant (multicast only).
+// missTimeout 0: B's gets of a session that has not arrived would ask A for it, and this part
+// measures replication (what a get that asks costs: bench/miss.js).
 async function startPair(kind, redisPort, extra = {}, nodes = 2) {
-  const options = kind === "redis" ? { port: redisPort, prefix: `bench-cluster-${newPrefix()}:` } : { ...u.clusterOptions(), ...extra };
+  const options = kind === "redis" ? { port: redisPort, prefix: `bench-cluster-${newPrefix()}:` } : { ...u.clusterOptions(), missTimeout: 0, ...extra };
   const a = u.spawnNode("A", undefined, NODE_ARGS);
   await a.call("start", options, kind);
   const b = u.spawnNode("B", undefined, NODE_ARGS);

@@ -6,16 +6,15 @@
 // next request to B (GET /me) with the cookie A set; variants (the fixture's VARIANTS): plain,
 // regenerate (the login regenerates an anonymous session), bWrites (B's page writes the session
 // too: a B that finds no session makes a new one and sends its cookie, a logout for good).
-// Per variant, waitForAck off and on: stale reads (B did not see the user), logouts for good
+// Per variant, waitForAck off and on, and off with missTimeout 0 (a get that finds nothing does
+// not ask the other nodes, src/miss.rs): stale reads (B did not see the user), logouts for good
 // (B sent a cookie of another sid), for stale reads how long after A's response ended B had the
 // login, and the login's response time on A (request sent → response ended: what waitForAck
-// costs a user) and the next request's on B. One cluster per mode, both up at once; the modes
+// costs a user) and the next request's on B. One cluster per mode, all up at once; the modes
 // take turns in blocks of BLOCK iterations, so load from elsewhere on the host falls on both.
 //   node bench/readyourwrites.js [iterations]   (default 5,000 per variant and mode; alone, or
 //   `node bench/index.js readyourwrites`; `npm run bench` runs it as part of bench/index.js)
 const crypto = require("crypto");
-const fs = require("fs");
-const path = require("path");
 const u = require("./util");
 const report = require("./report");
 const { VARIANTS, startApps, stopApps, loginThenNext } = require("../test/fixtures/session-app");
@@ -24,6 +23,7 @@ const ITERATIONS = 5000;
 const WARMUP = 200; // per cluster and variant, before its first block
 const BLOCK = 500;
 const MODES = [
+  { id: "noMiss", label: "waitForAck off, missTimeout 0", options: { missTimeout: 0 } },
   { id: "off", label: "waitForAck off", options: {} },
   { id: "on", label: "waitForAck on", options: { waitForAck: true } },
 ];
@@ -70,7 +70,7 @@ async function run({ iterations = ITERATIONS, log = console.log } = {}) {
     await stopApps(clusters.flatMap((c) => c.apps));
   }
   const out = {
-    method: `3 apps (Express + express-session, resave false, saveUninitialized false) in separate processes on one loopback cluster; per iteration a login (POST /login, ≈1 KB session) on A, then as soon as A's response has ended GET /me on B with its cookie; variants: ${Object.entries(VARIANTS).map(([k, v]) => `${k} (${v})`).join("; ")}. ${iterations} iterations per variant and mode (after ${WARMUP} of warm-up), the two modes' clusters taking turns in blocks of ${BLOCK}. Stale read: B did not see the user; logout for good: B answered with a cookie of another sid. Stale read → B had it: from A's response ended to B's store returning the session (B polls from its miss on). Times: request sent → response ended, seen by the client`,
+    method: `3 apps (Express + express-session, resave false, saveUninitialized false) in separate processes on one loopback cluster; per iteration a login (POST /login, ≈1 KB session) on A, then as soon as A's response has ended GET /me on B with its cookie; variants: ${Object.entries(VARIANTS).map(([k, v]) => `${k} (${v})`).join("; ")}. ${iterations} iterations per variant and mode (after ${WARMUP} of warm-up), the modes' clusters taking turns in blocks of ${BLOCK}. Stale read: B did not see the user; logout for good: B answered with a cookie of another sid. Stale read → B had it: from A's response ended to B's store returning the session (B polls from its miss on). Times: request sent → response ended, seen by the client`,
     iterations,
     warmup: WARMUP,
     block: BLOCK,
@@ -93,24 +93,5 @@ module.exports = { run };
 
 if (require.main === module) {
   u.limitRun("bench/readyourwrites.js", 15);
-  (async () => {
-    const m = u.machine();
-    const engine = u.addonHash();
-    console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | engine ${engine}`);
-    const started = Date.now();
-    const result = await run({ iterations: Number(process.argv[2]) || ITERATIONS });
-    const data = { date: new Date().toISOString(), seconds: (Date.now() - started) / 1000, machine: m, engine: { addonSha256: engine, changed: u.addonHash() !== engine }, ...result };
-    const written = u.writeJSON("readyourwrites.json", data);
-    // summary.md: this part's section replaced (or added), the rest of the file as it was
-    const summary = path.join(u.RESULTS_DIR, "summary.md");
-    fs.mkdirSync(u.RESULTS_DIR, { recursive: true });
-    const before = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
-    fs.writeFileSync(summary, report.withReadYourWritesSection(before, data));
-    console.log(`written ${written} and its section of ${summary}`);
-  })()
-    .catch((err) => {
-      console.error(err);
-      process.exitCode = 1;
-    })
-    .finally(u.killAll);
+  u.runPartAlone("readyourwrites", () => run({ iterations: Number(process.argv[2]) || ITERATIONS }), report.withReadYourWritesSection);
 }

@@ -310,24 +310,5 @@ module.exports = { run };
 if (require.main === module) {
   const report = require("./report");
   u.limitRun("bench/touch.js", 10);
-  (async () => {
-    const m = u.machine();
-    const engine = u.addonHash();
-    console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | engine ${engine}`);
-    const started = Date.now();
-    const result = await run();
-    const data = { date: new Date().toISOString(), seconds: (Date.now() - started) / 1000, machine: m, engine: { addonSha256: engine, changed: u.addonHash() !== engine }, ...result };
-    const written = u.writeJSON("touch.json", data);
-    // summary.md: this part's section replaced (or added), the rest of the file as it was
-    const summary = path.join(u.RESULTS_DIR, "summary.md");
-    fs.mkdirSync(u.RESULTS_DIR, { recursive: true });
-    const before = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
-    fs.writeFileSync(summary, report.withTouchSection(before, data));
-    console.log(`written ${written} and its section of ${summary}`);
-  })()
-    .catch((err) => {
-      console.error(err);
-      process.exitCode = 1;
-    })
-    .finally(u.killAll);
+  u.runPartAlone("touch", () => run(), report.withTouchSection);
 }

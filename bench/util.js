@@ -207,7 +207,35 @@ function cpuNs(pid) {
   return cpu;
 }
 
+/**
+ * Runs one bench part on its own (`node bench/<part>.js`): prints the machine, awaits `run()`,
+ * writes `<name>.json`, and replaces (or adds) the part's section of summary.md with
+ * `withSection(before, data)`, the rest of the file as it was.
+ */
+function runPartAlone(name, run, withSection) {
+  (async () => {
+    const m = machine();
+    const engine = addonHash();
+    console.log(`Node ${m.node} | ${m.cpu} (${m.cpus} CPUs) | ${m.platform} | engine ${engine}`);
+    const started = Date.now();
+    const result = await run();
+    const data = { date: new Date().toISOString(), seconds: (Date.now() - started) / 1000, machine: m, engine: { addonSha256: engine, changed: addonHash() !== engine }, ...result };
+    const written = writeJSON(`${name}.json`, data);
+    const summary = path.join(RESULTS_DIR, "summary.md");
+    fs.mkdirSync(RESULTS_DIR, { recursive: true });
+    const before = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
+    fs.writeFileSync(summary, withSection(before, data));
+    console.log(`written ${written} and its section of ${summary}`);
+  })()
+    .catch((err) => {
+      console.error(err);
+      process.exitCode = 1;
+    })
+    .finally(killAll);
+}
+
 module.exports = {
+  runPartAlone,
   limitRun,
   startPeers,
   STORE_LABELS,

@@ -1,7 +1,8 @@
 "use strict";
 // The JS-only options (logger, serializer, a ttl function, Buffers in `secret`) are checked
 // here; every other option is validated by the engine (src/options.rs), which throws a TypeError
-// naming the option.
+// naming the option. All of them are declared in OPTIONS of src/options.rs (logger and serializer
+// as `Kind::Js`), which test/options.test.js checks index.d.ts and the README against.
 
 function optionError(name, expected, value) {
   let shown;

@@ -1,6 +1,8 @@
 //! The engine behind one store: the session table, the clock that versions local writes, the
 //! cluster node that replicates them, and the background runtime all of it runs on.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +13,12 @@ use serde_json::json;
 use crate::clock::{now_ms, Clock};
 use crate::cluster::{Cluster, LEAVE_TIMEOUT};
 use crate::crypto::Codec;
-use crate::link::Link;
 use crate::events::{Event, EventSink, Level};
+use crate::link::Link;
 use crate::options::Config;
 use crate::outbox::Outbox;
-use crate::table::{expiry, Op, Table};
+use crate::stats::{Snapshot, Sources};
+use crate::table::{expiry, Lookup, Op, Table};
 use crate::wire::{self, Header};
 
 /// How often expired sessions and old tombstones are purged from memory.
@@ -29,11 +32,12 @@ pub enum WriteError {
     TooLarge,
 }
 
+/// The engine's own counters for `stats()` (declared in stats.rs, which reads them).
 #[derive(Default)]
-struct Counters {
-    purged: AtomicU64,
-    too_large: AtomicU64,
-    local_touches: AtomicU64,
+pub struct Counters {
+    pub purged: AtomicU64,
+    pub too_large: AtomicU64,
+    pub local_touches: AtomicU64,
 }
 
 pub struct Engine {
@@ -113,6 +117,25 @@ impl Engine {
         self.table.get(sid, now_ms())
     }
 
+    /// What `get` serves. `Unknown` (neither a session nor a tombstone here) only when asking
+    /// the cluster is worth it (see `ask`); otherwise that is `Gone`.
+    pub fn lookup(&self, sid: &str) -> Lookup {
+        match self.table.lookup(sid, now_ms()) {
+            Lookup::Unknown if !self.cluster().is_some_and(|c| c.can_ask()) => Lookup::Gone,
+            found => found,
+        }
+    }
+
+    /// Asks the alive members about a sid `lookup` found `Unknown` (README "Reading a session
+    /// that has not arrived yet"). `None` when nothing is asked: over the rate limit, or the
+    /// network is closed.
+    pub fn ask(&self, sid: &str) -> Option<Asked> {
+        let running = self.running.lock();
+        let Some(Running { runtime, cluster: Some(cluster) }) = &*running else { return None };
+        let query = Box::pin(cluster.ask(sid)?);
+        Some(Asked { runtime: runtime.handle().clone(), query, table: self.table.clone(), sid: sid.into() })
+    }
+
     /// Stores a session. Returns its ticket: with `waitForAck`, the number of the write to wait
     /// for (see ack_wait.rs), else 0 (nothing to wait for).
     pub fn set(&self, sid: &str, doc: String, cookie_expires: Option<u64>) -> Result<u64, WriteError> {
@@ -157,10 +180,14 @@ impl Engine {
         self.write(Op::Clear { version: self.clock.tick() })
     }
 
-    /// Hands the writes made since the last flush to the network thread (see outbox.rs).
-    pub fn flush(&self) {
-        if let Some(outbox) = &self.outbox {
-            outbox.flush();
+    /// Hands the writes made since the last flush to the network thread; with `direct`, a few
+    /// are sent from this thread instead when no batch is in flight (see outbox.rs and
+    /// `Cluster::flush`).
+    pub fn flush(&self, direct: bool) {
+        let Some(outbox) = &self.outbox else { return };
+        match direct.then(|| self.cluster()).flatten() {
+            Some(cluster) => cluster.flush(),
+            None => outbox.flush(),
         }
     }
 
@@ -172,32 +199,23 @@ impl Engine {
         self.table.length(now_ms())
     }
 
-    pub fn stats(&self) -> serde_json::Value {
-        let counts = self.table.counts(now_ms());
-        let mut stats = json!({
-            "sessions": counts.sessions,
-            "tombstones": counts.tombstones,
-            "sessionBytes": counts.session_bytes,
-            "entries": counts.entries,
-            "purged": self.counters.purged.load(Ordering::Relaxed),
-            "rejectedTooLarge": self.counters.too_large.load(Ordering::Relaxed),
-            "localTouches": self.counters.local_touches.load(Ordering::Relaxed),
-            "network": self.network_state(),
-        });
-        if let Some(error) = &self.network_error {
-            stats["networkError"] = json!(error);
-        }
+    /// The figures of `stats()` and `metrics()` (declared in stats.rs).
+    fn snapshot(&self) -> Snapshot {
         let cluster = self.cluster();
-        stats["members"] = json!(1 + cluster.as_ref().map_or(0, |c| c.reachable_members()));
-        stats["ready"] = json!(cluster.as_ref().is_none_or(|c| c.is_ready()));
-        if let (Some(cluster), Some(map)) = (cluster, stats.as_object_mut()) {
-            for part in [cluster.stats.to_json(), cluster.buffers_json()] {
-                if let Some(part) = part.as_object() {
-                    map.extend(part.clone());
-                }
-            }
-        }
-        stats
+        let sources = Sources {
+            table: self.table.counts(now_ms()),
+            counters: &self.counters,
+            network: self.network_state(),
+            network_error: self.network_error.as_deref(),
+            members: 1 + cluster.as_ref().map_or(0, |c| c.reachable_members()),
+            ready: cluster.as_ref().is_none_or(|c| c.is_ready()),
+            net: cluster.as_ref().map(|c| (&c.stats, c.buffers_json())),
+        };
+        Snapshot::take(&sources)
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        self.snapshot().to_json()
     }
 
     /// `"up"`, `"off"` (not networked by configuration), `"failed"` (serving alone after a
@@ -214,7 +232,7 @@ impl Engine {
     /// `stats()` and `members()` in the Prometheus text format.
     pub fn metrics(&self) -> String {
         let members = self.members();
-        crate::metrics::render(&self.stats(), members.as_array().map_or(&[], Vec::as_slice))
+        crate::metrics::render(&self.snapshot(), members.as_array().map_or(&[], Vec::as_slice))
     }
 
     /// This node first, then every member it knows of.
@@ -309,6 +327,26 @@ impl Engine {
     }
 }
 
+/// A query about a miss, not started yet.
+pub struct Asked {
+    runtime: tokio::runtime::Handle,
+    query: Pin<Box<dyn Future<Output = ()> + Send>>,
+    table: Arc<Table>,
+    sid: Arc<str>,
+}
+
+impl Asked {
+    /// Runs the query; `answer` gets the session once it is over, on the engine's thread. If the
+    /// engine closes first, `answer` is dropped uncalled.
+    pub fn then(self, answer: impl FnOnce(Option<Arc<str>>) + Send + 'static) {
+        let Asked { runtime, query, table, sid } = self;
+        runtime.spawn(async move {
+            query.await;
+            answer(table.get(&sid, now_ms()));
+        });
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
@@ -347,6 +385,8 @@ mod tests {
             cluster: format!("{name}-{}", std::process::id()),
             heartbeat_interval_ms: 50,
             failure_timeout_ms: 1000,
+            // Generous on a busy test machine: a query ends at once when every member answered.
+            miss_timeout_ms: 2_000,
             hooks,
             ..Config::default()
         };
@@ -395,7 +435,7 @@ mod tests {
             // As the JS adapter does at the end of an event-loop turn (the other tests rely on
             // the tick's flush).
             if i % 10 == 0 {
-                writer.flush();
+                writer.flush(false);
             }
         }
         nodes[1].destroy("s42");
@@ -408,6 +448,80 @@ mod tests {
         nodes.iter().for_each(Engine::close);
     }
 
+    /// A direct flush sends a few writes from the calling thread (`directBatches`): their
+    /// datagrams are sequenced and kept for retransmission (B drops 20% of what it receives: they
+    /// are repaired like any), and with `waitForAck` every write is acknowledged. One that finds
+    /// the state lock taken is finished by the network thread, still in order; a batch larger
+    /// than DIRECT_BYTES is handed over whole. A close right after a direct send delivers
+    /// everything.
+    #[test]
+    fn direct_sends_and_hand_overs_deliver_in_order_and_are_acknowledged() {
+        let acked = Arc::new(AtomicU64::new(0));
+        let seen = acked.clone();
+        let events: crate::events::EventSink = Arc::new(move |event| {
+            if let crate::events::Event::Acked { through } = event {
+                seen.fetch_max(through, Ordering::SeqCst);
+            }
+        });
+        let port = 20_000 + (std::process::id() as u16 % 20_000) + 311;
+        let config = |wait_for_ack, inbound_loss| Config {
+            ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
+            multicast_ttl: 0,
+            multicast_port: port,
+            cluster: format!("direct-{}", std::process::id()),
+            heartbeat_interval_ms: 50,
+            failure_timeout_ms: 1000,
+            wait_for_ack,
+            ack_timeout_ms: 5_000,
+            hooks: crate::options::TestHooks { inbound_loss, ..Default::default() },
+            ..Config::default()
+        };
+        let a = Engine::start(config(true, 0.0), events).unwrap();
+        let b = Engine::start(config(false, 0.2), crate::events::discard()).unwrap();
+        assert!(wait_until(|| a.stats()["members"] == 2 && b.stats()["members"] == 2));
+        assert!(wait_until(|| a.stats()["ready"] == true && b.stats()["ready"] == true));
+        let expires = Some(now_ms() + 600_000);
+        let batches = |what: &str| a.stats()[what].as_u64().unwrap();
+        let acked_through = |n: u64| wait_until(|| acked.load(Ordering::SeqCst) >= n);
+
+        // Lone writes, a session of two fragments among them: sent directly, acknowledged.
+        for i in 0..30 {
+            let pad = if i == 7 { 2_000 } else { 100 };
+            let ticket = a.set(&format!("d{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(pad)), expires).unwrap();
+            a.flush(true);
+            assert!(acked_through(ticket), "write {ticket} acknowledged: {}", a.stats());
+        }
+        // Sent from here unless the network thread held the state lock at that moment.
+        let direct = batches("directBatches");
+        assert!(batches("writeBatches") == 30 && direct >= 20, "{}", a.stats());
+
+        // The state lock taken: the network thread finishes the burst.
+        let cluster = a.cluster().unwrap();
+        let ticket = a.set("busy", "{}".into(), expires).unwrap();
+        cluster.with_state_locked(|| a.flush(true));
+        assert!(acked_through(ticket), "handed over, then acknowledged: {}", a.stats());
+        assert_eq!((batches("writeBatches"), batches("directBatches")), (31, direct));
+
+        // More than DIRECT_BYTES: handed over whole.
+        let mut last = 0;
+        for i in 0..10 {
+            last = a.set(&format!("big{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000)), expires).unwrap();
+        }
+        a.flush(true);
+        assert!(acked_through(last), "{}", a.stats());
+        assert_eq!((batches("writeBatches"), batches("directBatches")), (32, direct));
+
+        // A direct send, then a close at once: B has it when close() returns.
+        a.set("last", "{}".into(), expires).unwrap();
+        a.flush(true);
+        assert_eq!(batches("writeBatches"), 33);
+        assert_eq!(a.close_reporting(), None);
+        assert_eq!(b.length(), 30 + 1 + 10 + 1);
+        assert_eq!(b.get("d7").map(|doc| doc.len()), Some(2_010));
+        assert_eq!(b.stats()["missingDatagrams"], 0);
+        b.close();
+    }
+
     /// Multicast loops every datagram back to its sender: the node recognizes its own by header
     /// and source address and drops them as `ownLoopback`, not as drops or replays; a second
     /// node still gets every write.
@@ -418,7 +532,7 @@ mod tests {
         // ≈1 KB each: one datagram per write.
         for i in 0..500 {
             nodes[0].set(&format!("s{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000)), expires).unwrap();
-            nodes[0].flush();
+            nodes[0].flush(false);
         }
         assert!(wait_for_convergence(&nodes, 500), "stats: {}", nodes[1].stats());
         std::thread::sleep(Duration::from_millis(200));
@@ -432,7 +546,7 @@ mod tests {
     /// sender answers `Gone` and the receiver repairs by anti-entropy over TCP.
     #[test]
     fn gaps_beyond_the_retransmit_buffer_are_repaired_by_anti_entropy() {
-        let hooks = crate::options::TestHooks { inbound_loss: 0.3, retransmit_datagrams: 16 };
+        let hooks = crate::options::TestHooks { inbound_loss: 0.3, retransmit_datagrams: 16, ..Default::default() };
         let nodes = loopback_cluster("gone", 2, hooks);
         let expires = Some(now_ms() + 600_000);
         for i in 0..2_000 {
@@ -502,7 +616,7 @@ mod tests {
             for i in 0..200 {
                 a.set(&format!("s{i}"), format!(r#"{{"run":{run},"n":{i}}}"#), expires).unwrap();
                 if i % 20 == 19 {
-                    a.flush();
+                    a.flush(false);
                 }
             }
             let started = std::time::Instant::now();
@@ -614,6 +728,52 @@ mod tests {
         assert_eq!(stats["missingDatagrams"], 0, "{stats}");
         assert_eq!(stats["dropped"]["departedSender"], 2, "{stats}");
         assert_eq!((node.get("late-5"), node.get("late-8")), (None, None));
+        nodes.iter().for_each(Engine::close);
+    }
+
+    /// What `ask` answers, waited for.
+    fn ask(node: &Engine, sid: &str) -> Option<Arc<str>> {
+        let (sender, answer) = std::sync::mpsc::channel();
+        node.ask(sid).expect("asked").then(move |doc| sender.send(doc).unwrap());
+        answer.recv_timeout(Duration::from_secs(10)).expect("an answer")
+    }
+
+    /// A receives no `Data` from B: what B writes exists on B only. A `get` on A that finds
+    /// nothing asks B and gets its session (in a datagram, or over TCP when it does not fit
+    /// one), merged into A's table so the next get is local; a sid B destroyed comes back as a
+    /// tombstone, and a sid nobody holds as nothing, once B answered.
+    #[test]
+    fn a_miss_asks_the_alive_members_and_merges_what_they_hold() {
+        let deaf = crate::options::TestHooks { drop_inbound_data: true, ..Default::default() };
+        let nodes = loopback_nodes("miss-asks-cluster", vec![deaf, Default::default()]);
+        let (a, b) = (&nodes[0], &nodes[1]);
+        assert!(wait_until(|| a.stats()["members"] == 2 && b.stats()["members"] == 2));
+        let expires = Some(now_ms() + 600_000);
+        let large = format!(r#"{{"pad":"{}"}}"#, "x".repeat(100_000));
+        b.set("small", r#"{"n":1}"#.into(), expires).unwrap();
+        b.set("large", large.clone(), expires).unwrap();
+        b.set("destroyed", "{}".into(), expires).unwrap();
+        b.destroy("destroyed");
+        b.flush(false);
+        std::thread::sleep(Duration::from_millis(200));
+        for sid in ["small", "large", "destroyed", "nowhere"] {
+            assert_eq!(a.lookup(sid), Lookup::Unknown, "{sid} is not on A");
+        }
+
+        let started = std::time::Instant::now();
+        assert_eq!(ask(a, "small").as_deref(), Some(r#"{"n":1}"#));
+        assert!(started.elapsed() < Duration::from_millis(1_000), "B answered: no timeout ({:?})", started.elapsed());
+        assert_eq!(a.lookup("small"), Lookup::Live(r#"{"n":1}"#.into()), "merged: the next get is local");
+        assert_eq!(ask(a, "large").as_deref(), Some(large.as_str()));
+        assert_eq!(ask(a, "destroyed"), None);
+        assert_eq!(a.lookup("destroyed"), Lookup::Gone, "the tombstone was merged");
+        assert_eq!(ask(a, "nowhere"), None);
+        assert_eq!(a.lookup("nowhere"), Lookup::Unknown);
+        let stats = a.stats();
+        let counts = ["missQueries", "missesRecovered", "missesNotFound", "missTimeouts", "missesRateLimited"];
+        let counts = counts.map(|k| &stats[k]);
+        assert_eq!(counts, [4, 2, 2, 0, 0], "{stats}");
+        assert_eq!(stats["dropped"], serde_json::json!({}), "{stats}");
         nodes.iter().for_each(Engine::close);
     }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use napi::sys;
 
 use crate::engine::{Engine, WriteError};
+use crate::table::Lookup;
 
 type Value = sys::napi_value;
 type Env = sys::napi_env;
@@ -67,15 +68,17 @@ pub fn register(env: Env, exports: Value) -> napi::Result<()> {
     Ok(())
 }
 
-/// `get(handle, sid)`: the session's JSON, or null.
+/// `get(handle, sid)`: the session's JSON, null, or undefined when this node holds nothing for
+/// the sid, not even a tombstone, and the live members are worth asking (`ask` in lib.rs).
 unsafe extern "C" fn get(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
         let (engine, [_, sid, ..]) = arguments(env, info, 2)?;
-        match with_str(env, sid, |sid| engine.get(sid))? {
-            None => null(env),
+        match with_str(env, sid, |sid| engine.lookup(sid))? {
             // Most sessions are ASCII: V8 copies Latin-1 without decoding it.
-            Some(doc) if doc.is_ascii() => string(env, &doc, sys::napi_create_string_latin1),
-            Some(doc) => string(env, &doc, sys::napi_create_string_utf8),
+            Lookup::Live(doc) if doc.is_ascii() => string(env, &doc, sys::napi_create_string_latin1),
+            Lookup::Live(doc) => string(env, &doc, sys::napi_create_string_utf8),
+            Lookup::Gone => null(env),
+            Lookup::Unknown => undefined(env),
         }
     })
 }
@@ -110,11 +113,15 @@ unsafe extern "C" fn destroy(env: Env, info: sys::napi_callback_info) -> Value {
     })
 }
 
-/// `flush(handle)`: hands this turn's writes to the network thread (see outbox.rs).
+/// `flush(handle, direct)`: hands this turn's writes to the network thread, or with `direct`
+/// true sends a few from this thread (see outbox.rs and `Engine::flush`).
 unsafe extern "C" fn flush(env: Env, info: sys::napi_callback_info) -> Value {
     guard(env, || {
-        let (engine, _) = arguments(env, info, 1)?;
-        engine.flush();
+        let (engine, [_, direct_value, ..]) = arguments(env, info, 1)?;
+        // Left false for anything but a boolean (undefined included).
+        let mut direct = false;
+        unsafe { sys::napi_get_value_bool(env, direct_value, &mut direct) };
+        engine.flush(direct);
         null(env)
     })
 }
@@ -222,6 +229,12 @@ fn string(env: Env, s: &str, create: CreateString) -> Result<Value, Refusal> {
 fn null(env: Env) -> Result<Value, Refusal> {
     let mut value = ptr::null_mut();
     unsafe { sys::napi_get_null(env, &mut value) };
+    Ok(value)
+}
+
+fn undefined(env: Env) -> Result<Value, Refusal> {
+    let mut value = ptr::null_mut();
+    unsafe { sys::napi_get_undefined(env, &mut value) };
     Ok(value)
 }
 

@@ -16,11 +16,13 @@ pub mod fragment;
 pub mod link;
 pub mod membership;
 pub mod metrics;
+pub mod miss;
 pub mod options;
 pub mod outbox;
 pub mod reliable;
 pub mod replay;
 pub mod skew;
+pub mod stats;
 pub mod table;
 pub mod transfer;
 pub mod transport;
@@ -32,7 +34,7 @@ mod node {
 
     use napi::bindgen_prelude::{Function, Object, ToNapiValue};
     use napi::threadsafe_function::ThreadsafeFunctionCallMode;
-    use napi::{sys, Env, Error, JsValue, Result, Status};
+    use napi::{sys, Env, Error, JsDeferred, JsValue, Result, Status};
     use napi_derive::napi;
 
     use crate::engine::Engine;
@@ -47,13 +49,49 @@ mod node {
         fast_calls::register(env.raw(), exports.raw())
     }
 
-    /// The engine as the first argument of the fast calls.
-    pub struct EngineHandle(sys::napi_value);
+    /// A value made with raw Node-API: the engine handle (the first argument of the fast
+    /// calls), or the promise of an `ask`.
+    pub struct Raw(sys::napi_value);
 
-    impl ToNapiValue for EngineHandle {
-        unsafe fn to_napi_value(_env: sys::napi_env, handle: Self) -> Result<sys::napi_value> {
-            Ok(handle.0)
+    impl ToNapiValue for Raw {
+        unsafe fn to_napi_value(_env: sys::napi_env, raw: Self) -> Result<sys::napi_value> {
+            Ok(raw.0)
         }
+    }
+
+    type Resolve = Box<dyn FnOnce(Env) -> Result<Option<String>> + Send>;
+
+    /// Settles the promise of an `ask` exactly once: with the answer, or with null when the
+    /// engine drops the query unanswered (it closed). A deferred never settled would keep Node
+    /// alive for good.
+    struct Settle(Option<JsDeferred<Option<String>, Resolve>>);
+
+    impl Settle {
+        fn answer(mut self, doc: Option<Arc<str>>) {
+            if let Some(deferred) = self.0.take() {
+                deferred.resolve(Box::new(move |_| Ok(doc.map(|doc| doc.to_string()))));
+            }
+        }
+    }
+
+    impl Drop for Settle {
+        fn drop(&mut self) {
+            if let Some(deferred) = self.0.take() {
+                deferred.resolve(Box::new(|_| Ok(None)));
+            }
+        }
+    }
+
+    /// The declarations of every option, `stats()` figure and metric (src/options.rs, src/stats.rs,
+    /// src/metrics.rs), as JSON: not part of the API, for the tests of index.d.ts and the README.
+    #[napi(js_name = "__declarations")]
+    pub fn declarations() -> String {
+        serde_json::json!({
+            "options": crate::options::declarations(),
+            "stats": crate::stats::declarations(),
+            "memberMetrics": crate::metrics::declarations(),
+        })
+        .to_string()
     }
 
     fn config_from(options_json: &str) -> Result<Config> {
@@ -100,8 +138,20 @@ mod node {
         }
 
         #[napi(catch_unwind)]
-        pub fn handle(&self, env: Env) -> Result<EngineHandle> {
-            fast_calls::create_handle(env.raw(), self.engine.clone()).map(EngineHandle)
+        pub fn handle(&self, env: Env) -> Result<Raw> {
+            fast_calls::create_handle(env.raw(), self.engine.clone()).map(Raw)
+        }
+
+        /// For a sid `get` answered undefined (nothing here, not even a tombstone): asks the
+        /// alive members. A promise of the session's JSON or null once they answered (or the
+        /// timeout passed); null at once when nothing is asked (over the rate limit).
+        #[napi(catch_unwind)]
+        pub fn ask(&self, env: Env, sid: String) -> Result<Option<Raw>> {
+            let Some(asked) = self.engine.ask(&sid) else { return Ok(None) };
+            let (deferred, promise) = env.create_deferred::<Option<String>, Resolve>()?;
+            let settle = Settle(Some(deferred));
+            asked.then(move |doc| settle.answer(doc));
+            Ok(Some(Raw(promise.raw())))
         }
 
         #[napi(catch_unwind)]

@@ -1,56 +1,37 @@
 //! `store.metrics()`: the `stats()` figures in the Prometheus text exposition format (0.0.4),
-//! named after Prometheus conventions: one prefix, base units, `_total` for counters.
+//! named after Prometheus conventions: one prefix, base units, `_total` for counters. The figures
+//! and how each is exported are declared in stats.rs; the families from `members()` here.
 
 use std::fmt::Write;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-const PREFIX: &str = "session_multicast_";
+use crate::stats::{Export, Kind, Reading, Snapshot};
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Gauge,
-    Counter,
+pub const PREFIX: &str = "session_multicast_";
+
+/// A family made from `members()`: both gauges.
+pub struct MemberFamily {
+    /// After the prefix.
+    pub name: &'static str,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
 }
 
-/// (stats key, metric name, type, help, factor to the base unit)
-const SIMPLE: &[(&str, &str, Kind, &str, f64)] = &[
-    ("sessions", "sessions", Kind::Gauge, "Live sessions held by this node.", 1.0),
-    ("tombstones", "tombstones", Kind::Gauge, "Tombstones of destroyed sessions still kept.", 1.0),
-    ("sessionBytes", "session_bytes", Kind::Gauge, "Bytes of session JSON held.", 1.0),
-    ("entries", "entries", Kind::Gauge, "Entries in memory, expired ones not yet purged included.", 1.0),
-    ("ready", "ready", Kind::Gauge, "1 once the node has joined and received the cluster's state.", 1.0),
-    ("purged", "purged_total", Kind::Counter, "Expired sessions and old tombstones purged from memory.", 1.0),
-    ("rejectedTooLarge", "rejected_too_large_total", Kind::Counter, "Writes refused for exceeding maxSessionBytes.", 1.0),
-    ("localTouches", "local_touches_total", Kind::Counter, "Touches kept on this node, not replicated (touchAfter).", 1.0),
-    ("datagramsSent", "datagrams_sent_total", Kind::Counter, "UDP datagrams sent.", 1.0),
-    ("writeBatches", "write_batches_total", Kind::Counter, "Batches of local writes handed to the network thread.", 1.0),
-    ("bytesSent", "sent_bytes_total", Kind::Counter, "UDP bytes sent.", 1.0),
-    ("datagramsReceived", "datagrams_received_total", Kind::Counter, "UDP datagrams received.", 1.0),
-    ("bytesReceived", "received_bytes_total", Kind::Counter, "UDP bytes received.", 1.0),
-    ("retransmissions", "retransmissions_total", Kind::Counter, "Datagrams sent again in answer to NAKs.", 1.0),
-    ("naksSent", "naks_sent_total", Kind::Counter, "Negative acknowledgements sent.", 1.0),
-    ("naksReceived", "naks_received_total", Kind::Counter, "Negative acknowledgements received.", 1.0),
-    ("acksSent", "acks_sent_total", Kind::Counter, "Cumulative acknowledgements sent to senders.", 1.0),
-    ("acksReceived", "acks_received_total", Kind::Counter, "Cumulative acknowledgements received from members.", 1.0),
-    ("ackTimeouts", "ack_timeouts_total", Kind::Counter, "waitForAck writes called back at ackTimeout.", 1.0),
-    ("duplicates", "duplicate_datagrams_total", Kind::Counter, "Datagrams received more than once.", 1.0),
-    ("stateTransfers", "state_transfers_total", Kind::Counter, "Full state transfers received.", 1.0),
-    ("antiEntropySyncs", "anti_entropy_syncs_total", Kind::Counter, "Anti-entropy syncs completed.", 1.0),
-    ("syncEntriesReceived", "sync_entries_received_total", Kind::Counter, "Entries received by anti-entropy syncs.", 1.0),
-    ("missingDatagrams", "missing_datagrams", Kind::Gauge, "Datagrams known to be missing and being asked for.", 1.0),
-    ("retransmitBufferBytes", "retransmit_buffer_bytes", Kind::Gauge, "Bytes kept for retransmission.", 1.0),
-    ("reassemblyBytes", "reassembly_bytes", Kind::Gauge, "Bytes held in partial fragmented messages.", 1.0),
-    ("replicationLagMs", "replication_lag_seconds", Kind::Gauge, "Average age of remote writes on arrival.", 0.001),
-];
+pub const MEMBERS: MemberFamily = MemberFamily {
+    name: "members",
+    labels: &["state"],
+    help: "Cluster members known to this node (itself included), by state.",
+};
+
+pub const CLOCK_OFFSETS: MemberFamily = MemberFamily {
+    name: "member_clock_offset_seconds",
+    labels: &["node", "address"],
+    help: "A member's wall clock minus this node's, estimated from its heartbeats.",
+};
 
 fn family(out: &mut String, name: &str, kind: Kind, help: &str) {
-    let kind = if kind == Kind::Counter { "counter" } else { "gauge" };
-    let _ = writeln!(out, "# HELP {PREFIX}{name} {help}\n# TYPE {PREFIX}{name} {kind}");
-}
-
-fn number(value: &Value) -> Option<f64> {
-    value.as_f64().or_else(|| value.as_bool().map(|b| if b { 1.0 } else { 0.0 }))
+    let _ = writeln!(out, "# HELP {PREFIX}{name} {help}\n# TYPE {PREFIX}{name} {}", kind.name());
 }
 
 /// Label values escaped as the format requires.
@@ -58,25 +39,38 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Renders `stats` (the `stats()` object) and `members` (the `members()` array).
-pub fn render(stats: &Value, members: &[Value]) -> String {
+/// Renders the figures of `stats` (see stats.rs) and `members` (the `members()` array).
+pub fn render(stats: &Snapshot, members: &[Value]) -> String {
     let mut out = String::new();
-    for (key, name, kind, help, factor) in SIMPLE {
-        if let Some(value) = stats.get(*key).and_then(number) {
-            family(&mut out, name, *kind, help);
-            let _ = writeln!(out, "{PREFIX}{name} {}", value * factor);
+    for (stat, reading) in stats.iter() {
+        match (stat.export, reading) {
+            (Export::No, _) => {}
+            (Export::Series { name, kind, scale }, reading) => {
+                if let Some(value) = reading.number() {
+                    family(&mut out, name, kind, stat.help);
+                    let _ = writeln!(out, "{PREFIX}{name} {}", value * scale);
+                }
+            }
+            (Export::States { name, states }, Reading::State(current)) => {
+                family(&mut out, name, Kind::Gauge, stat.help);
+                for state in states {
+                    let _ = writeln!(out, "{PREFIX}{name}{{state=\"{state}\"}} {}", u8::from(state == current));
+                }
+            }
+            (Export::ByKey { name, label: key }, Reading::ByKey(counts)) => {
+                family(&mut out, name, Kind::Counter, stat.help);
+                for (value, count) in counts {
+                    let _ = writeln!(out, "{PREFIX}{name}{{{key}=\"{}\"}} {}", label(value), *count as f64);
+                }
+            }
+            // Not a state or an object: a mistake in STATS, which the tests of stats.rs catch.
+            (Export::States { .. } | Export::ByKey { .. }, _) => {}
         }
     }
-    if let Some(current) = stats.get("network").and_then(Value::as_str) {
-        family(&mut out, "network", Kind::Gauge, "1 for the node's network state: up, off (not networked), failed (serving alone) or closed.");
-        for state in ["up", "off", "failed", "closed"] {
-            let _ = writeln!(out, "{PREFIX}network{{state=\"{state}\"}} {}", u8::from(state == current));
-        }
-    }
-    family(&mut out, "members", Kind::Gauge, "Cluster members known to this node (itself included), by state.");
+    family(&mut out, MEMBERS.name, Kind::Gauge, MEMBERS.help);
     for state in ["alive", "suspect", "dead", "left"] {
         let count = members.iter().filter(|m| m["state"] == state).count();
-        let _ = writeln!(out, "{PREFIX}members{{state=\"{state}\"}} {count}");
+        let _ = writeln!(out, "{PREFIX}{}{{state=\"{state}\"}} {count}", MEMBERS.name);
     }
     // Reachable members only: a dead member's last offset would linger as if it were current.
     let offsets: Vec<(&Value, f64)> = members
@@ -85,39 +79,44 @@ pub fn render(stats: &Value, members: &[Value]) -> String {
         .filter_map(|m| Some((m, m["clockOffsetMs"].as_f64()?)))
         .collect();
     if !offsets.is_empty() {
-        let help = "A member's wall clock minus this node's, estimated from its heartbeats.";
-        family(&mut out, "member_clock_offset_seconds", Kind::Gauge, help);
+        family(&mut out, CLOCK_OFFSETS.name, Kind::Gauge, CLOCK_OFFSETS.help);
         for (m, ms) in offsets {
             let (node, address) = (m["id"].as_str().unwrap_or_default(), m["address"].as_str().unwrap_or_default());
             let _ = writeln!(
                 out,
-                "{PREFIX}member_clock_offset_seconds{{node=\"{}\",address=\"{}\"}} {}",
+                "{PREFIX}{}{{node=\"{}\",address=\"{}\"}} {}",
+                CLOCK_OFFSETS.name,
                 label(node),
                 label(address),
                 ms / 1000.0
             );
         }
     }
-    if let Some(dropped) = stats.get("dropped").and_then(Value::as_object) {
-        family(&mut out, "dropped_total", Kind::Counter, "Input dropped, by reason.");
-        for (reason, count) in dropped {
-            let _ = writeln!(out, "{PREFIX}dropped_total{{reason=\"{}\"}} {}", label(reason), number(count).unwrap_or(0.0));
-        }
-    }
     out
+}
+
+/// The families made from `members()`, for the tests of the README (lib.rs exposes them to JS).
+pub fn declarations() -> Value {
+    let families = [MEMBERS, CLOCK_OFFSETS]
+        .iter()
+        .map(|f| json!({ "name": format!("{PREFIX}{}", f.name), "type": "gauge", "labels": f.labels, "help": f.help }));
+    Value::Array(families.collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn renders_families_with_help_type_and_base_units() {
-        let stats = json!({
-            "sessions": 3, "ready": true, "datagramsSent": 10, "replicationLagMs": 250, "network": "failed",
-            "dropped": { "authFailed": 2, "we\"ird": 1 },
-        });
+        let stats = Snapshot::of(vec![
+            ("sessions", Reading::Count(3)),
+            ("ready", Reading::Flag(true)),
+            ("datagramsSent", Reading::Count(10)),
+            ("replicationLagMs", Reading::Number(250.0)),
+            ("network", Reading::State("failed")),
+            ("dropped", Reading::ByKey([("authFailed", 2), ("we\"ird", 1)].into())),
+        ]);
         let members = [
             json!({ "state": "alive", "self": true, "clockOffsetMs": null }),
             json!({ "state": "dead", "id": "00000000000000d1", "clockOffsetMs": 5 }),
@@ -133,10 +132,15 @@ mod tests {
         assert!(text.contains("session_multicast_members{state=\"dead\"} 1\n"));
         assert!(text.contains("# TYPE session_multicast_member_clock_offset_seconds gauge\n"));
         let series = "session_multicast_member_clock_offset_seconds";
-        assert!(text.contains(&format!(r#"{series}{{node="00000000000000a1",address="10.0.0.2"}} 3600.001"#)), "{text}");
+        assert!(
+            text.contains(&format!(r#"{series}{{node="00000000000000a1",address="10.0.0.2"}} 3600.001"#)),
+            "{text}"
+        );
         assert!(text.contains("{node=\"00000000000000a2\",address=\"10.0.0.3\"} -0.25\n"));
         assert_eq!(text.matches("member_clock_offset_seconds{").count(), 2, "reachable members whose offset is known");
-        assert!(text.contains("session_multicast_network{state=\"failed\"} 1\nsession_multicast_network{state=\"closed\"} 0\n"));
+        assert!(text.contains(
+            "session_multicast_network{state=\"failed\"} 1\nsession_multicast_network{state=\"closed\"} 0\n"
+        ));
         assert!(text.contains("session_multicast_dropped_total{reason=\"authFailed\"} 2\n"));
         assert!(text.contains("reason=\"we\\\"ird\""));
         assert!(!text.contains("tombstones"), "absent figures are not invented");

@@ -1,4 +1,9 @@
-//! Store options: parsing, validation and defaults (DESIGN §1).
+//! Store options: parsing, validation and defaults.
+//!
+//! Every option is declared once, in `OPTIONS`: its name, how its value is checked and applied,
+//! its default, and how `store.options` shows it. The list of known options, the parsing, the
+//! defaults (`Config::default`) and `Config::to_json` all come from there; test/options.test.js
+//! checks index.d.ts and the README against it.
 //!
 //! The JS layer hands over the user's options as JSON (Buffers as `{"base64": …}`); every error
 //! names the option and what was expected, and becomes a `TypeError` in JS.
@@ -38,6 +43,8 @@ pub struct Peer {
     pub port: u16,
 }
 
+/// The validated options, and the engine's settings that are not options (`observer`, `hooks`).
+/// Its fields are set by the declarations of `OPTIONS`, defaults included.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub family: Family,
@@ -72,6 +79,9 @@ pub struct Config {
     pub failure_timeout_ms: u64,
     /// `maxClockSkew`: a member's clock further than this from ours is warned about; 0 = never.
     pub max_clock_skew_ms: u64,
+    /// `missTimeout`: how long a `get` of a sid unknown here waits for the live members' answers
+    /// (see miss.rs); 0 = it does not ask.
+    pub miss_timeout_ms: u64,
     /// Not a user option: the doctor runs the engine as an observer that listens and probes
     /// without joining the cluster.
     pub observer: bool,
@@ -86,41 +96,21 @@ pub struct TestHooks {
     pub inbound_loss: f64,
     /// Datagrams kept for retransmission (a small buffer forces anti-entropy repairs).
     pub retransmit_datagrams: usize,
+    /// Drops every `Data` datagram received: the writes of other nodes do not arrive (until an
+    /// anti-entropy sync), so a `get` here has to ask for them (miss.rs).
+    pub drop_inbound_data: bool,
 }
 
 impl Default for TestHooks {
     fn default() -> Self {
-        TestHooks { inbound_loss: 0.0, retransmit_datagrams: 65_536 }
+        TestHooks { inbound_loss: 0.0, retransmit_datagrams: 65_536, drop_inbound_data: false }
     }
 }
 
+/// The declared defaults of every option (see `OPTIONS`).
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            family: Family::V4,
-            multicast: Some(IpAddr::V4(DEFAULT_GROUP_V4)),
-            multicast_port: 4000,
-            ipv4: None,
-            ipv6: None,
-            multicast_ttl: 1,
-            session_ttl_ms: None,
-            session_ttl_secs: 5000.0,
-            ttl_ms: None,
-            disable_touch: false,
-            touch_after_ms: 0,
-            wait_for_ack: false,
-            ack_timeout_ms: 300,
-            graceful_shutdown: true,
-            secrets: Vec::new(),
-            cluster: "default".into(),
-            peers: Vec::new(),
-            max_session_bytes: 1 << 20,
-            heartbeat_interval_ms: 500,
-            failure_timeout_ms: 3000,
-            max_clock_skew_ms: 1000,
-            observer: false,
-            hooks: TestHooks::default(),
-        }
+        Config::from_json(&Value::Null).expect("the declared defaults are valid")
     }
 }
 
@@ -139,64 +129,433 @@ impl fmt::Display for OptionError {
 
 impl std::error::Error for OptionError {}
 
-fn invalid(option: &str, expected: &str, got: &Value) -> OptionError {
-    OptionError { option: option.into(), message: format!("must be {expected} (got {got})") }
+// ---------------------------------------------------------------------------------------------
+// The declarations
+
+/// One option of the store: everything about it but its text in index.d.ts and the README (which
+/// test/options.test.js checks against these).
+pub struct OptionDecl {
+    /// Its name in JS.
+    pub name: &'static str,
+    /// How its value is checked, applied and shown.
+    pub kind: Kind,
+    /// Its value when it is not given (or given as `null` or `undefined`).
+    pub default: Lit,
+    /// What it is, in one line.
+    pub doc: &'static str,
 }
 
-const KNOWN: &[&str] = &[
-    "use",
-    "multicast",
-    "multicastPort",
-    "ipv4",
-    "ipv6",
-    "multicastTTL",
-    "useSessionTTL",
-    "sessionTTL",
-    "ttl",
-    "disableTouch",
-    "touchAfter",
-    "waitForAck",
-    "ackTimeout",
-    "gracefullShutdown",
-    "gracefulShutdown",
-    "secret",
-    "cluster",
-    "peers",
-    "maxSessionBytes",
-    "heartbeatInterval",
-    "failureTimeout",
-    "maxClockSkew",
+/// How an option's value is checked, applied to the `Config`, and shown in `store.options`.
+pub enum Kind {
+    /// `true` or `false`.
+    Bool { set: fn(&mut Config, bool), get: fn(&Config) -> bool },
+    /// An integer from `min` to `max`.
+    Integer { min: u64, max: u64, set: fn(&mut Config, u64), get: fn(&Config) -> u64 },
+    /// Any other value: `parse` checks and applies it, `show` gives it back as `store.options` shows it.
+    Custom { parse: fn(&mut Config, &Value) -> Result<(), Invalid>, show: fn(&Config) -> Value },
+    /// Another name of the option named, not shown; given both names, they must agree.
+    Alias(&'static str),
+    /// Checked and applied by lib/options.js: the engine never sees it.
+    Js,
+}
+
+/// An option's value when it is not given, as a user would write it.
+#[derive(Clone, Copy, Debug)]
+pub enum Lit {
+    /// None: the option stays unset (see its `Config` field), or lib/options.js decides (`Kind::Js`).
+    Unset,
+    Bool(bool),
+    Int(u64),
+    Str(&'static str),
+    /// `[]`.
+    EmptyList,
+}
+
+/// What is wrong with a value, in words that follow the option's name.
+#[derive(Debug)]
+pub struct Invalid(String);
+
+fn expected(what: impl fmt::Display, got: &Value) -> Invalid {
+    Invalid(format!("must be {what} (got {got})"))
+}
+
+macro_rules! boolean {
+    ($field:ident) => {
+        Kind::Bool { set: |c, on| c.$field = on, get: |c| c.$field }
+    };
+}
+
+macro_rules! integer {
+    ($min:expr, $max:expr, $field:ident as $ty:ty) => {
+        Kind::Integer { min: $min, max: $max, set: |c, n| c.$field = n as $ty, get: |c| c.$field as u64 }
+    };
+}
+
+/// Every option, in the order of the docs. `Config::from_json` applies the engine's options in
+/// this order, each one given or its default (so `use` comes first: it sets the default group of
+/// its family for `multicast`), then the rules between options.
+pub static OPTIONS: &[OptionDecl] = &[
+    OptionDecl {
+        name: "use",
+        kind: Kind::Custom { parse: parse_family, show: |c| json!(family_name(c.family)) },
+        default: Lit::Str("v4"),
+        doc: "IP family of the cluster: \"v4\" or \"v6\".",
+    },
+    OptionDecl {
+        name: "multicast",
+        kind: Kind::Custom {
+            parse: parse_group,
+            show: |c| c.multicast.map_or(Value::Bool(false), |ip| Value::String(ip.to_string())),
+        },
+        default: Lit::Unset,
+        doc: "Multicast group address (228.0.0.5 for v4, ff15::5 for v6), or false: unicast peers only.",
+    },
+    OptionDecl {
+        name: "multicastPort",
+        kind: integer!(1, 65535, multicast_port as u16),
+        default: Lit::Int(4000),
+        doc: "UDP port of the group, and with peers the port the node also listens on for them.",
+    },
+    OptionDecl {
+        name: "ipv4",
+        kind: Kind::Custom {
+            parse: |c, v| {
+                c.ipv4 = Some(address(v, "an IPv4 address string")?);
+                Ok(())
+            },
+            show: |c| json!(c.ipv4.map(|ip| ip.to_string())),
+        },
+        default: Lit::Unset,
+        doc: "Address of the interface to send, join and announce (default: the first non-internal one).",
+    },
+    OptionDecl {
+        name: "ipv6",
+        kind: Kind::Custom {
+            parse: |c, v| {
+                c.ipv6 = Some(address(v, "an IPv6 address string")?);
+                Ok(())
+            },
+            show: |c| json!(c.ipv6.map(|ip| ip.to_string())),
+        },
+        default: Lit::Unset,
+        doc: "The same with use: \"v6\".",
+    },
+    OptionDecl {
+        name: "multicastTTL",
+        kind: integer!(0, 255, multicast_ttl as u32),
+        default: Lit::Int(1),
+        doc: "IP TTL (hop limit) of multicast datagrams; 0 keeps them on this host.",
+    },
+    OptionDecl {
+        name: "useSessionTTL",
+        // Some(0) until the rules after the table make it sessionTTL, which is applied after this.
+        kind: Kind::Bool { set: |c, on| c.session_ttl_ms = on.then_some(0), get: |c| c.session_ttl_ms.is_some() },
+        default: Lit::Bool(false),
+        doc: "A session expires sessionTTL seconds after its last set or touch (or its cookie's expiry if earlier).",
+    },
+    OptionDecl {
+        name: "sessionTTL",
+        kind: Kind::Custom {
+            parse: |c, v| {
+                seconds_to_ms(v, "a positive number of seconds")?;
+                c.session_ttl_secs = v.as_f64().unwrap_or_default();
+                Ok(())
+            },
+            show: |c| json!(c.session_ttl_secs),
+        },
+        default: Lit::Int(5000),
+        doc: "Seconds, with useSessionTTL.",
+    },
+    OptionDecl {
+        name: "ttl",
+        kind: Kind::Custom {
+            // A function is lib/options.js's: it calls it at each write, and the engine gets the expiry.
+            parse: |c, v| {
+                c.ttl_ms = Some(seconds_to_ms(v, "a positive number of seconds, or a function returning one")?);
+                Ok(())
+            },
+            show: |c| json!(c.ttl_ms.unwrap_or(crate::table::DEFAULT_LIFETIME_MS) as f64 / 1000.0),
+        },
+        default: Lit::Unset,
+        doc: "Seconds a session whose cookie has no expiry lives, or a function of the session returning them.",
+    },
+    OptionDecl {
+        name: "disableTouch",
+        kind: boolean!(disable_touch),
+        default: Lit::Bool(false),
+        doc: "touch stores nothing: a session's expiry moves only when it is saved.",
+    },
+    OptionDecl {
+        name: "touchAfter",
+        kind: Kind::Custom {
+            parse: |c, v| {
+                c.touch_after_ms = match v.as_f64() {
+                    Some(0.0) => 0,
+                    _ => seconds_to_ms(v, "a number of seconds, 0 or more")?,
+                };
+                Ok(())
+            },
+            show: |c| json!(c.touch_after_ms as f64 / 1000.0),
+        },
+        default: Lit::Int(0),
+        doc: "Seconds: a touch moving a session's expiry forward by less is kept on this node.",
+    },
+    OptionDecl {
+        name: "waitForAck",
+        kind: boolean!(wait_for_ack),
+        default: Lit::Bool(false),
+        doc: "A write is called back once every other live node has applied it (or at ackTimeout).",
+    },
+    OptionDecl {
+        name: "ackTimeout",
+        kind: integer!(1, 60_000, ack_timeout_ms as u64),
+        default: Lit::Int(300),
+        doc: "Milliseconds a write waits for the acks with waitForAck.",
+    },
+    OptionDecl {
+        name: "serializer",
+        kind: Kind::Js,
+        default: Lit::Unset,
+        doc: "{ stringify, parse } for sessions that hold what JSON cannot (default: JSON).",
+    },
+    OptionDecl {
+        name: "gracefullShutdown",
+        kind: boolean!(graceful_shutdown),
+        default: Lit::Bool(true),
+        doc: "Leave the cluster when the process ends (close() on exit, SIGINT, SIGTERM).",
+    },
+    OptionDecl {
+        name: "gracefulShutdown",
+        kind: Kind::Alias("gracefullShutdown"),
+        default: Lit::Unset,
+        doc: "Alias of gracefullShutdown (the historical spelling).",
+    },
+    OptionDecl {
+        name: "logger",
+        kind: Kind::Js,
+        default: Lit::Unset,
+        doc: "Where the store logs: an object with info, warn and error methods (default: console).",
+    },
+    OptionDecl {
+        name: "secret",
+        kind: Kind::Custom {
+            parse: parse_secrets,
+            show: |c| match c.secrets.len() {
+                0 => Value::Null,
+                n => json!(format!("<{n} key(s)>")),
+            },
+        },
+        default: Lit::Unset,
+        doc: "Cluster key: a passphrase, 32 key bytes, or an array of them (a key ring); never shown.",
+    },
+    OptionDecl {
+        name: "cluster",
+        kind: Kind::Custom {
+            parse: |c, v| {
+                const EXPECTED: &str = "a non-empty string of at most 64 bytes";
+                let name =
+                    v.as_str().filter(|s| !s.is_empty() && s.len() <= 64).ok_or_else(|| expected(EXPECTED, v))?;
+                c.cluster = name.to_owned();
+                Ok(())
+            },
+            show: |c| json!(c.cluster),
+        },
+        default: Lit::Str("default"),
+        doc: "Cluster name: nodes of different names ignore each other.",
+    },
+    OptionDecl {
+        name: "peers",
+        kind: Kind::Custom {
+            parse: parse_peers,
+            show: |c| json!(c.peers.iter().map(Peer::to_string).collect::<Vec<_>>()),
+        },
+        default: Lit::EmptyList,
+        doc: "Unicast peers, \"host:port\", for networks without multicast.",
+    },
+    OptionDecl {
+        name: "maxSessionBytes",
+        // A session must fit one fragmented message (65,535 datagrams).
+        kind: integer!(1, 1 << 26, max_session_bytes as usize),
+        default: Lit::Int(1 << 20),
+        doc: "Largest session accepted, in bytes of its JSON.",
+    },
+    OptionDecl {
+        name: "heartbeatInterval",
+        kind: integer!(10, 60_000, heartbeat_interval_ms as u64),
+        default: Lit::Int(500),
+        doc: "Milliseconds between heartbeats.",
+    },
+    OptionDecl {
+        name: "failureTimeout",
+        kind: integer!(20, 3_600_000, failure_timeout_ms as u64),
+        default: Lit::Int(3000),
+        doc: "Milliseconds of silence after which a member is dead; at least twice heartbeatInterval.",
+    },
+    OptionDecl {
+        name: "maxClockSkew",
+        kind: integer!(0, 86_400_000, max_clock_skew_ms as u64),
+        default: Lit::Int(1000),
+        doc: "Milliseconds: a member whose clock is further from this node's is warned about; 0: never.",
+    },
+    OptionDecl {
+        name: "missTimeout",
+        kind: integer!(0, crate::miss::MAX_TIMEOUT_MS, miss_timeout_ms as u64),
+        default: Lit::Int(crate::miss::DEFAULT_TIMEOUT_MS),
+        doc: "Milliseconds a get of a sid unknown here waits for the live members' answers; 0: it does not ask.",
+    },
 ];
 
-fn integer(name: &str, value: &Value, min: u64, max: u64) -> Result<u64, OptionError> {
-    value
-        .as_u64()
-        .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| invalid(name, &format!("an integer from {min} to {max}"), value))
+/// The declaration of an option, by name.
+pub fn option(name: &str) -> Option<&'static OptionDecl> {
+    OPTIONS.iter().find(|o| o.name == name)
+}
+
+impl OptionDecl {
+    /// Whether the engine takes it (the others are lib/options.js's).
+    pub fn is_engine(&self) -> bool {
+        !matches!(self.kind, Kind::Js)
+    }
+
+    /// Checks `value` and applies it to `c`; `given` is every option given.
+    fn apply(&self, c: &mut Config, value: &Value, given: &Map<String, Value>) -> Result<(), Invalid> {
+        match &self.kind {
+            Kind::Bool { set, .. } => set(c, value.as_bool().ok_or_else(|| expected("true or false", value))?),
+            Kind::Integer { min, max, set, .. } => set(
+                c,
+                value
+                    .as_u64()
+                    .filter(|n| (*min..=*max).contains(n))
+                    .ok_or_else(|| expected(format!("an integer from {min} to {max}"), value))?,
+            ),
+            Kind::Custom { parse, .. } => parse(c, value)?,
+            Kind::Alias(of) => {
+                let target = option(of).expect("an alias names a declared option");
+                let mut alone = c.clone();
+                target.apply(&mut alone, value, given)?;
+                if given.get(*of).is_some_and(|v| !v.is_null()) && target.show(&alone) != target.show(c) {
+                    return Err(Invalid(format!("is an alias of \"{of}\"; they were given different values")));
+                }
+                *c = alone;
+            }
+            Kind::Js => {}
+        }
+        Ok(())
+    }
+
+    /// The option as `store.options` shows it; `None` for those it does not show.
+    pub fn show(&self, c: &Config) -> Option<Value> {
+        match &self.kind {
+            Kind::Bool { get, .. } => Some(json!(get(c))),
+            Kind::Integer { get, .. } => Some(json!(get(c))),
+            Kind::Custom { show, .. } => Some(show(c)),
+            Kind::Alias(_) | Kind::Js => None,
+        }
+    }
+}
+
+impl Lit {
+    fn to_json(self) -> Option<Value> {
+        match self {
+            Lit::Unset => None,
+            Lit::Bool(b) => Some(json!(b)),
+            Lit::Int(n) => Some(json!(n)),
+            Lit::Str(s) => Some(json!(s)),
+            Lit::EmptyList => Some(json!([])),
+        }
+    }
+}
+
+/// The declarations, for the tests of index.d.ts and the README (lib.rs exposes them to JS).
+pub fn declarations() -> Value {
+    let defaults = Config::default();
+    let entries = OPTIONS.iter().map(|o| {
+        let mut entry = json!({ "name": o.name, "doc": o.doc, "engine": o.is_engine(), "shown": false });
+        if let Some(shown) = o.show(&defaults) {
+            entry["shown"] = json!(true);
+            entry["default"] = shown;
+        }
+        match &o.kind {
+            Kind::Bool { .. } => entry["type"] = json!("boolean"),
+            Kind::Integer { min, max, .. } => {
+                entry["type"] = json!("integer");
+                entry["range"] = json!([min, max]);
+            }
+            Kind::Alias(of) => entry["aliasOf"] = json!(of),
+            Kind::Custom { .. } | Kind::Js => {}
+        }
+        entry
+    });
+    Value::Array(entries.collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parsers of the options of `Kind::Custom`
+
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+    }
+}
+
+fn parse_family(c: &mut Config, value: &Value) -> Result<(), Invalid> {
+    c.family = match value.as_str() {
+        Some("v4") => Family::V4,
+        Some("v6") => Family::V6,
+        _ => return Err(expected("\"v4\" or \"v6\"", value)),
+    };
+    // The default group of the family; `multicast`, applied next, may replace it.
+    c.multicast = Some(match c.family {
+        Family::V4 => IpAddr::V4(DEFAULT_GROUP_V4),
+        Family::V6 => IpAddr::V6(DEFAULT_GROUP_V6),
+    });
+    Ok(())
+}
+
+fn parse_group(c: &mut Config, value: &Value) -> Result<(), Invalid> {
+    let expecting = match c.family {
+        Family::V4 => "an IPv4 multicast address (224.0.0.0/4) or false",
+        Family::V6 => "an IPv6 multicast address (ff00::/8) or false",
+    };
+    c.multicast = match value {
+        Value::Bool(false) => None,
+        Value::String(s) => match (c.family, s.parse::<IpAddr>()) {
+            (Family::V4, Ok(ip @ IpAddr::V4(a))) if a.is_multicast() => Some(ip),
+            (Family::V6, Ok(ip @ IpAddr::V6(a))) if a.is_multicast() => Some(ip),
+            _ => return Err(expected(expecting, value)),
+        },
+        _ => return Err(expected(expecting, value)),
+    };
+    Ok(())
+}
+
+fn address<A: std::str::FromStr>(value: &Value, expecting: &str) -> Result<A, Invalid> {
+    value.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| expected(expecting, value))
 }
 
 /// A positive, finite number of seconds, in whole milliseconds (at least 1).
-fn seconds_to_ms(name: &str, value: &Value, expected: &str) -> Result<u64, OptionError> {
+fn seconds_to_ms(value: &Value, expecting: &str) -> Result<u64, Invalid> {
     value
         .as_f64()
         .filter(|s| s.is_finite() && *s > 0.0 && *s * 1000.0 < u64::MAX as f64)
         .map(secs_to_ms)
-        .ok_or_else(|| invalid(name, expected, value))
+        .ok_or_else(|| expected(expecting, value))
 }
 
 fn secs_to_ms(secs: f64) -> u64 {
     (secs * 1000.0).round().max(1.0) as u64
 }
 
-fn boolean(name: &str, value: &Value) -> Result<bool, OptionError> {
-    value.as_bool().ok_or_else(|| invalid(name, "true or false", value))
+fn parse_secrets(c: &mut Config, value: &Value) -> Result<(), Invalid> {
+    c.secrets = match value {
+        Value::Array(ring) if !ring.is_empty() => ring.iter().map(secret).collect::<Result<_, _>>()?,
+        Value::Array(_) => return Err(expected("a non-empty array of keys", value)),
+        single => vec![secret(single)?],
+    };
+    Ok(())
 }
 
-fn string<'a>(name: &str, value: &'a Value, expected: &str) -> Result<&'a str, OptionError> {
-    value.as_str().ok_or_else(|| invalid(name, expected, value))
-}
-
-fn secret(value: &Value) -> Result<Secret, OptionError> {
+fn secret(value: &Value) -> Result<Secret, Invalid> {
     const EXPECTED: &str = "a non-empty passphrase, a 32-byte Buffer, or an array of them";
     match value {
         Value::String(s) if !s.is_empty() => Ok(Secret::Passphrase(s.clone())),
@@ -205,15 +564,24 @@ fn secret(value: &Value) -> Result<Secret, OptionError> {
                 .get("base64")
                 .and_then(Value::as_str)
                 .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .ok_or_else(|| invalid("secret", EXPECTED, value))?;
-            let key: [u8; KEY_BYTES] = bytes.as_slice().try_into().map_err(|_| OptionError {
-                option: "secret".into(),
-                message: format!("Buffer keys must be exactly {KEY_BYTES} bytes (got {} bytes)", bytes.len()),
+                .ok_or_else(|| expected(EXPECTED, value))?;
+            let key: [u8; KEY_BYTES] = bytes.as_slice().try_into().map_err(|_| {
+                Invalid(format!("Buffer keys must be exactly {KEY_BYTES} bytes (got {} bytes)", bytes.len()))
             })?;
             Ok(Secret::Key(key))
         }
-        _ => Err(invalid("secret", EXPECTED, value)),
+        _ => Err(expected(EXPECTED, value)),
     }
+}
+
+fn parse_peers(c: &mut Config, value: &Value) -> Result<(), Invalid> {
+    const EXPECTED: &str = "an array of \"host:port\" strings";
+    let list = value.as_array().ok_or_else(|| expected(EXPECTED, value))?;
+    c.peers = list
+        .iter()
+        .map(|p| p.as_str().and_then(parse_peer).ok_or_else(|| expected(EXPECTED, p)))
+        .collect::<Result<_, _>>()?;
+    Ok(())
 }
 
 impl fmt::Display for Peer {
@@ -237,137 +605,71 @@ pub fn parse_peer(entry: &str) -> Option<Peer> {
     valid_host.then(|| Peer { host: host.to_owned(), port })
 }
 
+// ---------------------------------------------------------------------------------------------
+
 impl Config {
+    /// Every field unset, before the options (their defaults included) are applied.
+    fn unset() -> Config {
+        Config {
+            family: Family::V4,
+            multicast: None,
+            multicast_port: 0,
+            ipv4: None,
+            ipv6: None,
+            multicast_ttl: 0,
+            session_ttl_ms: None,
+            session_ttl_secs: 0.0,
+            ttl_ms: None,
+            disable_touch: false,
+            touch_after_ms: 0,
+            wait_for_ack: false,
+            ack_timeout_ms: 0,
+            graceful_shutdown: false,
+            secrets: Vec::new(),
+            cluster: String::new(),
+            peers: Vec::new(),
+            max_session_bytes: 0,
+            heartbeat_interval_ms: 0,
+            failure_timeout_ms: 0,
+            max_clock_skew_ms: 0,
+            miss_timeout_ms: 0,
+            observer: false,
+            hooks: TestHooks::default(),
+        }
+    }
+
     /// Validates the user's options (a JSON object) and fills in the defaults.
     pub fn from_json(options: &Value) -> Result<Config, OptionError> {
         let empty = Map::new();
         let map = match options {
             Value::Object(map) => map,
             Value::Null => &empty,
-            other => return Err(invalid("options", "an object", other)),
+            other => {
+                return Err(OptionError { option: "options".into(), message: expected("an object", other).0 });
+            }
         };
-        if let Some(unknown) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        let engine = || OPTIONS.iter().filter(|o| o.is_engine());
+        if let Some(unknown) = map.keys().find(|k| !engine().any(|o| o.name == k.as_str())) {
+            let known: Vec<&str> = engine().map(|o| o.name).collect();
             return Err(OptionError {
                 option: unknown.clone(),
-                message: format!("is not an option of this store (known options: {})", KNOWN.join(", ")),
+                message: format!("is not an option of this store (known options: {})", known.join(", ")),
             });
         }
-        let mut c = Config::default();
-        let get = |name: &str| map.get(name).filter(|v| !v.is_null());
+        let mut c = Config::unset();
+        for decl in engine() {
+            let value = match (map.get(decl.name).filter(|v| !v.is_null()), decl.default.to_json()) {
+                (Some(given), _) => given.clone(),
+                (None, Some(default)) => default,
+                (None, None) => continue,
+            };
+            decl.apply(&mut c, &value, map)
+                .map_err(|Invalid(message)| OptionError { option: decl.name.into(), message })?;
+        }
 
-        if let Some(v) = get("use") {
-            c.family = match v.as_str() {
-                Some("v4") => Family::V4,
-                Some("v6") => Family::V6,
-                _ => return Err(invalid("use", "\"v4\" or \"v6\"", v)),
-            };
-        }
-        if c.family == Family::V6 {
-            c.multicast = Some(IpAddr::V6(DEFAULT_GROUP_V6));
-        }
-        if let Some(v) = get("multicast") {
-            let expected = match c.family {
-                Family::V4 => "an IPv4 multicast address (224.0.0.0/4) or false",
-                Family::V6 => "an IPv6 multicast address (ff00::/8) or false",
-            };
-            c.multicast = match v {
-                Value::Bool(false) => None,
-                Value::String(s) => match (c.family, s.parse::<IpAddr>()) {
-                    (Family::V4, Ok(ip @ IpAddr::V4(a))) if a.is_multicast() => Some(ip),
-                    (Family::V6, Ok(ip @ IpAddr::V6(a))) if a.is_multicast() => Some(ip),
-                    _ => return Err(invalid("multicast", expected, v)),
-                },
-                _ => return Err(invalid("multicast", expected, v)),
-            };
-        }
-        if let Some(v) = get("multicastPort") {
-            c.multicast_port = integer("multicastPort", v, 1, 65535)? as u16;
-        }
-        if let Some(v) = get("ipv4") {
-            let s = string("ipv4", v, "an IPv4 address string")?;
-            c.ipv4 = Some(s.parse().map_err(|_| invalid("ipv4", "an IPv4 address string", v))?);
-        }
-        if let Some(v) = get("ipv6") {
-            let s = string("ipv6", v, "an IPv6 address string")?;
-            c.ipv6 = Some(s.parse().map_err(|_| invalid("ipv6", "an IPv6 address string", v))?);
-        }
-        if let Some(v) = get("multicastTTL") {
-            c.multicast_ttl = integer("multicastTTL", v, 0, 255)? as u32;
-        }
-        if let Some(v) = get("sessionTTL") {
-            seconds_to_ms("sessionTTL", v, "a positive number of seconds")?;
-            c.session_ttl_secs = v.as_f64().unwrap_or_default();
-        }
-        if let Some(v) = get("ttl") {
-            c.ttl_ms = Some(seconds_to_ms("ttl", v, "a positive number of seconds, or a function returning one")?);
-        }
-        if let Some(v) = get("disableTouch") {
-            c.disable_touch = boolean("disableTouch", v)?;
-        }
-        if let Some(v) = get("touchAfter") {
-            c.touch_after_ms = match v.as_f64() {
-                Some(0.0) => 0,
-                _ => seconds_to_ms("touchAfter", v, "a number of seconds, 0 or more")?,
-            };
-        }
-        if let Some(v) = get("waitForAck") {
-            c.wait_for_ack = boolean("waitForAck", v)?;
-        }
-        if let Some(v) = get("ackTimeout") {
-            c.ack_timeout_ms = integer("ackTimeout", v, 1, 60_000)?;
-        }
-        if let Some(v) = get("useSessionTTL") {
-            if boolean("useSessionTTL", v)? {
-                c.session_ttl_ms = Some(secs_to_ms(c.session_ttl_secs));
-            }
-        }
-        let graceful = [get("gracefullShutdown"), get("gracefulShutdown")];
-        let [legacy, alias] = [("gracefullShutdown", graceful[0]), ("gracefulShutdown", graceful[1])]
-            .map(|(name, v)| v.map(|v| boolean(name, v)).transpose());
-        match (legacy?, alias?) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(OptionError {
-                    option: "gracefulShutdown".into(),
-                    message: "is an alias of \"gracefullShutdown\"; they were given different values".into(),
-                })
-            }
-            (Some(value), _) | (None, Some(value)) => c.graceful_shutdown = value,
-            (None, None) => {}
-        }
-        if let Some(v) = get("secret") {
-            c.secrets = match v {
-                Value::Array(ring) if !ring.is_empty() => ring.iter().map(secret).collect::<Result<_, _>>()?,
-                Value::Array(_) => return Err(invalid("secret", "a non-empty array of keys", v)),
-                single => vec![secret(single)?],
-            };
-        }
-        if let Some(v) = get("cluster") {
-            let name = string("cluster", v, "a non-empty string of at most 64 bytes")?;
-            if name.is_empty() || name.len() > 64 {
-                return Err(invalid("cluster", "a non-empty string of at most 64 bytes", v));
-            }
-            c.cluster = name.to_owned();
-        }
-        if let Some(v) = get("peers") {
-            let expected = "an array of \"host:port\" strings";
-            let list = v.as_array().ok_or_else(|| invalid("peers", expected, v))?;
-            c.peers = list
-                .iter()
-                .map(|p| p.as_str().and_then(parse_peer).ok_or_else(|| invalid("peers", expected, p)))
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(v) = get("maxSessionBytes") {
-            // A session must fit one fragmented message (65,535 datagrams).
-            c.max_session_bytes = integer("maxSessionBytes", v, 1, 1 << 26)? as usize;
-        }
-        if let Some(v) = get("heartbeatInterval") {
-            c.heartbeat_interval_ms = integer("heartbeatInterval", v, 10, 60_000)?;
-        }
-        if let Some(v) = get("failureTimeout") {
-            c.failure_timeout_ms = integer("failureTimeout", v, 20, 3_600_000)?;
-        }
-        if let Some(v) = get("maxClockSkew") {
-            c.max_clock_skew_ms = integer("maxClockSkew", v, 0, 86_400_000)?;
+        // The rules between options.
+        if c.session_ttl_ms.is_some() {
+            c.session_ttl_ms = Some(secs_to_ms(c.session_ttl_secs));
         }
         if c.failure_timeout_ms < 2 * c.heartbeat_interval_ms {
             return Err(OptionError {
@@ -383,29 +685,7 @@ impl Config {
 
     /// The normalized options as the user sees them (`store.options`); secrets are not shown.
     pub fn to_json(&self) -> Value {
-        json!({
-            "use": match self.family { Family::V4 => "v4", Family::V6 => "v6" },
-            "multicast": self.multicast.map_or(Value::Bool(false), |ip| Value::String(ip.to_string())),
-            "multicastPort": self.multicast_port,
-            "ipv4": self.ipv4.map(|ip| ip.to_string()),
-            "ipv6": self.ipv6.map(|ip| ip.to_string()),
-            "multicastTTL": self.multicast_ttl,
-            "useSessionTTL": self.session_ttl_ms.is_some(),
-            "sessionTTL": self.session_ttl_secs,
-            "ttl": self.ttl_ms.unwrap_or(crate::table::DEFAULT_LIFETIME_MS) as f64 / 1000.0,
-            "disableTouch": self.disable_touch,
-            "touchAfter": self.touch_after_ms as f64 / 1000.0,
-            "waitForAck": self.wait_for_ack,
-            "ackTimeout": self.ack_timeout_ms,
-            "gracefullShutdown": self.graceful_shutdown,
-            "secret": if self.secrets.is_empty() { Value::Null } else { json!(format!("<{} key(s)>", self.secrets.len())) },
-            "cluster": self.cluster,
-            "peers": self.peers.iter().map(Peer::to_string).collect::<Vec<_>>(),
-            "maxSessionBytes": self.max_session_bytes,
-            "heartbeatInterval": self.heartbeat_interval_ms,
-            "failureTimeout": self.failure_timeout_ms,
-            "maxClockSkew": self.max_clock_skew_ms,
-        })
+        Value::Object(OPTIONS.iter().filter_map(|o| Some((o.name.to_owned(), o.show(self)?))).collect())
     }
 }
 
@@ -458,6 +738,9 @@ mod tests {
             (json!({ "maxClockSkew": -1 }), "maxClockSkew"),
             (json!({ "maxClockSkew": 1.5 }), "maxClockSkew"),
             (json!({ "maxClockSkew": 86_400_001 }), "maxClockSkew"),
+            (json!({ "missTimeout": -1 }), "missTimeout"),
+            (json!({ "missTimeout": 10_001 }), "missTimeout"),
+            (json!({ "missTimeout": "20" }), "missTimeout"),
             (json!({ "multicastTtl": 1 }), "multicastTtl"),
         ];
         for (options, name) in cases {
@@ -468,13 +751,84 @@ mod tests {
     }
 
     #[test]
+    fn the_declarations_are_consistent() {
+        let names: std::collections::HashSet<_> = OPTIONS.iter().map(|o| o.name).collect();
+        assert_eq!(names.len(), OPTIONS.len(), "an option declared twice");
+        for o in OPTIONS {
+            assert!(!o.doc.is_empty(), "{}: doc", o.name);
+            if let Kind::Alias(of) = o.kind {
+                assert!(option(of).is_some_and(|t| t.show(&Config::default()).is_some()), "{}: alias of {of}", o.name);
+            }
+            if !o.is_engine() {
+                assert!(matches!(o.default, Lit::Unset), "{}: lib/options.js has its default", o.name);
+            }
+        }
+        // store.options shows every engine option but the aliases, with its default.
+        let shown: Vec<&str> =
+            OPTIONS.iter().filter(|o| o.show(&Config::default()).is_some()).map(|o| o.name).collect();
+        let defaults = Config::default().to_json();
+        let mut keys: Vec<&str> = defaults.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = shown.clone();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(shown.len(), 22);
+        // Each declared default, given explicitly, changes nothing.
+        for o in OPTIONS.iter().filter(|o| o.is_engine()) {
+            if let Some(default) = o.default.to_json() {
+                let given = Config::from_json(&json!({ o.name: default })).unwrap();
+                assert_eq!(given, Config::default(), "{}", o.name);
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_option_is_named_with_the_known_ones() {
+        let e = err(json!({ "logger": {} }));
+        assert_eq!(e.option, "logger", "lib/options.js takes the JS-only options out");
+        assert_eq!(
+            e.message,
+            "is not an option of this store (known options: use, multicast, multicastPort, ipv4, ipv6, multicastTTL, \
+             useSessionTTL, sessionTTL, ttl, disableTouch, touchAfter, waitForAck, ackTimeout, gracefullShutdown, \
+             gracefulShutdown, secret, cluster, peers, maxSessionBytes, heartbeatInterval, failureTimeout, \
+             maxClockSkew, missTimeout)"
+        );
+    }
+
+    #[test]
+    fn errors_give_what_was_expected_and_what_was_given() {
+        let message = |options: Value| err(options).to_string();
+        assert_eq!(
+            message(json!({ "multicastPort": "4000" })),
+            "express-session-multicast: option \"multicastPort\" must be an integer from 1 to 65535 (got \"4000\")"
+        );
+        assert_eq!(
+            message(json!({ "waitForAck": 1 })),
+            "express-session-multicast: option \"waitForAck\" must be true or false (got 1)"
+        );
+        assert_eq!(
+            message(json!({ "peers": ["a:1", "b"] })),
+            "express-session-multicast: option \"peers\" must be an array of \"host:port\" strings (got \"b\")"
+        );
+        assert!(message(json!({ "secret": { "base64": "AAAA" } }))
+            .ends_with("\"secret\" Buffer keys must be exactly 32 bytes (got 3 bytes)"));
+        assert!(message(json!({ "gracefullShutdown": true, "gracefulShutdown": false }))
+            .ends_with("\"gracefulShutdown\" is an alias of \"gracefullShutdown\"; they were given different values"));
+        assert!(!Config::from_json(&json!({ "gracefulShutdown": false })).unwrap().graceful_shutdown);
+        assert!(Config::from_json(&json!({ "gracefullShutdown": false, "gracefulShutdown": false })).is_ok());
+        assert_eq!(message(json!("x")), "express-session-multicast: option \"options\" must be an object (got \"x\")");
+        let v6 = Config::from_json(&json!({ "use": "v6", "multicast": false })).unwrap();
+        assert_eq!((v6.family, v6.multicast), (Family::V6, None));
+    }
+
+    #[test]
     fn accepts_every_valid_option() {
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
         let c = Config::from_json(&json!({
             "use": "v4", "multicast": "239.1.2.3", "multicastPort": 4001, "ipv4": "127.0.0.1",
             "multicastTTL": 0, "useSessionTTL": true, "sessionTTL": 0.05, "gracefulShutdown": false,
             "secret": ["pass", { "base64": key }], "cluster": "shop", "peers": ["a.svc:4000", "[fd00::1]:5"],
-            "maxSessionBytes": 1000, "heartbeatInterval": 100, "failureTimeout": 600,
+            "maxSessionBytes": 1000, "heartbeatInterval": 100, "failureTimeout": 600, "missTimeout": 0,
             "ttl": 1.5, "disableTouch": true, "touchAfter": 60, "waitForAck": true, "ackTimeout": 50,
             "maxClockSkew": 250,
         }))
@@ -484,6 +838,8 @@ mod tests {
         assert_eq!(Config::from_json(&json!({ "maxClockSkew": 0 })).unwrap().max_clock_skew_ms, 0);
         assert_eq!((c.ttl_ms, c.disable_touch, c.touch_after_ms), (Some(1500), true, 60_000));
         assert_eq!(c.to_json()["ttl"], json!(1.5));
+        assert_eq!((c.miss_timeout_ms, &c.to_json()["missTimeout"]), (0, &json!(0)));
+        assert_eq!(Config::default().miss_timeout_ms, crate::miss::DEFAULT_TIMEOUT_MS);
         assert_eq!(Config::from_json(&json!({ "touchAfter": 0 })).unwrap().touch_after_ms, 0);
         assert_eq!(c.session_ttl_ms, Some(50));
         assert!(!c.graceful_shutdown);

@@ -1,11 +1,14 @@
-//! Local writes on their way to the network thread.
+//! Local writes on their way to the network.
 //!
 //! Waking the network thread costs a syscall and an inter-processor interrupt, more than the
-//! write itself; so a write only queues, and the queue is handed over by `flush()`, which the
-//! JS adapter calls once per event-loop turn that wrote. A burst of writes in one turn costs one
-//! wake-up. The queue also hands itself over once it holds `FLUSH_OPS` writes or `FLUSH_BYTES`
-//! bytes (a long synchronous loop of writes does not pile up), and the cluster's tick drains
-//! whatever is left, so a missing flush delays a write by one tick at most, never loses it.
+//! write itself; so a write only queues until the JS adapter's flush, once per event-loop turn
+//! that wrote. A few writes then leave from the JS thread itself when no batch is in flight
+//! (`Cluster::flush`, `take_at_most`); more are handed to the network thread, a burst of writes
+//! in one turn costing one wake-up (`flush`). The queue also hands itself over once it holds
+//! `FLUSH_OPS` writes or `FLUSH_BYTES` bytes (a long synchronous loop of writes does not pile
+//! up), and the cluster's tick drains what was already queued at the tick before, so a missing
+//! flush delays a write by two ticks at most, never loses it (and a write is never taken from
+//! under the event-loop turn that made it, whose flush comes at its end).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,6 +39,8 @@ struct Queue {
     bytes: usize,
     /// Writes pushed so far: the number of the last one (they are numbered 1, 2, 3…).
     pushed: u64,
+    /// `pushed` at the last `flush_stale`.
+    pushed_at_tick: u64,
 }
 
 impl Outbox {
@@ -69,11 +74,34 @@ impl Outbox {
         }
     }
 
+    /// The tick's hand-over: only if the oldest write queued was already there at the previous
+    /// tick (its turn's flush did not come).
+    pub fn flush_stale(&self) {
+        let mut queue = self.queue.lock();
+        let oldest = queue.pushed + 1 - queue.ops.len() as u64;
+        let stale = !queue.ops.is_empty() && oldest <= queue.pushed_at_tick;
+        queue.pushed_at_tick = queue.pushed;
+        drop(queue);
+        if stale {
+            self.ready.notify_one();
+        }
+    }
+
     /// Everything queued so far, in write order, and the number of the last write taken.
     pub fn take(&self) -> (Vec<Op>, u64) {
         let mut queue = self.queue.lock();
         queue.bytes = 0;
         (std::mem::take(&mut queue.ops), queue.pushed)
+    }
+
+    /// `take`, if the queue holds at most `max_bytes`; else None, and nothing is taken.
+    pub fn take_at_most(&self, max_bytes: usize) -> Option<(Vec<Op>, u64)> {
+        let mut queue = self.queue.lock();
+        if queue.bytes > max_bytes {
+            return None;
+        }
+        queue.bytes = 0;
+        Some((std::mem::take(&mut queue.ops), queue.pushed))
     }
 
     /// Waits for a flush (the queue may be empty by then: a tick may have drained it).
@@ -122,6 +150,20 @@ mod tests {
             outbox.push(op(i));
         }
         assert_eq!(flushed_within(&outbox, 1000).expect("handed over at FLUSH_OPS").len(), FLUSH_OPS);
+    }
+
+    #[test]
+    fn the_tick_takes_only_writes_a_flush_missed() {
+        let outbox = Outbox::default();
+        outbox.push(op(0));
+        outbox.flush_stale();
+        assert!(flushed_within(&outbox, 50).is_none(), "queued since this tick: its turn may still flush it");
+        outbox.push(op(1));
+        outbox.flush_stale();
+        assert_eq!(flushed_within(&outbox, 1000).expect("stale by the next tick").len(), 2);
+        outbox.push(op(2));
+        outbox.flush_stale();
+        assert!(flushed_within(&outbox, 50).is_none(), "the numbering goes on across hand-overs");
     }
 
     #[test]

@@ -312,6 +312,18 @@ impl ReceiveWindow {
         self.missing
     }
 
+    /// Gaps NAKed before and waiting out their backoff are due again now: the sender is waiting
+    /// for them (it repeats its `AckRequest` at its own pace), so the backoff that spares a busy
+    /// sender would only let its wait run out.
+    pub fn expedite(&mut self, now: Instant) {
+        let waiting: Vec<(u64, Gap)> =
+            self.gaps.iter().filter(|(_, g)| g.naks > 0 && g.at > now).map(|(s, g)| (*s, *g)).collect();
+        for (start, gap) in waiting {
+            self.untrack(start, gap.at);
+            self.track(start, Gap { at: now, ..gap });
+        }
+    }
+
     /// The sender asks for an ack of everything up to `last_seq` (it is leaving, or its writes wait): like a heartbeat,
     /// this reveals a lost tail (NAKed as usual), and an ack is due at once.
     pub fn ask_ack(&mut self, last_seq: u64, now: Instant) {
@@ -326,13 +338,19 @@ impl ReceiveWindow {
     /// at most one per periodic call, plus the ones the sender asked for.
     pub fn take_ack(&mut self, periodic: bool) -> Option<u64> {
         let have = self.contiguous();
-        let completes = self.ack_asked.is_some_and(|asked| have >= asked && self.acked < asked);
-        if !(self.ack_now || completes || (periodic && have > self.acked)) {
+        if !(self.asked_ack_due() || (periodic && have > self.acked)) {
             return None;
         }
         self.ack_now = false;
         self.acked = self.acked.max(have);
         Some(have)
+    }
+
+    /// An ack the sender asked for is due: at once after `ask_ack`, or because what it asked
+    /// for is now complete.
+    pub fn asked_ack_due(&self) -> bool {
+        let have = self.contiguous();
+        self.ack_now || self.ack_asked.is_some_and(|asked| have >= asked && self.acked < asked)
     }
 
     fn track(&mut self, start: u64, gap: Gap) {
@@ -657,6 +675,24 @@ mod tests {
         w.synced(u64::MAX);
         assert!(!w.needs_sync());
         assert_eq!(w.receive(u64::MAX, t0), Receipt::Duplicate);
+    }
+
+    #[test]
+    fn a_waiting_sender_gets_its_gaps_nakked_again_at_once() {
+        let t0 = Instant::now();
+        let mut w = ReceiveWindow::new(1);
+        w.receive(1, t0);
+        w.receive(5, t0);
+        w.receive(9, t0);
+        let t = ms(t0, 20);
+        assert_eq!(w.due_naks(t, D, 100), vec![(2, 4), (6, 8)]);
+        // Both wait out their backoff; a gap found now is not NAKed before its reorder delay.
+        w.receive(12, t);
+        assert!(w.due_naks(ms(t0, 21), D, 100).is_empty());
+        w.expedite(ms(t0, 21));
+        assert_eq!(w.due_naks(ms(t0, 21), D, 100), vec![(2, 4), (6, 8)]);
+        // And the backoff goes on from there.
+        assert!(w.due_naks(ms(t0, 22), D, 100).is_empty());
     }
 
     #[test]

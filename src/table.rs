@@ -79,6 +79,11 @@ impl Entry {
         matches!(self.data, Data::Live(_)) && self.effective_expiry() > now
     }
 
+    /// Not yet forgettable at `now`: a live session, or a tombstone within its retention.
+    pub fn is_kept(&self, now: u64) -> bool {
+        self.purge_at() > now
+    }
+
     /// When the sweeper may forget this entry.
     fn purge_at(&self) -> u64 {
         match self.data {
@@ -163,6 +168,16 @@ fn object_len(json: &[u8]) -> Option<usize> {
     None
 }
 
+/// What the table holds for a sid (see `Table::lookup`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lookup {
+    Live(Arc<str>),
+    /// Known here and not live: destroyed, expired, or voided by a clear.
+    Gone,
+    /// Neither a session nor a tombstone: never heard of here, or only touched.
+    Unknown,
+}
+
 /// Counts for `stats()`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableCounts {
@@ -185,10 +200,20 @@ impl Table {
 
     /// The session JSON if it exists and has not expired at `now`.
     pub fn get(&self, sid: &str, now: u64) -> Option<Arc<str>> {
-        let entry = self.entries.get(sid)?;
+        match self.lookup(sid, now) {
+            Lookup::Live(doc) => Some(doc),
+            Lookup::Gone | Lookup::Unknown => None,
+        }
+    }
+
+    /// What `get` finds, telling a sid known here and not live from one never heard of.
+    pub fn lookup(&self, sid: &str, now: u64) -> Lookup {
+        let Some(entry) = self.entries.get(sid) else { return Lookup::Unknown };
         match &entry.data {
-            Data::Live(doc) if entry.effective_expiry() > now => Some(doc.clone()),
-            _ => None,
+            Data::Live(doc) if entry.effective_expiry() > now => Lookup::Live(doc.clone()),
+            // Only a touch arrived: the set it touched was written elsewhere.
+            Data::Absent if entry.data_version == Version::ZERO => Lookup::Unknown,
+            _ => Lookup::Gone,
         }
     }
 
@@ -475,6 +500,25 @@ mod tests {
         assert!(!t.apply(&set("a", r#"{"n":0}"#, NOW + 10, v(1, 9))), "older write must lose");
         assert_eq!(doc(&t, "a").as_deref(), Some(r#"{"n":2}"#));
         assert!(!t.apply(&set("a", r#"{"n":2}"#, NOW + 10, v(2, 1))), "duplicate is a no-op");
+    }
+
+    /// Unknown: neither a session nor a tombstone, so possibly a session not arrived yet; any
+    /// state this node knows of is not (see miss.rs).
+    #[test]
+    fn lookup_tells_an_unknown_sid_from_one_known_and_not_live() {
+        let t = Table::new();
+        assert_eq!(t.lookup("a", NOW), Lookup::Unknown);
+        t.apply(&touch("a", "{}", NOW + 10, v(2, 1)));
+        assert_eq!(t.lookup("a", NOW), Lookup::Unknown, "only a touch: its set was written elsewhere");
+        t.apply(&set("a", r#"{"n":1}"#, NOW + 10, v(1, 1)));
+        assert_eq!(t.lookup("a", NOW), Lookup::Live(r#"{"n":1,"cookie":{}}"#.into()));
+        assert_eq!(t.lookup("a", NOW + 10), Lookup::Gone, "expired");
+        t.apply(&destroy("b", v(3, 1)));
+        assert_eq!(t.lookup("b", NOW), Lookup::Gone, "destroyed");
+        t.apply(&set("c", "{}", NOW + 10, v(4, 1)));
+        t.apply(&touch("c", "{}", NOW + 10, v(6, 1)));
+        t.apply(&Op::Clear { version: v(5, 1) });
+        assert_eq!(t.lookup("c", NOW), Lookup::Gone, "voided by a clear");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! (the entries of every bucket, or of the buckets that differ), then `SyncEnd` carrying its
 //! sequence number when its snapshot began: everything it sent before that is now covered.
 //! Frames are wire packets behind a 4-byte big-endian length.
+//!
+//! A `Query` for one sid gets one `Answer` frame with the entry, whatever its size: how a node
+//! fetches an entry too large for the datagram of a UDP answer (see miss.rs).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,8 +20,9 @@ use tokio::time::timeout;
 
 use crate::clock::{now_ms, Clock};
 use crate::link::Link;
-use crate::table::Table;
-use crate::wire::{Message, SyncMode};
+use crate::miss;
+use crate::table::{Entry, Table};
+use crate::wire::{Message, Reply, SyncMode};
 
 /// Buckets of the anti-entropy digest: 8 KiB of digest, and a difference in one session costs
 /// a transfer of about 1/1024 of the table.
@@ -39,6 +43,14 @@ pub struct SyncContext {
     pub link: Arc<Link>,
     /// Largest frame accepted: one entry must fit (maxSessionBytes plus room).
     pub max_frame: usize,
+}
+
+impl SyncContext {
+    /// Merges an entry from another node, as a replicated write.
+    pub fn merge(&self, sid: &str, entry: &Entry) {
+        self.clock.observe(entry.newest_version());
+        self.table.merge(sid, entry);
+    }
 }
 
 /// What a finished pull brought.
@@ -86,8 +98,14 @@ pub async fn serve(
     // A request is a few KiB at most (a digest), whatever the frame limit for entries.
     let frame = read_frame(&mut stream, 64 * 1024, REQUEST_TIMEOUT).await?;
     let (_, request) = ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?;
-    let Message::SyncRequest { target, mode } = request else {
-        return Err(invalid("expected a sync request"));
+    let (target, mode) = match request {
+        Message::SyncRequest { target, mode } => (target, mode),
+        Message::Query { token, sid } => {
+            let answer = Message::Answer { token, reply: miss::reply(&ctx.table, sid, now_ms()) };
+            write_frame(&mut stream, &ctx.link.seal(&answer)).await?;
+            return stream.shutdown().await;
+        }
+        _ => return Err(invalid("expected a sync request or a query")),
     };
     if target != ctx.link.header().node {
         return Err(invalid("a sync request meant for another node"));
@@ -131,8 +149,7 @@ pub async fn pull(ctx: &SyncContext, target: u64, peer: SocketAddr, full: bool) 
                 ctx.clock.observe(clear_mark);
                 ctx.table.merge_clear_mark(clear_mark);
                 for (sid, entry) in &entries {
-                    ctx.clock.observe(entry.newest_version());
-                    ctx.table.merge(sid, entry);
+                    ctx.merge(sid, entry);
                 }
                 pulled.entries += entries.len();
             }
@@ -144,6 +161,24 @@ pub async fn pull(ctx: &SyncContext, target: u64, peer: SocketAddr, full: bool) 
             _ => return Err(invalid("unexpected message in a sync")),
         }
     }
+}
+
+/// Fetches what the node at `peer` holds for `sid` and merges it (an entry too large for the
+/// datagram of an answer).
+pub async fn fetch(ctx: &SyncContext, peer: SocketAddr, token: u64, sid: Arc<str>) -> io::Result<()> {
+    let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)).await??;
+    stream.set_nodelay(true)?;
+    write_frame(&mut stream, &ctx.link.seal(&Message::Query { token, sid: sid.clone() })).await?;
+    let frame = read_frame(&mut stream, ctx.max_frame, IDLE_TIMEOUT).await?;
+    match ctx.link.open(&frame).map_err(|e| invalid(e.reason()))?.1 {
+        Message::Answer { token: answered, reply } if answered == token => match reply {
+            Reply::Entry { sid: held, entry } if held == sid => ctx.merge(&held, &entry),
+            Reply::Nothing => {}
+            _ => return Err(invalid("an answer about something else")),
+        },
+        _ => return Err(invalid("expected the answer to the query")),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -213,6 +248,19 @@ mod tests {
         assert!(pulled.entries >= 1 && pulled.entries < 20, "sent {} entries", pulled.entries);
         assert!(peer.table.get("new", now_ms()).is_some());
         assert_eq!(peer.table.digest(now_ms(), DIGEST_BUCKETS), donor.table.digest(now_ms(), DIGEST_BUCKETS));
+    }
+
+    #[tokio::test]
+    async fn a_query_fetches_one_entry_whatever_its_size() {
+        let holder = Arc::new(context(1));
+        fill(&holder, 3, 2_000_000);
+        let asker = context(2);
+        fetch(&asker, serve_once(holder.clone()).await, 5, "s1".into()).await.unwrap();
+        assert_eq!(asker.table.entry("s1"), holder.table.entry("s1"));
+        assert_eq!(asker.table.length(now_ms()), 1, "that entry only");
+        fetch(&asker, serve_once(holder.clone()).await, 6, "unknown".into()).await.unwrap();
+        assert_eq!(asker.table.entry("unknown"), None);
+        assert!(asker.clock.tick() > holder.table.entry("s1").unwrap().data_version);
     }
 
     #[tokio::test]

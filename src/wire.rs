@@ -32,7 +32,7 @@ use crate::table::{Data, Entry, Op};
 pub const MAGIC: [u8; 2] = *b"SM";
 pub const WIRE_VERSION: u8 = 2;
 pub const HEADER_BYTES: usize = 36;
-/// Where the message kind sits in the header (read by the kernel filter of transport.rs too).
+/// Where the message kind sits in the header.
 pub const KIND_AT: usize = 3;
 pub const PACKET_NUMBER_AT: usize = 24;
 pub const KEY_ID_AT: usize = 32;
@@ -61,14 +61,18 @@ pub enum Kind {
     Pong = 12,
     AckRequest = 13,
     Ack = 14,
+    Query = 15,
+    Answer = 16,
 }
 
 impl Kind {
     fn from_u8(b: u8) -> Option<Kind> {
         use Kind::*;
-        [Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd, Ping, Pong, AckRequest, Ack]
-            .into_iter()
-            .find(|k| *k as u8 == b)
+        const ALL: [Kind; 16] = [
+            Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd, Ping, Pong, AckRequest,
+            Ack, Query, Answer,
+        ];
+        ALL.into_iter().find(|k| *k as u8 == b)
     }
 }
 
@@ -96,6 +100,17 @@ pub enum Payload {
     /// One piece of an op too large for a datagram; pieces use consecutive sequence numbers
     /// starting at `first_seq`.
     Fragment { first_seq: u64, index: u16, count: u16, bytes: Vec<u8> },
+}
+
+/// What a member holds for a sid it was asked about (`Message::Answer`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// Neither a session nor a tombstone.
+    Nothing,
+    /// Its entry (a session, a tombstone, or a touched cookie alone).
+    Entry { sid: Arc<str>, entry: Entry },
+    /// An entry of this newest version, too large for a datagram: fetch it over TCP.
+    TooLarge { version: Version },
 }
 
 /// What a sync request asks for.
@@ -140,6 +155,11 @@ pub enum Message {
     Ping { token: u64, padding: Vec<u8> },
     /// The answer to a `Ping`: its token and the size of the datagram that arrived.
     Pong { token: u64, size: u32 },
+    /// "What do you hold for this sid?", from a node whose `get` found nothing, unicast to each
+    /// alive member (over TCP: to fetch an entry too large for a datagram).
+    Query { token: u64, sid: Arc<str> },
+    /// The answer to a `Query`, with its token.
+    Answer { token: u64, reply: Reply },
 }
 
 impl Message {
@@ -159,6 +179,8 @@ impl Message {
             Message::SyncEnd { .. } => Kind::SyncEnd,
             Message::Ping { .. } => Kind::Ping,
             Message::Pong { .. } => Kind::Pong,
+            Message::Query { .. } => Kind::Query,
+            Message::Answer { .. } => Kind::Answer,
         }
     }
 }
@@ -319,6 +341,9 @@ pub const DATA_OVERHEAD: usize = HEADER_BYTES + 8 + 1 + 2 + TRAILER_BUDGET;
 /// Bytes a `Data` fragment datagram spends besides its piece.
 pub const FRAGMENT_OVERHEAD: usize = HEADER_BYTES + 8 + 1 + 8 + 2 + 2 + 4 + TRAILER_BUDGET;
 
+/// Bytes a `Query` spends besides its sid: header, token, sid length, trailer.
+pub const QUERY_OVERHEAD: usize = HEADER_BYTES + 8 + 4 + TRAILER_BUDGET;
+
 /// Encodes one op alone (the bytes that fragments carry).
 pub fn encode_op(op: &Op) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(op_len(op)));
@@ -394,6 +419,24 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
         Message::Pong { token, size } => {
             w.u64(*token);
             w.u32(*size);
+        }
+        Message::Query { token, sid } => {
+            w.u64(*token);
+            w.bytes32(sid.as_bytes());
+        }
+        Message::Answer { token, reply } => {
+            w.u64(*token);
+            match reply {
+                Reply::Nothing => w.u8(0),
+                Reply::Entry { sid, entry } => {
+                    w.u8(1);
+                    w.entry(sid, entry);
+                }
+                Reply::TooLarge { version } => {
+                    w.u8(2);
+                    w.version(*version);
+                }
+            }
         }
         Message::SyncEnd { high_seq, departed } => {
             w.u64(*high_seq);
@@ -591,6 +634,20 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
         }
         Kind::Ping => Message::Ping { token: r.u64()?, padding: r.bytes32()?.to_vec() },
         Kind::Pong => Message::Pong { token: r.u64()?, size: r.u32()? },
+        Kind::Query => Message::Query { token: r.u64()?, sid: r.str32()? },
+        Kind::Answer => {
+            let token = r.u64()?;
+            let reply = match r.u8()? {
+                0 => Reply::Nothing,
+                1 => {
+                    let (sid, entry) = r.entry()?;
+                    Reply::Entry { sid, entry }
+                }
+                2 => Reply::TooLarge { version: r.version()? },
+                _ => return Err(DecodeError::Malformed),
+            };
+            Message::Answer { token, reply }
+        }
         Kind::SyncEnd => {
             let high_seq = r.u64()?;
             let n = r.u32()? as usize;
@@ -662,12 +719,16 @@ mod tests {
             Message::Gone { oldest: 17 },
             Message::SyncRequest { target: 4, mode: SyncMode::Full },
             Message::SyncRequest { target: 5, mode: SyncMode::Digest(vec![1, 2, 3]) },
-            Message::SyncChunk { clear_mark: v(1), entries: vec![("s".into(), entry)] },
+            Message::SyncChunk { clear_mark: v(1), entries: vec![("s".into(), entry.clone())] },
             Message::SyncEnd { high_seq: 12, departed: vec![(1, 2, 3)] },
             Message::Ping { token: 6, padding: vec![0; 9] },
             Message::Pong { token: 6, size: 1400 },
             Message::AckRequest { last_seq: 41 },
             Message::Ack { high_seq: u64::MAX },
+            Message::Query { token: 8, sid: "sid-é".into() },
+            Message::Answer { token: 8, reply: Reply::Nothing },
+            Message::Answer { token: 9, reply: Reply::Entry { sid: "s".into(), entry: entry.clone() } },
+            Message::Answer { token: 10, reply: Reply::TooLarge { version: v(7) } },
         ]
     }
 
@@ -739,7 +800,7 @@ mod tests {
         }
 
         #[test]
-        fn corrupted_packets_never_panic(index in 0usize..16, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        fn corrupted_packets_never_panic(index in 0usize..20, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
             // Detecting the corruption is the trailer's job (crypto); decoding must only stay safe.
             let mut bytes = encode(&HEADER, &samples()[index]);
             let i = pos.index(bytes.len());

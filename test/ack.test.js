@@ -53,6 +53,24 @@ describe("waitForAck", function () {
     assert.ok(a.stats().acksReceived >= 300, `acks received: ${a.stats().acksReceived}`);
   });
 
+  it("lone writes leave from the JS thread (directBatches) and still wait for every member's ack", async () => {
+    const [a, b, c] = await cluster(3, { waitForAck: true });
+    const before = a.stats();
+    let stale = 0;
+    for (let i = 0; i < 100; i++) {
+      await a.set(`lone${i}`, sessionData({ i }));
+      for (const other of [b, c]) if (!(await other.get(`lone${i}`))) stale++;
+      await sleep(2); // idle: the network thread is asleep when the next write leaves
+    }
+    const after = a.stats();
+    assert.equal(stale, 0, "reads on B and C that missed a write A had called back for");
+    assert.equal(after.ackTimeouts, 0);
+    const direct = after.directBatches - before.directBatches;
+    assert.equal(after.writeBatches - before.writeBatches, 100, "one batch per lone write");
+    // Sent from this thread unless the network thread held the state lock at that moment.
+    assert.ok(direct >= 50, `direct batches: ${direct} of 100`);
+  });
+
   it("touch, destroy and clear wait too, with callbacks and with Promises", async () => {
     const [a, b] = await cluster(2, { waitForAck: true });
     await a.set("t", sessionData({ v: 1 }));

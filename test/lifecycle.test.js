@@ -202,6 +202,36 @@ describe("lifecycle", () => {
     });
   });
 
+  describe("close() during writes", () => {
+    afterEach(closeStores);
+
+    it("delivers every write: lone ones sent from the JS thread, bursts handed to the network thread, the last turn's still queued", async () => {
+      for (let run = 0; run < 3; run++) {
+        const { cluster, multicastPort } = clusterOptions();
+        const options = { cluster, multicastPort, heartbeatInterval: 100, failureTimeout: 600 };
+        const a = createStore(options);
+        const b = createStore(options);
+        await Promise.all([a.ready(), b.ready()]);
+        await waitUntil(() => a.stats().members === 2 && b.stats().members === 2, 5_000, { what: "A and B see each other" });
+        const pad = "x".repeat(1_000);
+        let n = 0;
+        for (let turn = 0; turn < 40; turn++) {
+          // Odd turns: 10 writes of ≈1 KB (too many for the JS thread to send); even turns: one,
+          // after the event loop slept (sent from this thread).
+          if (turn % 2 === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+          for (let k = turn % 2 ? 10 : 1; k > 0; k--) a.set(`r${run}-${n++}`, sessionData({ pad }), () => {});
+          await new Promise(setImmediate);
+        }
+        for (let k = 0; k < 5; k++) a.set(`r${run}-${n++}`, sessionData({ pad }), () => {}); // not flushed yet
+        const stats = a.stats();
+        assert.ok(stats.directBatches > 0 && stats.writeBatches > stats.directBatches, JSON.stringify(stats));
+        await a.close();
+        assert.equal(await b.length(), n, `run ${run}: sessions on B when A's close() returned`);
+        await b.close();
+      }
+    });
+  });
+
   describe("several stores in this process", () => {
     it("close in any order, then a new one works", async () => {
       const stores = [createStore(), createStore({ multicast: false }), createStore(), createStore()];

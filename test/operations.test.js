@@ -12,6 +12,7 @@ const express = require("express");
 const supertest = require("supertest");
 const { createStore, closeStores, makeLogger, sessionData, sleep, runChild } = require("./helpers");
 const { clusterOptions, startNode, stopAll, diagnostics, waitUntil } = require("./cluster/harness");
+const { declarations, dtsInterface, readmeTable, codeNames } = require("./declarations");
 
 const FAST = Object.freeze({ heartbeatInterval: 100, failureTimeout: 800 });
 const MEMBER_FIELDS = ["address", "clockOffsetMs", "id", "incarnation", "lastHeard", "port", "self", "state", "tcpPort"];
@@ -72,11 +73,7 @@ function assertMember(m, what) {
 
 /** The field names of an interface of index.d.ts. */
 function declaredFields(interfaceName) {
-  const dts = fs.readFileSync(path.join(__dirname, "..", "index.d.ts"), "utf8");
-  const start = dts.indexOf(`interface ${interfaceName} {`);
-  assert.ok(start >= 0, `index.d.ts declares ${interfaceName}`);
-  const body = dts.slice(start, dts.indexOf("\n    }", start));
-  return [...body.matchAll(/^ {8}(\w+)\??:/gm)].map((m) => m[1]).sort();
+  return dtsInterface(interfaceName).map((f) => f.name).sort();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,34 +153,10 @@ function sampleValue(families, name, labels = {}) {
 }
 
 const PREFIX = "session_multicast_";
-// stats() key → metric name, and whether it is a counter (can only grow).
-const METRIC_OF = {
-  sessions: ["sessions", false],
-  tombstones: ["tombstones", false],
-  sessionBytes: ["session_bytes", false],
-  entries: ["entries", false],
-  purged: ["purged_total", true],
-  rejectedTooLarge: ["rejected_too_large_total", true],
-  localTouches: ["local_touches_total", true],
-  datagramsSent: ["datagrams_sent_total", true],
-  writeBatches: ["write_batches_total", true],
-  bytesSent: ["sent_bytes_total", true],
-  datagramsReceived: ["datagrams_received_total", true],
-  bytesReceived: ["received_bytes_total", true],
-  retransmissions: ["retransmissions_total", true],
-  naksSent: ["naks_sent_total", true],
-  naksReceived: ["naks_received_total", true],
-  acksSent: ["acks_sent_total", true],
-  acksReceived: ["acks_received_total", true],
-  ackTimeouts: ["ack_timeouts_total", true],
-  duplicates: ["duplicate_datagrams_total", true],
-  stateTransfers: ["state_transfers_total", true],
-  antiEntropySyncs: ["anti_entropy_syncs_total", true],
-  syncEntriesReceived: ["sync_entries_received_total", true],
-  missingDatagrams: ["missing_datagrams", false],
-  retransmitBufferBytes: ["retransmit_buffer_bytes", false],
-  reassemblyBytes: ["reassembly_bytes", false],
-};
+// The figures of stats() (src/stats.rs), and the metric families made from members().
+const { stats: STATS, memberMetrics: MEMBER_METRICS } = declarations();
+// The figures exported as one series each: the key, the metric, and whether it is a counter (can only grow).
+const SERIES = STATS.filter((s) => s.metric && s.metric.scale !== undefined);
 
 describe("operations", function () {
   this.timeout(30_000);
@@ -365,6 +338,70 @@ describe("operations", function () {
     });
   });
 
+  describe("the declaration of every figure (src/stats.rs) is what index.d.ts and the README name", () => {
+    const README_STATS = "### Counters and gauges: `stats()`";
+    const README_METRICS = "### Prometheus: `metrics()`";
+
+    /** Throws unless index.d.ts (its text: `dts`) declares exactly the declared figures. */
+    function checkDts(dts) {
+      const fields = dtsInterface("MulticastStoreStats", dts);
+      assert.deepEqual(fields.map((f) => f.name).sort(), STATS.map((s) => s.key).sort(), "MulticastStoreStats names every figure, and only those");
+      for (const s of STATS) {
+        const optional = s.networked || s.key === "networkError";
+        assert.equal(fields.find((f) => f.name === s.key).optional, optional, `${s.key}: optional in index.d.ts iff not always there`);
+      }
+    }
+
+    /** Throws unless the README's stats() and metrics() tables (its text: `readme`) name every figure and metric. */
+    function checkReadme(readme) {
+      const keys = readmeTable(README_STATS, readme).flatMap((row) => codeNames(row[0]));
+      for (const s of STATS) assert.ok(keys.includes(s.key), `the README's stats() table names ${s.key}`);
+      for (const key of keys) assert.ok(STATS.some((s) => s.key === key), `the README's stats() table names ${key}, which is not a figure`);
+      const rows = readmeTable(README_METRICS, readme);
+      const families = [...STATS.filter((s) => s.metric).map((s) => ({ ...s.metric, from: s.key })), ...MEMBER_METRICS];
+      for (const f of families) {
+        const row = rows.find((cells) => codeNames(cells[0]).some((n) => n.replace(/\{.*\}$/, "") === f.name));
+        assert.ok(row, `the README's metrics() table names ${f.name}`);
+        assert.equal(row[1], f.type, `${f.name}: its type in the README`);
+        if (f.from) assert.ok(codeNames(row[2]).includes(f.from), `${f.name}: the README says it comes from stats().${f.from}`);
+      }
+      assert.equal(rows.length, families.length, "the README's metrics() table has a row per metric and no more");
+    }
+
+    it("every figure once, each with its help text; metric names by the conventions", () => {
+      const keys = STATS.map((s) => s.key);
+      assert.equal(new Set(keys).size, keys.length);
+      for (const s of STATS) {
+        assert.ok(s.help.length > 0, `${s.key}: help`);
+        if (!s.metric) continue;
+        assert.ok(s.metric.name.startsWith(PREFIX), s.metric.name);
+        assert.equal(s.metric.type === "counter", s.metric.name.endsWith("_total"), `${s.metric.name}: _total for counters`);
+      }
+    });
+
+    it("index.d.ts: MulticastStoreStats", () => {
+      checkDts(undefined);
+    });
+
+    it("README.md: the stats() and metrics() tables", () => {
+      checkReadme(undefined);
+    });
+
+    it("fails when index.d.ts or the README leaves a figure out", () => {
+      const dts = fs.readFileSync(path.join(__dirname, "..", "index.d.ts"), "utf8");
+      const readme = fs.readFileSync(path.join(__dirname, "..", "README.md"), "utf8");
+      const dtsWithout = dts.replace("        reassemblyBytes?: number;\n", "");
+      assert.notEqual(dtsWithout, dts);
+      assert.throws(() => checkDts(dtsWithout), /MulticastStoreStats names every figure/);
+      const withoutStat = readme.replace(/\n\| `reassemblyBytes` \|.*/, "");
+      assert.notEqual(withoutStat, readme);
+      assert.throws(() => checkReadme(withoutStat), /stats\(\) table names reassemblyBytes/);
+      const withoutMetric = readme.replace(/\n\| `session_multicast_reassembly_bytes` \|.*/, "");
+      assert.notEqual(withoutMetric, readme);
+      assert.throws(() => checkReadme(withoutMetric), /metrics\(\) table names session_multicast_reassembly_bytes/);
+    });
+  });
+
   describe("metrics() (Prometheus text exposition)", () => {
     /** A store in a cluster with a peer, some sessions, a tombstone and a dropped datagram. */
     async function busyStore() {
@@ -412,11 +449,13 @@ describe("operations", function () {
       const families = parseExposition(store.metrics());
       const s2 = store.stats();
       const members = store.members();
-      for (const [key, [name, counter]] of Object.entries(METRIC_OF)) {
-        const value = sampleValue(families, PREFIX + name);
-        assert.notEqual(value, undefined, `${PREFIX}${name} (stats().${key})`);
-        if (counter) assert.ok(s1[key] <= value && value <= s2[key], `${name} = ${value}, stats().${key} went ${s1[key]} → ${s2[key]}`);
-        else if (s1[key] === s2[key]) assert.equal(value, s1[key], `${name} = stats().${key}`);
+      assert.ok(SERIES.length >= 30, `${SERIES.length} figures exported as one series`);
+      for (const { key, metric } of SERIES) {
+        const value = sampleValue(families, metric.name);
+        assert.notEqual(value, undefined, `${metric.name} (stats().${key})`);
+        const [v1, v2] = [s1[key], s2[key]].map((v) => Number(v) * metric.scale);
+        if (metric.type === "counter") assert.ok(v1 <= value && value <= v2, `${metric.name} = ${value}, stats().${key} went ${s1[key]} → ${s2[key]}`);
+        else if (v1 === v2) assert.ok(Math.abs(value - v1) < 1e-9, `${metric.name} = stats().${key} × ${metric.scale}`);
       }
       assert.equal(sampleValue(families, `${PREFIX}ready`), 1);
       assert.ok(Math.abs(sampleValue(families, `${PREFIX}replication_lag_seconds`) - s1.replicationLagMs / 1000) < 1e-9);
@@ -435,9 +474,10 @@ describe("operations", function () {
       for (const state of ["up", "off", "failed", "closed"]) {
         assert.equal(sampleValue(families, `${PREFIX}network`, { state }), state === s1.network ? 1 : 0, `network{state="${state}"}`);
       }
-      // Every stats() figure is exported (ownLoopback is a diagnostic of the doctor).
-      const exported = new Set([...Object.keys(METRIC_OF), "ready", "replicationLagMs", "members", "dropped", "ownLoopback", "network"]);
-      assert.deepEqual(Object.keys(s1).filter((k) => !exported.has(k)), []);
+      // Every stats() figure is exported but ownLoopback (a diagnostic of the doctor) and members
+      // (exported by state, from members()).
+      assert.deepEqual(STATS.filter((s) => !s.metric).map((s) => s.key).sort(), ["members", "networkError", "ownLoopback"]);
+      assert.deepEqual(Object.keys(s1).filter((k) => !STATS.some((s) => s.key === k)), []);
     });
 
     it("works without a network and after close()", async () => {

@@ -535,6 +535,43 @@ describe("writes to the network", () => {
     assert.equal((await b.get("s1999")).i, 1999);
   });
 
+  it("a lone write after the event loop slept is sent from the JS thread; a thread that never sleeps hands its writes over", async () => {
+    const { a, b } = await pair();
+    const pause = () => new Promise((resolve) => setTimeout(resolve, 2));
+    const before = a.stats();
+    for (let i = 0; i < 20; i++) {
+      await pause();
+      a.set(`idle${i}`, sessionData({ i }), () => {});
+    }
+    await pause();
+    const idle = a.stats();
+    assert.equal(idle.writeBatches - before.writeBatches, 20);
+    // Sent from this thread unless the network thread held the engine's state at that moment.
+    assert.ok(idle.directBatches - before.directBatches >= 10, JSON.stringify(idle));
+    // Busy: 200 µs of work between writes, each write in a turn of its own, the loop never asleep.
+    for (let i = 0; i < 50; i++) {
+      const until = performance.now() + 0.2;
+      while (performance.now() < until);
+      a.set(`busy${i}`, sessionData({ i }), () => {});
+      await new Promise(setImmediate);
+    }
+    const busy = a.stats();
+    assert.ok(busy.directBatches - idle.directBatches <= 1, `direct batches while busy: ${busy.directBatches - idle.directBatches}`);
+    await waitUntil(async () => (await b.length()) === 70, 5_000);
+  });
+
+  it("a write's callback runs before the flush that sends it: the send does not delay it", async () => {
+    const { a, b } = await pair();
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    const before = a.stats().writeBatches;
+    const atCallback = await new Promise((resolve, reject) =>
+      a.set("first", sessionData(), (err) => (err ? reject(err) : resolve(a.stats().writeBatches)))
+    );
+    assert.equal(atCallback, before, "nothing sent yet when the callback ran");
+    await waitUntil(() => a.stats().writeBatches === before + 1, 2_000);
+    await waitUntil(async () => (await b.get("first")) != null, 2_000);
+  });
+
   it("writes made in one synchronous loop leave without waiting for the turn to end", async () => {
     // Heartbeats every 5 s: the cluster's tick (its fallback flush) runs every 100 ms at most.
     const { a, b } = await pair(5_000);

@@ -39,6 +39,8 @@ const KIND = Object.freeze({
   syncEnd: 10,
   leaving: 13,
   ack: 14,
+  query: 15,
+  answer: 16,
 });
 const KIND_NAME = Object.fromEntries(Object.entries(KIND).map(([name, n]) => [n, name]));
 
@@ -161,6 +163,22 @@ const joinBody = (ip, port, tcpPort) => nodeInfo(ip, port, tcpPort);
 const heartbeatBody = (ip, port, tcpPort, highSeq, sentMs = Date.now()) =>
   Buffer.concat([nodeInfo(ip, port, tcpPort), u64(highSeq), u64(sentMs)]);
 
+/** `Query` body: token u64, sid. */
+const queryBody = (token, sid) => Buffer.concat([u64(token), str(sid)]);
+/** `Answer` body: token u64, then the reply: `00` (nothing here) unless `reply` gives other bytes. */
+const answerBody = (token, reply = u8(0)) => Buffer.concat([u64(token), reply]);
+
+/** Token, and sid or reply tag, of an unsealed `Query` or `Answer` packet. */
+function parseQueryOrAnswer(packet) {
+  const { kindName } = decodeHeader(packet);
+  const token = packet.readBigUInt64BE(HEADER_BYTES);
+  if (kindName === "query") {
+    const length = packet.readUInt32BE(HEADER_BYTES + 8);
+    return { kindName, token, sid: packet.toString("utf8", HEADER_BYTES + 12, HEADER_BYTES + 12 + length) };
+  }
+  return { kindName, token, reply: packet.readUInt8(HEADER_BYTES + 8) };
+}
+
 module.exports = {
   VERSION,
   HEADER_BYTES,
@@ -183,4 +201,8 @@ module.exports = {
   dataFragment,
   joinBody,
   heartbeatBody,
+  u8,
+  queryBody,
+  answerBody,
+  parseQueryOrAnswer,
 };

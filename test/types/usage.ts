@@ -29,6 +29,7 @@ const options: expressSessionMulticast.MulticastStoreOptions = {
     heartbeatInterval: 500,
     failureTimeout: 3000,
     maxClockSkew: 1000,
+    missTimeout: 20,
     ttl: 86400,
     disableTouch: false,
     touchAfter: 60,
@@ -55,6 +56,7 @@ const waitForAck: boolean = store.options.waitForAck;
 new MulticastStore({ ackTimeout: "300ms" });
 // @ts-expect-error maxClockSkew is a number of milliseconds
 new MulticastStore({ maxClockSkew: "1s" });
+const missTimeout: number = store.options.missTimeout;
 
 // @ts-expect-error multicastPort is a number
 new MulticastStore({ multicastPort: "4000" });
@@ -123,6 +125,7 @@ const networkError: string | undefined = stats.networkError;
 const network: (number | undefined)[] = [
     stats.datagramsSent,
     stats.writeBatches,
+    stats.directBatches,
     stats.bytesSent,
     stats.datagramsReceived,
     stats.bytesReceived,
@@ -134,6 +137,11 @@ const network: (number | undefined)[] = [
     stats.stateTransfers,
     stats.antiEntropySyncs,
     stats.syncEntriesReceived,
+    stats.missQueries,
+    stats.missesRecovered,
+    stats.missesNotFound,
+    stats.missTimeouts,
+    stats.missesRateLimited,
     stats.replicationLagMs,
     stats.missingDatagrams,
     stats.retransmitBufferBytes,
@@ -176,4 +184,4 @@ store.off("member", () => {});
 const logger: expressSessionMulticast.Logger = store.logger;
 const port: number = store.options.multicastPort;
 
-console.log(ttlOption, touchAfter, waitForAck, networkState, networkError, counters, ready, network, authFailed, sent, text, logger, port, promises);
+console.log(ttlOption, touchAfter, waitForAck, missTimeout, networkState, networkError, counters, ready, network, authFailed, sent, text, logger, port, promises);
