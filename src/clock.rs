@@ -1,4 +1,4 @@
-//! Hybrid logical clock and write versions (DESIGN §2).
+//! Hybrid logical clock and write versions (docs/design.md §2.2).
 //!
 //! A version is `(hlc, node)`, where `hlc` packs wall-clock milliseconds (upper 48 bits) and a
 //! logical counter (lower 16 bits). Versions are totally ordered, so last-writer-wins merges
@@ -92,7 +92,7 @@ mod tests {
         assert!(clock.tick() > future);
     }
 
-    /// README "Clocks": what an offset between two nodes' clocks does to the order of writes.
+    /// docs/how-it-works.md "Clocks": what an offset between two nodes' clocks does to the order of writes.
     #[test]
     fn a_fast_clock_wins_concurrent_writes_for_as_long_as_its_offset_and_causality_holds() {
         const T: u64 = 1_800_000_000_000;

@@ -73,7 +73,7 @@ const DIRECT_BYTES: usize = 4 * (MAX_DATAGRAM - DATA_OVERHEAD);
 /// Syncs served at once; further connections are closed at once (peers retry later).
 const MAX_CONCURRENT_SYNCS: usize = 8;
 /// A leaving node waits at most this long, from the start of its leave, for every live member to
-/// acknowledge its last datagram; then it sends its `Leave` anyway (README "Membership").
+/// acknowledge its last datagram; then it sends its `Leave` anyway (docs/how-it-works.md "Membership", docs/design.md §3.12).
 pub const LEAVE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// While it waits, it repeats its `AckRequest` this often: each one makes every receiver ack at
 /// once (a lost `AckRequest`, or a lost `Ack`, costs this much).

@@ -1,4 +1,4 @@
-//! Sealing packets with the cluster key (DESIGN §3, README "Security").
+//! Sealing packets with the cluster key (docs/design.md §3.3, docs/security.md).
 //!
 //! With `secret`, every packet's body is encrypted and the whole packet authenticated with
 //! XChaCha20-Poly1305: the header (which carries the key id and the packet number) and the

@@ -62,7 +62,7 @@ struct Running {
 impl Engine {
     /// Starts the engine. Only a runtime that cannot start is an error: a network that cannot
     /// start is reported through `events` (an error) and in `stats()`, and the store serves on
-    /// alone: express-session must keep its sessions (README "Errors at start").
+    /// alone: express-session must keep its sessions (docs/operations.md "Errors at start").
     pub fn start(config: Config, events: EventSink) -> std::io::Result<Engine> {
         let node_id = rand::random::<u64>() | 1;
         let header = Header { cluster: wire::cluster_id(&config.cluster), node: node_id, incarnation: now_ms() };
@@ -126,8 +126,8 @@ impl Engine {
         }
     }
 
-    /// Asks the alive members about a sid `lookup` found `Unknown` (README "Reading a session
-    /// that has not arrived yet"). `None` when nothing is asked: over the rate limit, or the
+    /// Asks the alive members about a sid `lookup` found `Unknown` (docs/how-it-works.md "Reading
+    /// a session that has not arrived yet"). `None` when nothing is asked: over the rate limit, or the
     /// network is closed.
     pub fn ask(&self, sid: &str) -> Option<Asked> {
         let running = self.running.lock();

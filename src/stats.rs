@@ -2,7 +2,7 @@
 //! and how `store.metrics()` exports it (name, type, help text, factor to the base unit).
 //! `Engine::stats()` and `Engine::metrics()` both render one `Snapshot` of them (metrics.rs), so
 //! no figure can be in one and silently missing from the other; test/operations.test.js checks
-//! index.d.ts and the README against the declarations.
+//! index.d.ts and the tables of docs/operations.md against the declarations.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -398,7 +398,7 @@ pub fn stat(key: &str) -> Option<&'static StatDecl> {
     STATS.iter().find(|s| s.key == key)
 }
 
-/// The declarations, for the tests of index.d.ts and the README (lib.rs exposes them to JS).
+/// The declarations, for the tests of index.d.ts and docs/operations.md (lib.rs exposes them to JS).
 pub fn declarations() -> Value {
     let entries = STATS.iter().map(|stat| {
         let networked = matches!(stat.read, Read::NetCounter(_) | Read::Net(_) | Read::Buffer);

@@ -1,4 +1,4 @@
-//! The session table: a last-writer-wins map keyed by sid (DESIGN §2).
+//! The session table: a last-writer-wins map keyed by sid (docs/design.md §2).
 //!
 //! Each sid holds two registers, each merged by version independently:
 //! - the data register (the session JSON, or a tombstone after `destroy`), written by `set`;
@@ -99,9 +99,9 @@ impl Entry {
     }
 }
 
-/// Absolute expiry of a session written `now` (README "Session expiry"): the cookie's own expiry,
-/// else now + `ttl` (one day when unset); with `session_ttl_ms` (useSessionTTL) never later than
-/// now + that.
+/// Absolute expiry of a session written `now` (README "Session expiry", docs/design.md §2.6): the
+/// cookie's own expiry, else now + `ttl` (one day when unset); with `session_ttl_ms`
+/// (useSessionTTL) never later than now + that.
 pub fn expiry(cookie_expires: Option<u64>, now: u64, session_ttl_ms: Option<u64>, ttl_ms: Option<u64>) -> u64 {
     let lifetime = |ms: u64| now.saturating_add(ms);
     let own = match (cookie_expires, ttl_ms, session_ttl_ms) {

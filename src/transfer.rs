@@ -1,4 +1,4 @@
-//! State transfer and anti-entropy over TCP (DESIGN §3).
+//! State transfer and anti-entropy over TCP (docs/design.md §3.9).
 //!
 //! A node asks a peer for `SyncRequest(Full)` when it joins, or `SyncRequest(Digest)` with its
 //! per-bucket digests to repair what multicast lost. The peer answers with `SyncChunk` frames

@@ -1,7 +1,7 @@
 "use strict";
 // Fault tolerance between real hosts: every node runs in a network namespace of its own, with its
 // own address, on a bridge this suite creates (test/netns/topology.js). Faults are injected with
-// iptables and link state inside those namespaces. Nothing is sent outside them (DESIGN §4):
+// iptables and link state inside those namespaces. Nothing is sent outside them (docs/design.md §4):
 // stores use the namespace's address and multicastTTL 1, and no namespace has a route out.
 // Without root, `ip` or iptables, every test skips with the reason printed.
 //

@@ -15,7 +15,7 @@ const {
   assertTypeErrorNaming,
 } = require("./helpers");
 const { loadEngine } = require("../lib/native");
-const { declarations, dtsInterface, readmeTable, codeNames } = require("./declarations");
+const { declarations, dtsInterface, docTable, codeNames } = require("./declarations");
 
 // Options that are valid and send nothing anywhere: a bad option is added on top of these.
 const QUIET = Object.freeze({ ...SAFE_OPTIONS, multicast: false, logger: makeLogger() });
@@ -107,7 +107,7 @@ describe("options", () => {
 
     /** Throws unless the README's options table (its text: `readme`) names every option, with its default. */
     function checkReadme(readme) {
-      const rows = readmeTable(README_OPTIONS, readme);
+      const rows = docTable("README.md", README_OPTIONS, readme);
       for (const o of options) {
         const row = rows.find((cells) => codeNames(cells[0]).includes(o.name));
         assert.ok(row, `the README's options table names ${o.name}`);
