@@ -76,7 +76,9 @@ impl AckWaits {
     pub fn settle(&mut self, acks: &Acks, alive: impl Fn(u64, u64) -> bool, now: Instant) -> Settled {
         let mut settled = Settled::default();
         while let Some(batch) = self.batches.front() {
-            let lagging = |&&(node, incarnation): &&(u64, u64)| alive(node, incarnation) && acks.acked(node, incarnation) < batch.seq;
+            let lagging = |&&(node, incarnation): &&(u64, u64)| {
+                alive(node, incarnation) && acks.acked(node, incarnation) < batch.seq
+            };
             if batch.members.iter().any(|m| lagging(&m)) {
                 if now < batch.deadline {
                     break;

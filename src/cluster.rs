@@ -755,7 +755,9 @@ impl Cluster {
                     let names: Vec<String> = settled
                         .laggards
                         .iter()
-                        .map(|id| members.get(*id).map_or(format!("{id:016x}"), |m| format!("{id:016x} at {}", m.info.addr)))
+                        .map(|id| {
+                            members.get(*id).map_or(format!("{id:016x}"), |m| format!("{id:016x} at {}", m.info.addr))
+                        })
                         .collect();
                     log = Some((std::mem::take(unlogged_ack_timeouts), names));
                 }
@@ -798,10 +800,13 @@ impl Cluster {
             let probe = {
                 let mut state = self.state.lock();
                 let State { members, acks, waits, .. } = &mut *state;
-                waits.probe(acks, |node, incarnation| is_alive(members, node, incarnation), now).map(|(seq, lagging)| {
-                    let to: Vec<SocketAddr> = lagging.iter().filter_map(|id| members.get(*id)).map(|m| m.info.addr).collect();
-                    (seq, to)
-                })
+                waits.probe(acks, |node, incarnation| is_alive(members, node, incarnation), now).map(
+                    |(seq, lagging)| {
+                        let to: Vec<SocketAddr> =
+                            lagging.iter().filter_map(|id| members.get(*id)).map(|m| m.info.addr).collect();
+                        (seq, to)
+                    },
+                )
             };
             if let Some((last_seq, to)) = probe {
                 let request = self.link.seal(&Message::AckRequest { last_seq });
@@ -854,7 +859,8 @@ impl Cluster {
         // of our packets sent from anywhere else is authenticated like any packet, and counted
         // as the replay it is.
         let own = self.link.header();
-        let looped_back = from == self.me.addr && wire::peek_header(bytes, own.cluster).is_ok_and(|(_, h)| h.node == own.node);
+        let looped_back =
+            from == self.me.addr && wire::peek_header(bytes, own.cluster).is_ok_and(|(_, h)| h.node == own.node);
         if looped_back {
             self.stats.own_loopback.fetch_add(1, Ordering::Relaxed);
             return;
@@ -1185,9 +1191,10 @@ impl Cluster {
 
     fn apply_remote(&self, op: &Op) {
         let version = match op {
-            Op::Set { version, .. } | Op::Touch { version, .. } | Op::Destroy { version, .. } | Op::Clear { version } => {
-                *version
-            }
+            Op::Set { version, .. }
+            | Op::Touch { version, .. }
+            | Op::Destroy { version, .. }
+            | Op::Clear { version } => *version,
         };
         self.sync.clock.observe(version);
         self.stats.note_lag(version.millis());
@@ -1273,10 +1280,7 @@ impl Cluster {
             Change::Dead => Level::Warn,
             _ => Level::Info,
         };
-        self.log(
-            level,
-            format!("member {:016x} at {} {}", member.id, member.info.addr, change.name()),
-        );
+        self.log(level, format!("member {:016x} at {} {}", member.id, member.info.addr, change.name()));
         (self.events)(Event::Member { change, node: member.to_json() });
     }
 
@@ -1589,7 +1593,9 @@ impl Cluster {
                     transferred = true;
                     break;
                 }
-                Err(e) => self.log(Level::Warn, format!("state transfer from {peer} failed: {e}; trying another member")),
+                Err(e) => {
+                    self.log(Level::Warn, format!("state transfer from {peer} failed: {e}; trying another member"))
+                }
             }
         }
         if !transferred {

@@ -97,7 +97,10 @@ impl Engine {
                 }
                 Err(e) => {
                     let message = format!("cannot join the cluster: {e}; serving this node's sessions alone");
-                    events(Event::Error { code: "ERR_NETWORK", message: format!("express-session-multicast: {message}") });
+                    events(Event::Error {
+                        code: "ERR_NETWORK",
+                        message: format!("express-session-multicast: {message}"),
+                    });
                     events(Event::Ready);
                     network_error = Some(message);
                 }
@@ -162,7 +165,8 @@ impl Engine {
             self.counters.local_touches.fetch_add(1, Ordering::Relaxed);
             return Ok(0);
         }
-        let op = Op::Touch { sid: sid.into(), cookie: cookie.map(Arc::from), expires_at, version: self.clock.tick_at(now) };
+        let op =
+            Op::Touch { sid: sid.into(), cookie: cookie.map(Arc::from), expires_at, version: self.clock.tick_at(now) };
         Ok(self.write(op))
     }
 

@@ -17,14 +17,25 @@ pub enum Level {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Member { change: Change, node: Value },
+    Member {
+        change: Change,
+        node: Value,
+    },
     /// Joined and finished the initial state transfer, or found no one.
     Ready,
-    Log { level: Level, message: String },
+    Log {
+        level: Level,
+        message: String,
+    },
     /// A failure the app must know about; the engine goes on where it can.
-    Error { code: &'static str, message: String },
+    Error {
+        code: &'static str,
+        message: String,
+    },
     /// `waitForAck`: every local write up to number `through` is settled (see ack_wait.rs).
-    Acked { through: u64 },
+    Acked {
+        through: u64,
+    },
 }
 
 impl Event {

@@ -56,7 +56,14 @@ pub fn register(env: Env, exports: Value) -> napi::Result<()> {
         let mut function = ptr::null_mut();
         let name_c = CString::new(name).expect("no NUL in a call name");
         let mut status = unsafe {
-            sys::napi_create_function(env, name_c.as_ptr(), name.len() as isize, Some(call), ptr::null_mut(), &mut function)
+            sys::napi_create_function(
+                env,
+                name_c.as_ptr(),
+                name.len() as isize,
+                Some(call),
+                ptr::null_mut(),
+                &mut function,
+            )
         };
         if status == sys::Status::napi_ok {
             status = unsafe { sys::napi_set_named_property(env, exports, name_c.as_ptr(), function) };
@@ -144,12 +151,21 @@ fn guard(env: Env, call: impl FnOnce() -> Result<Value, Refusal>) -> Value {
 
 /// The engine behind the first argument, and the first four arguments (undefined if missing);
 /// refused with fewer than `required`.
-fn arguments<'a>(env: Env, info: sys::napi_callback_info, required: usize) -> Result<(&'a Engine, [Value; 4]), Refusal> {
+fn arguments<'a>(
+    env: Env,
+    info: sys::napi_callback_info,
+    required: usize,
+) -> Result<(&'a Engine, [Value; 4]), Refusal> {
     let mut argv = [ptr::null_mut(); 4];
     let mut argc = argv.len();
-    let status = unsafe { sys::napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), ptr::null_mut()) };
+    let status =
+        unsafe { sys::napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), ptr::null_mut()) };
     if status != sys::Status::napi_ok || argc < required {
-        return Err(if required > 1 { "expected an engine handle and a session id" } else { "expected an engine handle" });
+        return Err(if required > 1 {
+            "expected an engine handle and a session id"
+        } else {
+            "expected an engine handle"
+        });
     }
     let mut data = ptr::null_mut();
     if unsafe { sys::napi_get_value_external(env, argv[0], &mut data) } != sys::Status::napi_ok || data.is_null() {

@@ -123,11 +123,8 @@ mod node {
         }
 
         fn start(config: Config, on_event: Function<String, ()>) -> Result<Self> {
-            let callback = on_event
-                .build_threadsafe_function::<String>()
-                .weak::<true>()
-                .callee_handled::<false>()
-                .build()?;
+            let callback =
+                on_event.build_threadsafe_function::<String>().weak::<true>().callee_handled::<false>().build()?;
             let events: EventSink = Arc::new(move |event| {
                 // Fails only while Node is shutting down, when nobody listens any more.
                 let _ = callback.call(event.to_json(), ThreadsafeFunctionCallMode::NonBlocking);

@@ -232,12 +232,7 @@ impl ReceiveWindow {
     /// Ranges to NAK now (each missing seq is first NAKed after a random delay in
     /// [nak_delay, 2*nak_delay), then again after a backoff doubling up to a cap); at most
     /// `max_seqs` seqs and `MAX_NAK_RANGES` ranges in total. Empty when nothing is due.
-    pub fn due_naks(
-        &mut self,
-        now: Instant,
-        nak_delay: Duration,
-        max_seqs: u64,
-    ) -> Vec<(u64, u64)> {
+    pub fn due_naks(&mut self, now: Instant, nak_delay: Duration, max_seqs: u64) -> Vec<(u64, u64)> {
         let mut ranges = Vec::new();
         let mut budget = max_seqs;
         // Timers of gaps not NAKed yet hold their discovery time, which sorts before their due
@@ -788,9 +783,8 @@ mod tests {
             let seq = b.next_seq();
             b.keep(seq, datagram(seq));
         }
-        let seqs = |(datagrams, gone): (Vec<Arc<[u8]>>, bool)| {
-            (datagrams.iter().map(|d| seq_of(d)).collect::<Vec<_>>(), gone)
-        };
+        let seqs =
+            |(datagrams, gone): (Vec<Arc<[u8]>>, bool)| (datagrams.iter().map(|d| seq_of(d)).collect::<Vec<_>>(), gone);
         assert_eq!(seqs(b.resend(&[(1, 3)], 10)), (vec![], true));
         assert_eq!(seqs(b.resend(&[(4, 8)], 10)), (vec![6, 7, 8], true));
         assert_eq!(seqs(b.resend(&[(6, 10)], 2)), (vec![6, 7], false));

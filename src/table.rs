@@ -87,9 +87,7 @@ impl Entry {
     /// When the sweeper may forget this entry.
     fn purge_at(&self) -> u64 {
         match self.data {
-            Data::Deleted => self
-                .expires_at
-                .max(self.data_version.millis() + TOMBSTONE_MIN_RETENTION_MS),
+            Data::Deleted => self.expires_at.max(self.data_version.millis() + TOMBSTONE_MIN_RETENTION_MS),
             _ => self.effective_expiry(),
         }
     }
@@ -694,18 +692,24 @@ mod tests {
             let version = (1u64..40, 1u64..4).prop_map(|(hlc, node)| Version { hlc, node });
             let expires = NOW..NOW + 100;
             prop_oneof![
-                (sid.clone(), 0u32..5, expires.clone(), version.clone()).prop_map(|(sid, n, exp, v)| {
-                    set(sid, &format!(r#"{{"cookie":{{"c":{n}}},"n":{n}}}"#), exp, v)
-                }),
-                (sid.clone(), 0u32..5, expires, version.clone())
-                    .prop_map(|(sid, n, exp, v)| touch(sid, &format!(r#"{{"c":{n}}}"#), exp, v)),
+                (sid.clone(), 0u32..5, expires.clone(), version.clone())
+                    .prop_map(|(sid, n, exp, v)| { set(sid, &format!(r#"{{"cookie":{{"c":{n}}},"n":{n}}}"#), exp, v) }),
+                (sid.clone(), 0u32..5, expires, version.clone()).prop_map(|(sid, n, exp, v)| touch(
+                    sid,
+                    &format!(r#"{{"c":{n}}}"#),
+                    exp,
+                    v
+                )),
                 (sid, version.clone()).prop_map(|(sid, v)| destroy(sid, v)),
                 version.prop_map(|version| Op::Clear { version }),
             ]
         }
 
         fn unique(mut op: Op, index: u64) -> Op {
-            let (Op::Set { version, .. } | Op::Touch { version, .. } | Op::Destroy { version, .. } | Op::Clear { version }) = &mut op;
+            let (Op::Set { version, .. }
+            | Op::Touch { version, .. }
+            | Op::Destroy { version, .. }
+            | Op::Clear { version }) = &mut op;
             version.hlc = version.hlc * 64 + index;
             op
         }
@@ -757,8 +761,12 @@ mod tests {
         a.snapshot(NOW, None, 1, |batch| from_a.extend(batch));
         let mut from_b = Vec::new();
         b.snapshot(NOW, None, 1 << 20, |batch| from_b.extend(batch));
-        from_a.iter().for_each(|(sid, e)| { b.merge(sid, e); });
-        from_b.iter().for_each(|(sid, e)| { a.merge(sid, e); });
+        from_a.iter().for_each(|(sid, e)| {
+            b.merge(sid, e);
+        });
+        from_b.iter().for_each(|(sid, e)| {
+            a.merge(sid, e);
+        });
         assert_eq!(a.digest(NOW, 16), b.digest(NOW, 16));
         assert_eq!(doc(&a, "x").as_deref(), Some(r#"{"cookie":{"t":1},"n":2}"#));
         assert_eq!(doc(&b, "x"), doc(&a, "x"));

@@ -214,7 +214,12 @@ mod tests {
         let doc: Arc<str> = format!(r#"{{"pad":"{}"}}"#, "x".repeat(bytes)).into();
         for i in 0..n {
             let version = ctx.clock.tick();
-            ctx.table.apply(&Op::Set { sid: format!("s{i}").into(), doc: doc.clone(), expires_at: now_ms() + 60_000, version });
+            ctx.table.apply(&Op::Set {
+                sid: format!("s{i}").into(),
+                doc: doc.clone(),
+                expires_at: now_ms() + 60_000,
+                version,
+            });
         }
     }
 
@@ -242,7 +247,12 @@ mod tests {
         let peer = context(2);
         let addr = serve_once(donor.clone()).await;
         pull(&peer, 1, addr, true).await.unwrap();
-        donor.table.apply(&Op::Set { sid: "new".into(), doc: "{}".into(), expires_at: now_ms() + 60_000, version: donor.clock.tick() });
+        donor.table.apply(&Op::Set {
+            sid: "new".into(),
+            doc: "{}".into(),
+            expires_at: now_ms() + 60_000,
+            version: donor.clock.tick(),
+        });
         let addr = serve_once(donor.clone()).await;
         let pulled = pull(&peer, 1, addr, false).await.unwrap();
         assert!(pulled.entries >= 1 && pulled.entries < 20, "sent {} entries", pulled.entries);

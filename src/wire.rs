@@ -70,8 +70,22 @@ impl Kind {
     fn from_u8(b: u8) -> Option<Kind> {
         use Kind::*;
         const ALL: [Kind; 16] = [
-            Join, Greeting, Heartbeat, Leave, Data, Nak, Gone, SyncRequest, SyncChunk, SyncEnd, Ping, Pong, AckRequest,
-            Ack, Query, Answer,
+            Join,
+            Greeting,
+            Heartbeat,
+            Leave,
+            Data,
+            Nak,
+            Gone,
+            SyncRequest,
+            SyncChunk,
+            SyncEnd,
+            Ping,
+            Pong,
+            AckRequest,
+            Ack,
+            Query,
+            Answer,
         ];
         ALL.into_iter().find(|k| *k as u8 == b)
     }
@@ -128,39 +142,80 @@ pub enum Message {
     Join(NodeInfo),
     /// `sent_ms`: the sender's wall clock (epoch ms) when it built the message, for receivers
     /// to estimate its clock offset.
-    Greeting { info: NodeInfo, high_seq: u64, sent_ms: u64 },
-    Heartbeat { info: NodeInfo, high_seq: u64, sent_ms: u64 },
+    Greeting {
+        info: NodeInfo,
+        high_seq: u64,
+        sent_ms: u64,
+    },
+    Heartbeat {
+        info: NodeInfo,
+        high_seq: u64,
+        sent_ms: u64,
+    },
     /// The final goodbye: the sender is gone, its stream can be dropped.
     Leave,
     /// "Acknowledge my stream up to `last_seq`, now": sent by a leaving node (its stream ends
     /// there) and by a node whose acknowledged writes wait for a lost datagram or `Ack`.
-    AckRequest { last_seq: u64 },
+    AckRequest {
+        last_seq: u64,
+    },
     /// "I have every `Data` datagram of yours up to and including `high_seq`" (cumulative),
     /// unicast to that sender.
-    Ack { high_seq: u64 },
+    Ack {
+        high_seq: u64,
+    },
     /// `ask_ack`: acknowledge at once (the sender has writes waiting for it, `waitForAck`);
     /// otherwise acks are coalesced per tick. Carried in the top bit of the payload tag.
-    Data { seq: u64, ask_ack: bool, payload: Payload },
+    Data {
+        seq: u64,
+        ask_ack: bool,
+        payload: Payload,
+    },
     /// "Resend these sequence numbers of yours" (inclusive ranges), unicast to the sender.
-    Nak { ranges: Vec<(u64, u64)> },
+    Nak {
+        ranges: Vec<(u64, u64)>,
+    },
     /// "Sequence numbers below `oldest` are no longer buffered": the receiver must sync.
-    Gone { oldest: u64 },
+    Gone {
+        oldest: u64,
+    },
     /// Sent to node `target` only: another node refuses it (a request replayed elsewhere).
-    SyncRequest { target: u64, mode: SyncMode },
-    SyncChunk { clear_mark: Version, entries: Vec<(Arc<str>, Entry)> },
+    SyncRequest {
+        target: u64,
+        mode: SyncMode,
+    },
+    SyncChunk {
+        clear_mark: Version,
+        entries: Vec<(Arc<str>, Entry)>,
+    },
     /// End of a sync; `high_seq` is the sender's sequence number when its snapshot began.
     /// `departed`: (node, incarnation, highest packet number) of senders it remembers that are not
     /// live members, so the receiver rejects replays of them too.
-    SyncEnd { high_seq: u64, departed: Vec<(u64, u64, u64)> },
+    SyncEnd {
+        high_seq: u64,
+        departed: Vec<(u64, u64, u64)>,
+    },
     /// A connectivity probe (the doctor); `padding` makes the datagram the size under test.
-    Ping { token: u64, padding: Vec<u8> },
+    Ping {
+        token: u64,
+        padding: Vec<u8>,
+    },
     /// The answer to a `Ping`: its token and the size of the datagram that arrived.
-    Pong { token: u64, size: u32 },
+    Pong {
+        token: u64,
+        size: u32,
+    },
     /// "What do you hold for this sid?", from a node whose `get` found nothing, unicast to each
     /// alive member (over TCP: to fetch an entry too large for a datagram).
-    Query { token: u64, sid: Arc<str> },
+    Query {
+        token: u64,
+        sid: Arc<str>,
+    },
     /// The answer to a `Query`, with its token.
-    Answer { token: u64, reply: Reply },
+    Answer {
+        token: u64,
+        reply: Reply,
+    },
 }
 
 impl Message {
@@ -565,10 +620,7 @@ pub fn peek_header(packet: &[u8], cluster: u32) -> Result<(Kind, Header), Decode
 
 /// The packet number of a packet (see `crypto`).
 pub fn packet_number(packet: &[u8]) -> u64 {
-    packet
-        .get(PACKET_NUMBER_AT..PACKET_NUMBER_AT + 8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_be_bytes)
+    packet.get(PACKET_NUMBER_AT..PACKET_NUMBER_AT + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)
 }
 
 /// Decodes one opened packet (header and body, trailer removed) of cluster `cluster`.
@@ -618,9 +670,9 @@ pub fn decode(packet: &[u8], cluster: u32) -> Result<(Header, Message), DecodeEr
             let target = r.u64()?;
             let mode = match r.u8()? {
                 0 => SyncMode::Full,
-            1 => {
-                let n = r.u32()? as usize;
-                let n = r.count(n, 8)?;
+                1 => {
+                    let n = r.u32()? as usize;
+                    let n = r.count(n, 8)?;
                     SyncMode::Digest((0..n).map(|_| r.u64()).collect::<Result<_, _>>()?)
                 }
                 _ => return Err(DecodeError::Malformed),
@@ -715,7 +767,11 @@ mod tests {
             Message::Heartbeat { info: info(), high_seq: 99, sent_ms: u64::MAX },
             Message::Leave,
             Message::Data { seq: 5, ask_ack: false, payload: Payload::Ops(ops) },
-            Message::Data { seq: 6, ask_ack: true, payload: Payload::Fragment { first_seq: 5, index: 1, count: 3, bytes: vec![1, 2] } },
+            Message::Data {
+                seq: 6,
+                ask_ack: true,
+                payload: Payload::Fragment { first_seq: 5, index: 1, count: 3, bytes: vec![1, 2] },
+            },
             Message::Nak { ranges: vec![(1, 4), (9, 9)] },
             Message::Gone { oldest: 17 },
             Message::SyncRequest { target: 4, mode: SyncMode::Full },
@@ -752,7 +808,10 @@ mod tests {
         let data = encode(&HEADER, &Message::Data { seq: 1, ask_ack: false, payload: Payload::Ops(vec![]) });
         assert_eq!(data.len() + TRAILER_BUDGET, DATA_OVERHEAD);
         let piece = Payload::Fragment { first_seq: 1, index: 0, count: 1, bytes: vec![] };
-        assert_eq!(encode(&HEADER, &Message::Data { seq: 1, ask_ack: true, payload: piece }).len() + TRAILER_BUDGET, FRAGMENT_OVERHEAD);
+        assert_eq!(
+            encode(&HEADER, &Message::Data { seq: 1, ask_ack: true, payload: piece }).len() + TRAILER_BUDGET,
+            FRAGMENT_OVERHEAD
+        );
     }
 
     #[test]
