@@ -61,6 +61,11 @@ impl Clock {
         Version { hlc: wall.max(prev + 1), node: self.node }
     }
 
+    /// The highest clock value issued or observed so far (persist.rs keeps it across restarts).
+    pub fn high_water(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
     /// Moves the clock past a version received from another node.
     pub fn observe(&self, seen: Version) {
         self.last.fetch_max(seen.hlc, Ordering::AcqRel);

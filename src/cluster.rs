@@ -915,6 +915,11 @@ impl Cluster {
                 self.heard(&header, Some(info), now);
                 // A new node: its stream starts at 1, and it wants to hear from us at once.
                 self.open_inbound(&header, 1, info.addr, false);
+                // It may bring sessions of its own, loaded from a snapshot (persist): pull them
+                // once (a digest sync, which costs nothing when it has none we lack).
+                if let Some(inbound) = self.state.lock().inbound.get_mut(&header.node) {
+                    inbound.sync_wanted = true;
+                }
                 let high_seq = self.state.lock().send.high_seq();
                 let greeting = self.link.seal(&Message::Greeting { info: self.me, high_seq, sent_ms: now_ms() });
                 self.send_to(&greeting, info.addr).await;

@@ -52,7 +52,7 @@ pub fn derive_key(secret: &Secret, cluster: &str) -> [u8; KEY_BYTES] {
 
 /// A short public id of a key, so a receiver picks the right key of its ring (never 0, which
 /// marks unsealed packets).
-fn key_id(key: &[u8; KEY_BYTES]) -> u32 {
+pub fn key_id(key: &[u8; KEY_BYTES]) -> u32 {
     let digest = Sha256::new().chain_update(b"express-session-multicast key id\0").chain_update(key).finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]).max(1)
 }

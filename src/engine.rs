@@ -17,6 +17,7 @@ use crate::events::{Event, EventSink, Level};
 use crate::link::Link;
 use crate::options::Config;
 use crate::outbox::Outbox;
+use crate::persist::Persist;
 use crate::stats::{Snapshot, Sources};
 use crate::table::{expiry, Lookup, Op, Table};
 use crate::wire::{self, Header};
@@ -43,13 +44,15 @@ pub struct Counters {
 pub struct Engine {
     config: Config,
     header: Header,
-    clock: Arc<Clock>,
-    table: Arc<Table>,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) table: Arc<Table>,
     counters: Arc<Counters>,
     /// Local writes on their way to the cluster; `None` when the node is not networked.
     outbox: Option<Arc<Outbox>>,
     /// Why the network could not start, when it could not (the store then serves alone).
     network_error: Option<String>,
+    /// Snapshots on disk (`persist`), when configured.
+    pub(crate) persist: Option<Arc<Persist>>,
     /// Taken by `close()`: dropping it stops every thread and releases the event callback.
     running: Mutex<Option<Running>>,
 }
@@ -72,9 +75,17 @@ impl Engine {
             .enable_all()
             .build()?;
         let clock = Arc::new(Clock::new(node_id));
-        let table = Arc::new(Table::new());
+        // The snapshot is loaded before the node joins: what the cluster sends merges by version.
+        let persist = config
+            .persist
+            .as_ref()
+            .map(|p| Arc::new(Persist::new(&config, p, node_id, header.incarnation, events.clone())));
+        let table = Arc::new(persist.as_ref().map_or_else(Table::new, |p| p.load(&clock)));
         let counters = Arc::<Counters>::default();
         runtime.spawn(sweep_forever(table.clone(), counters.clone()));
+        if let Some(persist) = &persist {
+            runtime.spawn(persist.clone().run(table.clone(), clock.clone()));
+        }
 
         let (mut outbox, mut cluster, mut network_error) = (None, None, None);
         if config.multicast.is_some() || !config.peers.is_empty() {
@@ -109,7 +120,7 @@ impl Engine {
             events(Event::Ready);
         }
         let running = Mutex::new(Some(Running { runtime, cluster }));
-        Ok(Engine { config, header, clock, table, counters, outbox, network_error, running })
+        Ok(Engine { config, header, clock, table, counters, outbox, network_error, persist, running })
     }
 
     pub fn config(&self) -> &Config {
@@ -211,6 +222,7 @@ impl Engine {
             counters: &self.counters,
             network: self.network_state(),
             network_error: self.network_error.as_deref(),
+            persist: self.persist.as_ref().map(|p| &p.stats),
             members: 1 + cluster.as_ref().map_or(0, |c| c.reachable_members()),
             ready: cluster.as_ref().is_none_or(|c| c.is_ready()),
             net: cluster.as_ref().map(|c| (&c.stats, c.buffers_json())),
@@ -284,6 +296,11 @@ impl Engine {
                 let ms = (LEAVE_TIMEOUT + LEAVE_MARGIN).as_millis();
                 Some(format!("leave: not done after {ms} ms; the other nodes will see this node dead"))
             });
+        }
+        if let Some(persist) = &self.persist {
+            // The last snapshot, on an engine thread, once the network is quiet.
+            let (persist, table, clock) = (persist.clone(), self.table.clone(), self.clock.clone());
+            let _ = runtime.block_on(runtime.spawn_blocking(move || persist.close(&table, &clock)));
         }
         runtime.shutdown_timeout(Duration::from_secs(1));
         warning

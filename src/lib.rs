@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod miss;
 pub mod options;
 pub mod outbox;
+pub mod persist;
 pub mod reliable;
 pub mod replay;
 pub mod skew;

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cluster::NetStats;
 use crate::engine::Counters;
+use crate::persist::PersistStats;
 use crate::table::TableCounts;
 
 /// One figure of `stats()`.
@@ -37,6 +38,8 @@ enum Read {
     NetCounter(fn(&NetStats) -> &AtomicU64),
     /// Another figure of the cluster node (there while networked).
     Net(fn(&NetStats) -> Reading),
+    /// A figure of the snapshots (there with `persist`).
+    Persist(fn(&PersistStats) -> Reading),
     /// A figure of `Cluster::buffers_json()`, under its own key (there while networked).
     Buffer,
 }
@@ -178,6 +181,54 @@ pub static STATS: &[StatDecl] = &[
         read: Read::Node(|s| Some(Reading::Flag(s.ready))),
         export: gauge("ready"),
         help: "1 once the node has joined and received the cluster's state.",
+    },
+    StatDecl {
+        key: "snapshotsWritten",
+        read: Read::Persist(|p| count(&p.snapshots)),
+        export: counter("snapshots_written_total"),
+        help: "Snapshots written to disk (persist).",
+    },
+    StatDecl {
+        key: "snapshotFailures",
+        read: Read::Persist(|p| count(&p.failures)),
+        export: counter("snapshot_failures_total"),
+        help: "Snapshots that could not be written; the previous one stayed.",
+    },
+    StatDecl {
+        key: "lastSnapshotAt",
+        read: Read::Persist(|p| count(&p.last_at)),
+        export: Export::Series { name: "last_snapshot_timestamp_seconds", kind: Kind::Gauge, scale: 0.001 },
+        help: "When the last snapshot written began (epoch); 0 before the first.",
+    },
+    StatDecl {
+        key: "lastSnapshotMs",
+        read: Read::Persist(|p| Reading::Number((p.last_us.load(Ordering::Relaxed) as f64 / 100.0).round() / 10.0)),
+        export: Export::Series { name: "last_snapshot_duration_seconds", kind: Kind::Gauge, scale: 0.001 },
+        help: "How long the last snapshot took to write, fsyncs included.",
+    },
+    StatDecl {
+        key: "lastSnapshotBytes",
+        read: Read::Persist(|p| count(&p.last_bytes)),
+        export: gauge("last_snapshot_bytes"),
+        help: "Size of the last snapshot file written.",
+    },
+    StatDecl {
+        key: "lastSnapshotSessions",
+        read: Read::Persist(|p| count(&p.last_sessions)),
+        export: gauge("last_snapshot_sessions"),
+        help: "Live sessions in the last snapshot written.",
+    },
+    StatDecl {
+        key: "snapshotsRejected",
+        read: Read::Persist(|p| count(&p.rejected)),
+        export: counter("snapshots_rejected_total"),
+        help: "Snapshot files not loaded at start (bad, foreign or unreadable), set aside.",
+    },
+    StatDecl {
+        key: "snapshotLoadedSessions",
+        read: Read::Persist(|p| count(&p.loaded_sessions)),
+        export: gauge("snapshot_loaded_sessions"),
+        help: "Live sessions loaded from the snapshot at start.",
     },
     StatDecl {
         key: "datagramsSent",
@@ -343,6 +394,10 @@ pub static STATS: &[StatDecl] = &[
     },
 ];
 
+fn count(counter: &AtomicU64) -> Reading {
+    Reading::Count(counter.load(Ordering::Relaxed))
+}
+
 /// What the figures are read from, gathered once per `stats()` or `metrics()`.
 pub struct Sources<'a> {
     pub table: TableCounts,
@@ -350,6 +405,8 @@ pub struct Sources<'a> {
     /// `"up"`, `"off"`, `"failed"` or `"closed"`.
     pub network: &'static str,
     pub network_error: Option<&'a str>,
+    /// With `persist`: the snapshots' figures.
+    pub persist: Option<&'a PersistStats>,
     /// Reachable members, this node included.
     pub members: usize,
     pub ready: bool,
@@ -369,6 +426,7 @@ impl Snapshot {
             Read::Node(get) => get(sources),
             Read::NetCounter(get) => sources.net.as_ref().map(|(net, _)| load(get(net))),
             Read::Net(get) => sources.net.as_ref().map(|(net, _)| get(net)),
+            Read::Persist(get) => sources.persist.map(get),
             Read::Buffer => {
                 sources.net.as_ref().and_then(|(_, buffers)| buffers[stat.key].as_u64().map(Reading::Count))
             }
@@ -405,6 +463,7 @@ pub fn declarations() -> Value {
         let mut entry = Map::new();
         entry.insert("key".into(), json!(stat.key));
         entry.insert("networked".into(), json!(networked));
+        entry.insert("persisted".into(), json!(matches!(stat.read, Read::Persist(_))));
         entry.insert("help".into(), json!(stat.help));
         let metric = match stat.export {
             Export::No => None,
@@ -457,11 +516,15 @@ mod tests {
     #[test]
     fn a_networked_engine_has_every_figure_and_exports_them() {
         let port = 20_000 + (std::process::id() as u16 % 20_000) + 5;
+        let dir = std::env::temp_dir().join(format!("esm-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let persist = crate::persist::PersistConfig { path: dir.join("s.snap"), interval_ms: 60_000 };
         let config = Config {
             ipv4: Some(Ipv4Addr::LOCALHOST),
             multicast_ttl: 0,
             multicast_port: port,
             cluster: format!("stats-{}", std::process::id()),
+            persist: Some(persist),
             ..Config::default()
         };
         let engine = Engine::start(config, crate::events::discard()).unwrap();
@@ -497,6 +560,7 @@ mod tests {
         let mut networked =
             STATS.iter().filter(|s| matches!(s.read, Read::NetCounter(_) | Read::Net(_) | Read::Buffer));
         assert!(networked.clone().count() > 20 && networked.all(|s| closed.get(s.key).is_none()), "{closed}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! a `touch` keeps the touched cookie. `clear` is a watermark: every write at or below it is void.
 //! Merging is commutative and idempotent, so replicas that saw the same ops in any order agree.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -185,15 +186,37 @@ pub struct TableCounts {
     pub entries: usize,
 }
 
-#[derive(Default)]
+/// Shards of the table: `export` holds one shard's read lock while it copies that shard, so a
+/// shard must stay small (about 250 entries at 1,000,000 sessions: a few microseconds).
+pub const SHARDS: usize = 4096;
+
 pub struct Table {
     entries: DashMap<Box<str>, Entry>,
     clear_mark: RwLock<Version>,
+    /// Bumped by every change to what `export` copies (see `changes`).
+    changes: AtomicU64,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table { entries: DashMap::with_shard_amount(SHARDS), clear_mark: RwLock::default(), changes: AtomicU64::new(0) }
+    }
 }
 
 impl Table {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A number that moves whenever a write changed the table (not for purges or local touches):
+    /// equal readings mean nothing was written in between (persist.rs snapshots only then).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) -> bool {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// The session JSON if it exists and has not expired at `now`.
@@ -280,11 +303,29 @@ impl Table {
             }
             data_newer || cookie_newer
         };
-        if let Some(mut entry) = self.entries.get_mut(sid) {
-            return update(&mut entry);
+        let changed = match self.entries.get_mut(sid) {
+            Some(mut entry) => update(&mut entry),
+            None => update(&mut self.entries.entry(sid.into()).or_insert_with(Entry::absent)),
+        };
+        changed && self.changed()
+    }
+
+    /// `merge` for a table being filled from a snapshot (persist/loader.rs): an entry for a sid
+    /// not held yet is moved in as it is, with one lookup.
+    pub fn restore(&self, sid: &str, entry: Entry) {
+        if entry.data_version <= *self.clear_mark.read() && entry.cookie_version <= *self.clear_mark.read() {
+            return;
         }
-        let mut entry = self.entries.entry(sid.into()).or_insert_with(Entry::absent);
-        update(&mut entry)
+        match self.entries.entry(sid.into()) {
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(entry);
+                self.changed();
+            }
+            dashmap::Entry::Occupied(held) => {
+                drop(held);
+                self.merge(sid, &entry);
+            }
+        }
     }
 
     /// `touchAfter`: when a touch would move a live session's replicated expiry forward by less
@@ -322,7 +363,7 @@ impl Table {
             }
             entry.newest_version() > version
         });
-        true
+        self.changed()
     }
 
     /// Every visible session as one JSON object keyed by sid (the shape of MemoryStore's `all`).
@@ -406,6 +447,38 @@ impl Table {
         }
     }
 
+    /// Every entry not purgeable at `now`, copied out one shard at a time: the shard's read lock is
+    /// held only while its entries are cloned (reference counts, no session is copied), and
+    /// `visit` gets them after it is released. Writers to a shard wait at most that long; readers
+    /// never wait. An entry written while the export runs may be in it or not; every other entry
+    /// is in it exactly once (persist.rs writes snapshots from this).
+    /// `visit` returns false to stop. Returns the longest time a shard was held.
+    pub fn export(&self, now: u64, mut visit: impl FnMut(&ShardCopy) -> bool) -> std::time::Duration {
+        let mut copy = ShardCopy::default();
+        let mut longest = std::time::Duration::ZERO;
+        for shard in self.entries.shards() {
+            copy.clear();
+            {
+                let guard = shard.read();
+                let held = std::time::Instant::now();
+                // SAFETY: the read guard keeps the shard's table alive and unmodified while the
+                // iterator and the references it yields are used, which is only inside this block.
+                for bucket in unsafe { guard.iter() } {
+                    let (sid, entry) = unsafe { bucket.as_ref() };
+                    let entry = entry.get();
+                    if entry.purge_at() > now {
+                        copy.push(sid, entry);
+                    }
+                }
+                longest = longest.max(held.elapsed());
+            }
+            if !copy.entries.is_empty() && !visit(&copy) {
+                break;
+            }
+        }
+        longest
+    }
+
     /// Order-independent digest of the table in `count` buckets by sid: two replicas with the
     /// same entries have the same digests, whatever order they merged them in.
     pub fn digest(&self, now: u64, count: usize) -> Vec<u64> {
@@ -417,6 +490,42 @@ impl Table {
             }
         }
         digest
+    }
+}
+
+/// The entries of one shard, copied by `Table::export`: the sids in one string, the entries
+/// cloned (their session JSON shared, not copied).
+#[derive(Default)]
+pub struct ShardCopy {
+    sids: String,
+    ends: Vec<usize>,
+    entries: Vec<Entry>,
+}
+
+impl ShardCopy {
+    fn clear(&mut self) {
+        self.sids.clear();
+        self.ends.clear();
+        self.entries.clear();
+    }
+
+    fn push(&mut self, sid: &str, entry: &Entry) {
+        self.sids.push_str(sid);
+        self.ends.push(self.sids.len());
+        self.entries.push(entry.clone());
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, end)| &self.sids[start..*end]).zip(&self.entries)
     }
 }
 
@@ -785,6 +894,51 @@ mod tests {
         t.snapshot(NOW, Some((&wanted, 4)), 1 << 20, |batch| seen.extend(batch));
         assert!(!seen.is_empty() && seen.len() < 50);
         assert!(seen.iter().all(|(sid, _)| bucket_of(sid, 4) == 2));
+    }
+
+    /// Every entry not purgeable comes out once, tombstones and touched-only entries included.
+    #[test]
+    fn export_copies_every_kept_entry_once() {
+        let t = Table::new();
+        for i in 0..10_000 {
+            t.apply(&set(&format!("s{i}"), &format!(r#"{{"n":{i}}}"#), NOW + 10, v(1, 1)));
+        }
+        t.apply(&destroy("s1", v(NOW << 16, 2)));
+        t.apply(&touch("only-touched", "{}", NOW + 10, v(3, 1)));
+        t.apply(&set("expired", "{}", NOW - 1, v(1, 1)));
+        let mut seen = std::collections::HashMap::new();
+        t.export(NOW, |shard| {
+            for (sid, e) in shard.iter() {
+                assert!(seen.insert(sid.to_owned(), e.clone()).is_none(), "{sid} twice");
+            }
+            true
+        });
+        assert_eq!(seen.len(), 10_001);
+        assert_eq!(seen["s2"], t.entry("s2").unwrap());
+        assert_eq!(seen["s1"].data, Data::Deleted);
+        assert!(seen.contains_key("only-touched") && !seen.contains_key("expired"));
+        let mut shards = 0;
+        t.export(NOW, |_| {
+            shards += 1;
+            false
+        });
+        assert_eq!(shards, 1, "visit returning false stops the export");
+    }
+
+    #[test]
+    fn changes_move_with_writes_only() {
+        let t = Table::new();
+        let before = t.changes();
+        t.apply(&set("a", "{}", NOW + 10, v(2, 1)));
+        let after_set = t.changes();
+        assert!(after_set > before);
+        t.apply(&set("a", "{}", NOW + 10, v(1, 1)));
+        assert_eq!(t.changes(), after_set, "a write that lost changes nothing");
+        t.extend_locally("a", NOW + 11, NOW, 100);
+        t.sweep(NOW + 20);
+        assert_eq!(t.changes(), after_set, "local touches and purges are not snapshotted");
+        t.apply(&Op::Clear { version: v(3, 1) });
+        assert!(t.changes() > after_set);
     }
 
     #[test]
