@@ -232,14 +232,21 @@ describe("operations", function () {
   });
 
   describe("stats()", () => {
-    it("has every field of index.d.ts MulticastStoreStats, and nothing else, while networked", async () => {
+    it("has every field of index.d.ts MulticastStoreStats, and nothing else, while networked with persist", async () => {
       const opts = clusterOptions(FAST);
       const P = await peer(opts);
-      const store = createStore(opts);
+      const dir = fs.mkdtempSync(path.join(require("node:os").tmpdir(), "esm-ops-"));
+      const store = createStore({ ...opts, persist: path.join(dir, "s.snap") });
       await store.ready();
       const stats = store.stats();
       // networkError is there only after a failed start (see "Errors at start" below).
       assert.deepEqual(Object.keys(stats).sort(), declaredFields("MulticastStoreStats").filter((k) => k !== "networkError"));
+      const persisted = STATS.filter((s) => s.persisted).map((s) => s.key);
+      assert.ok(persisted.length >= 8, `${persisted}`);
+      const withoutPersist = createStore(clusterOptions({ multicast: false })).stats();
+      assert.deepEqual(persisted.filter((k) => k in withoutPersist), [], "the snapshot figures are there with persist only");
+      await store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
       for (const key of [
         "sessions",
         "tombstones",
@@ -348,7 +355,7 @@ describe("operations", function () {
       const fields = dtsInterface("MulticastStoreStats", dts);
       assert.deepEqual(fields.map((f) => f.name).sort(), STATS.map((s) => s.key).sort(), "MulticastStoreStats names every figure, and only those");
       for (const s of STATS) {
-        const optional = s.networked || s.key === "networkError";
+        const optional = s.networked || s.persisted || s.key === "networkError";
         assert.equal(fields.find((f) => f.name === s.key).optional, optional, `${s.key}: optional in index.d.ts iff not always there`);
       }
     }
@@ -408,7 +415,10 @@ describe("operations", function () {
     async function busyStore() {
       const opts = clusterOptions(FAST);
       const P = await peer(opts);
-      const store = createStore(opts);
+      // With persist, so that every figure is there (the file in a directory of its own).
+      const dir = fs.mkdtempSync(path.join(require("node:os").tmpdir(), "esm-metrics-"));
+      const store = createStore({ ...opts, persist: path.join(dir, "s.snap") });
+      store.once("disconnect", () => fs.rmSync(dir, { recursive: true, force: true }));
       await store.ready();
       for (let i = 0; i < 20; i++) await store.set(`m${i}`, sessionData({ i }));
       await store.destroy("m0");
