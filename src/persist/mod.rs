@@ -599,6 +599,14 @@ mod timing {
         let path = dir.join("s.snap");
         let config =
             Config { persist: Some(PersistConfig { path: path.clone(), interval_ms: 60_000 }), ..Config::default() };
+        if let Some(file) = std::env::var_os("LOAD_ONLY") {
+            let config = Config { persist: Some(PersistConfig { path: file.into(), interval_ms: 60_000 }), ..config };
+            let persist = Persist::new(&config, config.persist.as_ref().unwrap(), 1, 1, crate::events::discard());
+            let t = Instant::now();
+            let loaded = persist.load(&Clock::new(2));
+            println!("load: {} entries in {:?}", loaded.length(now_ms()), t.elapsed());
+            return;
+        }
         let clock = Clock::new(1);
         let table = Table::new();
         let now = now_ms();
@@ -623,6 +631,9 @@ mod timing {
         let t = Instant::now();
         let loaded = persist.load(&Clock::new(2));
         println!("load {n}: {} entries in {:?}", loaded.length(now), t.elapsed());
+        if std::env::var_os("KEEP").is_some() {
+            return println!("kept {}", path.display());
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
