@@ -304,9 +304,10 @@ impl<'a> Frames<'a> {
         hasher.finalize()
     }
 
-    /// Appends frame `index` of `kind` carrying `payload` to `out` (`payload` is encrypted in
-    /// place when sealed).
-    fn seal(&self, index: u64, kind: u8, payload: &mut [u8], out: &mut Vec<u8>) {
+    /// Closes frame `index` of `kind` in place: `out[at..at + FRAME_HEAD]` is room for its head
+    /// and its payload follows up to the end of `out`, which is encrypted in place when sealed.
+    fn seal(&self, index: u64, kind: u8, out: &mut Vec<u8>, at: usize) {
+        let payload = &mut out[at + FRAME_HEAD..];
         let trailer = match self.key {
             Some(key) => {
                 // Encryption in place fails only beyond 256 GiB, which no frame comes near.
@@ -315,9 +316,9 @@ impl<'a> Frames<'a> {
             }
             None => self.crc(index, kind, payload).to_be_bytes().to_vec(),
         };
-        out.extend_from_slice(&((payload.len() + trailer.len()) as u32).to_be_bytes());
-        out.push(kind);
-        out.extend_from_slice(payload);
+        let body_len = (out.len() - at - FRAME_HEAD + trailer.len()) as u32;
+        out[at..at + 4].copy_from_slice(&body_len.to_be_bytes());
+        out[at + 4] = kind;
         out.extend_from_slice(&trailer);
     }
 
@@ -406,11 +407,14 @@ pub fn decode_entries(payload: &[u8], mut visit: impl FnMut(&str, Entry)) -> Res
 }
 
 /// Builds a snapshot's bytes: the header, then frames as entries are pushed, then the end frame.
+/// Entries are encoded straight into the output buffer, and a frame is sealed there in place.
 pub struct Encoder<'a> {
     frames: Frames<'a>,
     index: u64,
-    payload: Vec<u8>,
+    /// Bytes not taken yet: the header at first, then the frame being filled (from `open`).
     out: Vec<u8>,
+    /// Where the frame being filled starts in `out` (its head, then its payload).
+    open: Option<usize>,
     entries: u64,
     sessions: u64,
 }
@@ -421,35 +425,45 @@ impl<'a> Encoder<'a> {
     pub fn new(mut header: Header, keys: &'a Keys) -> Encoder<'a> {
         header.key_id = keys.sealing_id();
         let frames = Frames::new(&header, keys.ring.first().map(|(_, key)| key));
-        let out = frames.header.clone();
-        Encoder { frames, index: 0, payload: Vec::with_capacity(FRAME_BYTES + 4096), out, entries: 0, sessions: 0 }
+        let mut out = Vec::with_capacity(FRAME_BYTES + (256 << 10));
+        out.extend_from_slice(&frames.header);
+        Encoder { frames, index: 0, out, open: None, entries: 0, sessions: 0 }
     }
 
     pub fn push(&mut self, sid: &str, entry: &Entry) {
-        encode_entry(&mut self.payload, sid, entry);
+        if self.open.is_none() {
+            self.open = Some(self.out.len());
+            self.out.extend_from_slice(&[0; FRAME_HEAD]);
+        }
+        encode_entry(&mut self.out, sid, entry);
         self.entries += 1;
         if matches!(entry.data, Data::Live(_)) {
             self.sessions += 1;
         }
-        if self.payload.len() >= FRAME_BYTES {
-            self.close_frame(KIND_ENTRIES);
-        }
     }
 
     fn close_frame(&mut self, kind: u8) {
-        self.frames.seal(self.index, kind, &mut self.payload, &mut self.out);
-        self.payload.clear();
-        self.index += 1;
+        if let Some(at) = self.open.take() {
+            self.frames.seal(self.index, kind, &mut self.out, at);
+            self.index += 1;
+        }
     }
 
-    /// The bytes encoded so far and not taken yet (to be written out): call after each `push`.
+    /// Bytes ready to be written, if any: call after a batch of `push`es. A frame is closed once
+    /// its payload reached `FRAME_BYTES`.
     pub fn take(&mut self) -> Option<&[u8]> {
-        (!self.out.is_empty()).then_some(&self.out[..])
+        let full = self.open.is_some_and(|at| self.out.len() - at - FRAME_HEAD >= FRAME_BYTES);
+        if full {
+            self.close_frame(KIND_ENTRIES);
+        }
+        (self.open.is_none() && !self.out.is_empty()).then_some(&self.out[..])
     }
 
     /// Marks what `take` returned as written.
     pub fn taken(&mut self) {
-        self.out.clear();
+        if self.open.is_none() {
+            self.out.clear();
+        }
     }
 
     pub fn entries(&self) -> u64 {
@@ -462,11 +476,11 @@ impl<'a> Encoder<'a> {
 
     /// Closes the last entries frame and adds the end frame; `take` then returns the rest.
     pub fn finish(&mut self, clear_mark: Version, clock: u64, finished_at: u64) -> End {
-        if !self.payload.is_empty() {
-            self.close_frame(KIND_ENTRIES);
-        }
+        self.close_frame(KIND_ENTRIES);
         let end = End { entries: self.entries, sessions: self.sessions, clear_mark, clock, finished_at };
-        end.encode(&mut self.payload);
+        self.open = Some(self.out.len());
+        self.out.extend_from_slice(&[0; FRAME_HEAD]);
+        end.encode(&mut self.out);
         self.close_frame(KIND_END);
         end
     }
