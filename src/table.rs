@@ -452,8 +452,9 @@ impl Table {
     /// `visit` gets them after it is released. Writers to a shard wait at most that long; readers
     /// never wait. An entry written while the export runs may be in it or not; every other entry
     /// is in it exactly once (persist.rs writes snapshots from this).
-    /// `visit` returns false to stop. Returns the longest time a shard was held.
-    pub fn export(&self, now: u64, mut visit: impl FnMut(&ShardCopy) -> bool) -> std::time::Duration {
+    /// `visit` owns each copy, and returns an empty one to fill next (a new one, or one it is
+    /// done with), or `None` to stop. Returns the longest time a shard was held.
+    pub fn export(&self, now: u64, mut visit: impl FnMut(ShardCopy) -> Option<ShardCopy>) -> std::time::Duration {
         let mut copy = ShardCopy::default();
         let mut longest = std::time::Duration::ZERO;
         for shard in self.entries.shards() {
@@ -472,8 +473,11 @@ impl Table {
                 }
                 longest = longest.max(held.elapsed());
             }
-            if !copy.entries.is_empty() && !visit(&copy) {
-                break;
+            if !copy.entries.is_empty() {
+                match visit(copy) {
+                    Some(next) => copy = next,
+                    None => break,
+                }
             }
         }
         longest
@@ -503,7 +507,7 @@ pub struct ShardCopy {
 }
 
 impl ShardCopy {
-    fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.sids.clear();
         self.ends.clear();
         self.entries.clear();
@@ -911,7 +915,7 @@ mod tests {
             for (sid, e) in shard.iter() {
                 assert!(seen.insert(sid.to_owned(), e.clone()).is_none(), "{sid} twice");
             }
-            true
+            Some(shard)
         });
         assert_eq!(seen.len(), 10_001);
         assert_eq!(seen["s2"], t.entry("s2").unwrap());
@@ -920,7 +924,7 @@ mod tests {
         let mut shards = 0;
         t.export(NOW, |_| {
             shards += 1;
-            false
+            None
         });
         assert_eq!(shards, 1, "visit returning false stops the export");
     }

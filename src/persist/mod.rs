@@ -154,8 +154,15 @@ impl Persist {
     }
 
     /// Writes a snapshot now, unless nothing changed since the last one (`None` then). Blocks:
-    /// call it from an engine thread. `cancel` stops it.
-    pub fn snapshot(&self, table: &Table, clock: &Clock, cancel: &AtomicBool) -> Option<Result<Written, WriteError>> {
+    /// call it from an engine thread. `cancel` stops it; `background`: written at a lower
+    /// priority (the periodic ones; not the last one, at close).
+    pub fn snapshot(
+        &self,
+        table: &Table,
+        clock: &Clock,
+        cancel: &AtomicBool,
+        background: bool,
+    ) -> Option<Result<Written, WriteError>> {
         let _writing = self.writing.lock();
         let changes = table.changes();
         if cancel.load(Ordering::Relaxed) || *self.saved_changes.lock() == Some(changes) {
@@ -170,7 +177,8 @@ impl Persist {
             key_id: 0,
             nonce: rand::random(),
         };
-        let result = writer::write(&self.config.path, header, &self.keys, table, clock, cancel, &before_rename_hook);
+        let result =
+            writer::write(&self.config.path, header, &self.keys, table, clock, cancel, background, &before_rename_hook);
         let path = self.config.path.display();
         match &result {
             Ok(w) => {
@@ -217,11 +225,8 @@ impl Persist {
             ticker.tick().await;
             let (persist, table, clock) = (self.clone(), table.clone(), clock.clone());
             let (done, finished) = tokio::sync::oneshot::channel();
-            // A thread of its own, at a lower priority than the JS thread and the network thread:
-            // when they compete for a core, they come first (the snapshot only takes longer).
             let spawned = std::thread::Builder::new().name("session-multicast-snapshot".into()).spawn(move || {
-                lower_priority();
-                let _ = done.send(persist.snapshot(&table, &clock, &persist.closing).map(|r| r.is_ok()));
+                let _ = done.send(persist.snapshot(&table, &clock, &persist.closing, true).map(|r| r.is_ok()));
             });
             // A panic would be a bug: it ends this snapshot (counted as a failure), not the loop.
             if spawned.is_err() || finished.await.is_err() {
@@ -235,7 +240,7 @@ impl Persist {
     /// (if anything changed since the last one). Blocks: call it from an engine thread.
     pub fn close(&self, table: &Table, clock: &Clock) -> Option<Result<Written, WriteError>> {
         self.closing.store(true, Ordering::Relaxed);
-        let result = self.snapshot(table, clock, &AtomicBool::new(false));
+        let result = self.snapshot(table, clock, &AtomicBool::new(false), false);
         if let Some(Ok(w)) = &result {
             self.log(
                 Level::Info,
@@ -249,17 +254,6 @@ impl Persist {
             );
         }
         result
-    }
-}
-
-/// Lowers the calling thread's scheduling priority (nice 10; Linux, where a nice value is per
-/// thread). Best effort: nothing changes where it is refused.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread's own id, with no memory passed.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 
@@ -469,7 +463,8 @@ mod tests {
             key_id: 0,
             nonce: [0; 16],
         };
-        let result = writer::write(p.path(), header, &p.keys, &b.table, &b.clock, &AtomicBool::new(false), &crash);
+        let result =
+            writer::write(p.path(), header, &p.keys, &b.table, &b.clock, &AtomicBool::new(false), true, &crash);
         assert!(matches!(result, Err(WriteError::Io { stage: "before the rename", .. })), "{result:?}");
         std::fs::rename(&left, writer::temp_path(p.path())).unwrap(); // as a crash leaves it
         std::mem::forget(b); // no close(): as if killed
@@ -501,7 +496,7 @@ mod tests {
             nonce: [0; 16],
         };
         let cancelled =
-            writer::write(p.path(), header, &p.keys, &a.table, &a.clock, &AtomicBool::new(true), &|_| Ok(()));
+            writer::write(p.path(), header, &p.keys, &a.table, &a.clock, &AtomicBool::new(true), true, &|_| Ok(()));
         assert!(matches!(cancelled, Err(WriteError::Cancelled)));
         assert_eq!(dir.names(), Vec::<String>::new());
         a.close();
@@ -642,7 +637,7 @@ mod timing {
         for _ in 0..repeat {
             let t = Instant::now();
             table.apply(&Op::Destroy { sid: "x".into(), version: clock.tick() });
-            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false)).unwrap().unwrap();
+            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false), true).unwrap().unwrap();
             println!("write {n}: {w:?} ({:?})", t.elapsed());
         }
         drop(table);

@@ -8,11 +8,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use super::format::{Encoder, Header, Keys};
 use crate::clock::{now_ms, Clock};
-use crate::table::Table;
+use crate::table::{ShardCopy, Table};
 
 /// What a written snapshot holds, and what it cost.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -24,7 +25,7 @@ pub struct Written {
     pub ms: f64,
     /// Of that, the fsyncs (file and directory).
     pub sync_ms: f64,
-    /// CPU time of the writing thread (Linux; 0 where unknown).
+    /// CPU time of the threads that wrote it (Linux; 0 where unknown).
     pub cpu_ms: f64,
     /// The longest the table's lock of one shard was held (see `Table::export`), in µs.
     pub longest_hold_us: f64,
@@ -56,7 +57,8 @@ pub fn temp_path(path: &Path) -> PathBuf {
 
 /// Writes a snapshot of `table` to `path`. `cancel` stops it (the temporary file is removed);
 /// `before_rename` runs once the temporary file is complete and fsynced (tests stop there to
-/// play a crash).
+/// play a crash). `background`: the encoding and writing run at a lower priority.
+#[allow(clippy::too_many_arguments)]
 pub fn write(
     path: &Path,
     header: Header,
@@ -64,12 +66,13 @@ pub fn write(
     table: &Table,
     clock: &Clock,
     cancel: &AtomicBool,
+    background: bool,
     before_rename: &dyn Fn(&Path) -> io::Result<()>,
 ) -> Result<Written, WriteError> {
     let started = Instant::now();
-    let cpu_before = thread_cpu_ms();
     let tmp = temp_path(path);
-    let result = write_temp(&tmp, header, keys, table, clock, cancel).and_then(|mut written| {
+    let cpu_before = thread_cpu_ms();
+    let result = write_temp(&tmp, header, keys, table, clock, cancel, background).and_then(|mut written| {
         before_rename(&tmp).map_err(|error| WriteError::Io { stage: "before the rename", error })?;
         std::fs::rename(&tmp, path).map_err(|error| WriteError::Io { stage: "renaming the temporary file", error })?;
         let dir_sync = Instant::now();
@@ -80,7 +83,7 @@ pub fn write(
     match result {
         Ok(written) => Ok(Written {
             ms: started.elapsed().as_secs_f64() * 1000.0,
-            cpu_ms: thread_cpu_ms().zip(cpu_before).map_or(0.0, |(after, before)| after - before),
+            cpu_ms: written.cpu_ms + thread_cpu_ms().zip(cpu_before).map_or(0.0, |(after, before)| after - before),
             ..written
         }),
         Err(e) => {
@@ -91,7 +94,9 @@ pub fn write(
     }
 }
 
-/// Streams the table into the temporary file and fsyncs it (`ms` and `cpu_ms` left at 0).
+/// Streams the table into the temporary file and fsyncs it (`ms` left at 0). This thread copies
+/// the table's shards (holding each one's lock: it must not wait behind other threads then);
+/// another encodes and writes them, at a lower priority when `background`.
 fn write_temp(
     tmp: &Path,
     header: Header,
@@ -99,6 +104,7 @@ fn write_temp(
     table: &Table,
     clock: &Clock,
     cancel: &AtomicBool,
+    background: bool,
 ) -> Result<Written, WriteError> {
     let io = |stage: &'static str| move |error| WriteError::Io { stage, error };
     let file = OpenOptions::new()
@@ -110,20 +116,50 @@ fn write_temp(
         .map_err(io("creating the temporary file"))?;
     // An older temporary file keeps its mode: the snapshot is never readable by others.
     file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io("creating the temporary file"))?;
-    let mut encoder = Encoder::new(header, keys);
-    let mut sink = Sink { file, bytes: 0, error: None };
     let now = now_ms();
     let mut cancelled = false;
-    let longest = table.export(now, |shard| {
-        for (sid, entry) in shard.iter() {
-            encoder.push(sid, entry);
-        }
-        cancelled = cancel.load(Ordering::Relaxed);
-        !cancelled && sink.drain(&mut encoder)
+    let (to_encoder, copies) = mpsc::sync_channel::<ShardCopy>(4);
+    let (give_back, spare) = mpsc::channel::<ShardCopy>();
+    let (longest, encoded) = std::thread::scope(|scope| {
+        let encoding = std::thread::Builder::new().name("session-multicast-snapshot-writer".into()).spawn_scoped(
+            scope,
+            move || {
+                if background {
+                    lower_priority();
+                }
+                let cpu_before = thread_cpu_ms();
+                let mut encoder = Encoder::new(header, keys);
+                let mut sink = Sink { file, bytes: 0, error: None };
+                for copy in copies {
+                    for (sid, entry) in copy.iter() {
+                        encoder.push(sid, entry);
+                    }
+                    if !sink.drain(&mut encoder) {
+                        break; // dropping `copies` stops the export
+                    }
+                    let _ = give_back.send(copy);
+                }
+                let cpu = thread_cpu_ms().zip(cpu_before).map_or(0.0, |(after, before)| after - before);
+                (encoder, sink, cpu)
+            },
+        );
+        let Ok(encoding) = encoding else { return (std::time::Duration::ZERO, None) };
+        let longest = table.export(now, |copy| {
+            cancelled = cancel.load(Ordering::Relaxed);
+            if cancelled || to_encoder.send(copy).is_err() {
+                return None;
+            }
+            Some(spare.try_recv().unwrap_or_default())
+        });
+        drop(to_encoder);
+        (longest, encoding.join().ok())
     });
     if cancelled {
         return Err(WriteError::Cancelled);
     }
+    let Some((mut encoder, mut sink, encode_cpu_ms)) = encoded else {
+        return Err(WriteError::Io { stage: "writing", error: io::Error::other("the writing thread could not run") });
+    };
     encoder.finish(table.clear_mark(), clock.high_water(), now_ms());
     sink.drain(&mut encoder);
     if let Some(error) = sink.error.take() {
@@ -137,9 +173,21 @@ fn write_temp(
         bytes: sink.bytes,
         ms: 0.0,
         sync_ms: sync.elapsed().as_secs_f64() * 1000.0,
-        cpu_ms: 0.0,
+        cpu_ms: encode_cpu_ms,
         longest_hold_us: longest.as_secs_f64() * 1e6,
     })
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10; Linux, where a nice value is per
+/// thread): when the JS thread or the network thread compete with it for a core, they come
+/// first. Best effort: nothing changes where it is refused.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls about the calling thread's own id, with no memory passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }
 
 /// The temporary file, and what was written to it.
