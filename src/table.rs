@@ -953,3 +953,41 @@ mod tests {
         assert_eq!(all["a\"b"]["n"], 1);
     }
 }
+
+#[cfg(test)]
+mod shard_timing {
+    use super::*;
+
+    /// `cargo test --release --no-default-features shard_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn set_get_ns() {
+        let t = Table::new();
+        let n = 200_000u64;
+        let doc: Arc<str> = "x".repeat(1000).into();
+        let sids: Vec<String> = (0..n).map(|i| format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect();
+        for (i, sid) in sids.iter().enumerate() {
+            t.apply(&Op::Set {
+                sid: sid.as_str().into(),
+                doc: doc.clone(),
+                expires_at: u64::MAX,
+                version: Version { hlc: i as u64 + 1, node: 1 },
+            });
+        }
+        for round in 0..3 {
+            let start = std::time::Instant::now();
+            for (i, sid) in sids.iter().enumerate() {
+                let v = Version { hlc: n * (round + 2) + i as u64, node: 1 };
+                t.apply(&Op::Set { sid: sid.as_str().into(), doc: doc.clone(), expires_at: u64::MAX, version: v });
+            }
+            let set = start.elapsed().as_nanos() as f64 / n as f64;
+            let start = std::time::Instant::now();
+            let mut found = 0;
+            for sid in &sids {
+                found += usize::from(t.get(sid, 0).is_some());
+            }
+            let get = start.elapsed().as_nanos() as f64 / n as f64;
+            println!("shards {SHARDS}: set {set:.0} ns, get {get:.0} ns ({found})");
+        }
+    }
+}
