@@ -76,9 +76,8 @@ impl Engine {
             .build()?;
         let clock = Arc::new(Clock::new(node_id));
         // The snapshot is loaded before the node joins: what the cluster sends merges by version.
-        let persist = config
-            .persist
-            .as_ref()
+        // Not for the doctor's observer, which takes the store's options: the file is the store's.
+        let persist = (config.persist.as_ref().filter(|_| !config.observer))
             .map(|p| Arc::new(Persist::new(&config, p, node_id, header.incarnation, events.clone())));
         let table = Arc::new(persist.as_ref().map_or_else(Table::new, |p| p.load(&clock)));
         let counters = Arc::<Counters>::default();
