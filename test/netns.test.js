@@ -649,10 +649,10 @@ describe("netns: fault tolerance between hosts in network namespaces", function 
       const exits = await Promise.all(nodes.map((n) => n.kill("SIGTERM")));
       assert.deepEqual(exits.map((e) => e.signal), nodes.map(() => "SIGTERM"));
     };
-    /** Starts the nodes of `three` in `order` (indices), each ready before the next. */
-    const restart = async (three, base, order) => {
+    /** Starts the nodes of `three` in `order` (indices), each ready before the next, named NAMES[i] + `suffix`. */
+    const startInOrder = async (three, base, order, suffix = "") => {
       const nodes = [];
-      for (const i of order) nodes.push(await startOn(three[i], persisted(base, three[i]), `${NAMES[i]}2`));
+      for (const i of order) nodes.push(await startOn(three[i], persisted(base, three[i]), `${NAMES[i]}${suffix}`));
       await allAlive(nodes);
       return nodes;
     };
@@ -663,9 +663,7 @@ describe("netns: fault tolerance between hosts in network namespaces", function 
     it("3 nodes, writes and destroys, all stopped at once and restarted in a random order: every session back, no destroyed one", async () => {
       const three = hosts(3);
       const base = clusterOptions({ secret: "netns persist" });
-      const nodes = [];
-      for (const [i, host] of three.entries()) nodes.push(await startOn(host, persisted(base, host), NAMES[i]));
-      await allAlive(nodes);
+      const nodes = await startInOrder(three, base, [0, 1, 2]);
       const expires = Date.now() + HOUR;
       const model = new Model();
       let writes = await runOn(model, nodes.map((n) => [n, sets(n.name, 0, 300, 1, expires)]));
@@ -682,7 +680,7 @@ describe("netns: fault tolerance between hosts in network namespaces", function 
 
       const order = shuffled([0, 1, 2]);
       const startedAt = Date.now();
-      const again = await restart(three, base, order);
+      const again = await startInOrder(three, base, order, "2");
       const convergenceMs = await converge(again, { expected: tableDigest(expected), since: startedAt, timeoutMs: 5_000 });
       const { lost, resurrected, details } = await compareTables(again, expected);
       const loaded = await Promise.all(again.map((n) => n.call("stats")));
@@ -706,9 +704,7 @@ describe("netns: fault tolerance between hosts in network namespaces", function 
     it("one node's snapshot much older than the others': it starts first, and still no stale value and no destroyed session survives", async () => {
       const three = hosts(3);
       const base = clusterOptions({ secret: "netns persist" });
-      const nodes = [];
-      for (const [i, host] of three.entries()) nodes.push(await startOn(host, persisted(base, host), NAMES[i]));
-      await allAlive(nodes);
+      const nodes = await startInOrder(three, base, [0, 1, 2]);
       const expires = Date.now() + HOUR;
       const model = new Model();
       let writes = await runOn(model, nodes.map((n) => [n, sets(n.name, 0, 200, 1, expires)]));
@@ -732,7 +728,7 @@ describe("netns: fault tolerance between hosts in network namespaces", function 
       // C first, alone with its stale sessions, then A and B in a random order.
       const order = [2, ...shuffled([0, 1])];
       const startedAt = Date.now();
-      const again = await restart(three, base, order);
+      const again = await startInOrder(three, base, order, "2");
       let convergenceMs;
       try {
         convergenceMs = await converge(again, { expected: tableDigest(expected), since: startedAt, timeoutMs: 5_000 });

@@ -43,7 +43,6 @@
 //! must be the last bytes of the file: a truncated, cut, reordered or corrupted file is detected.
 
 use std::io::Read;
-use std::sync::Arc;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
@@ -53,6 +52,7 @@ use crate::clock::Version;
 use crate::crypto::{derive_key, key_id, TAG_BYTES};
 use crate::options::Secret;
 use crate::table::{Data, Entry};
+use crate::wire::Reader;
 
 pub const MAGIC: [u8; 8] = *b"ESMSNAP\n";
 pub const FORMAT_VERSION: u16 = 1;
@@ -259,7 +259,7 @@ impl End {
         Ok(End {
             entries: r.u64().map_err(malformed)?,
             sessions: r.u64().map_err(malformed)?,
-            clear_mark: Version { hlc: r.u64().map_err(malformed)?, node: r.u64().map_err(malformed)? },
+            clear_mark: r.version().map_err(malformed)?,
             clock: r.u64().map_err(malformed)?,
             finished_at: r.u64().map_err(malformed)?,
         })
@@ -385,20 +385,17 @@ pub fn decode_entries(payload: &[u8], mut visit: impl FnMut(&str, Entry)) -> Res
     let mut count = 0;
     let malformed = |_| FormatError::Corrupted("malformed entry");
     while !r.0.is_empty() {
-        let sid = r.str().map_err(malformed)?;
+        let sid = std::str::from_utf8(r.bytes32().map_err(malformed)?)
+            .map_err(|_| FormatError::Corrupted("malformed entry"))?;
         let data = match r.u8().map_err(malformed)? {
             0 => Data::Absent,
-            1 => Data::Live(Arc::from(r.str().map_err(malformed)?)),
+            1 => Data::Live(r.str32().map_err(malformed)?),
             2 => Data::Deleted,
             _ => return Err(FormatError::Corrupted("malformed entry")),
         };
-        let data_version = Version { hlc: r.u64().map_err(malformed)?, node: r.u64().map_err(malformed)? };
-        let cookie_version = Version { hlc: r.u64().map_err(malformed)?, node: r.u64().map_err(malformed)? };
-        let cookie = match r.u8().map_err(malformed)? {
-            0 => None,
-            1 => Some(Arc::from(r.str().map_err(malformed)?)),
-            _ => return Err(FormatError::Corrupted("malformed entry")),
-        };
+        let data_version = r.version().map_err(malformed)?;
+        let cookie_version = r.version().map_err(malformed)?;
+        let cookie = r.optional().map_err(malformed)?;
         let expires_at = r.u64().map_err(malformed)?;
         visit(sid, Entry { data, data_version, cookie_version, cookie, expires_at, local_expires_at: 0 });
         count += 1;
@@ -635,42 +632,11 @@ fn fill<R: Read>(input: &mut R, carry: &mut Vec<u8>, buf: &mut [u8]) -> Result<(
     read_exact(input, &mut buf[from_carry..])
 }
 
-struct Reader<'a>(&'a [u8]);
-
-#[derive(Debug)]
-struct Short;
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Short> {
-        if self.0.len() < n {
-            return Err(Short);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, Short> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, Short> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default()))
-    }
-    fn u32(&mut self) -> Result<u32, Short> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default()))
-    }
-    fn u64(&mut self) -> Result<u64, Short> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()))
-    }
-    fn str(&mut self) -> Result<&'a str, Short> {
-        let n = self.u32()? as usize;
-        std::str::from_utf8(self.take(n)?).map_err(|_| Short)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Arc;
 
     fn header() -> Header {
         Header {

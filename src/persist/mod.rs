@@ -338,6 +338,11 @@ mod tests {
             .collect()
     }
 
+    /// The header of a snapshot a test writes with `writer::write` directly.
+    fn test_header() -> Header {
+        Header { cluster: "persist-test".into(), node: 1, incarnation: 1, written_at: 1, key_id: 0, nonce: [0; 16] }
+    }
+
     fn logs(events: &Events) -> Vec<String> {
         events
             .lock()
@@ -458,16 +463,8 @@ mod tests {
             std::fs::copy(tmp, &left)?;
             Err(std::io::Error::other("crash"))
         };
-        let header = Header {
-            cluster: "persist-test".into(),
-            node: 1,
-            incarnation: 1,
-            written_at: 1,
-            key_id: 0,
-            nonce: [0; 16],
-        };
         let result =
-            writer::write(p.path(), header, &p.keys, &b.table, &b.clock, &AtomicBool::new(false), true, &crash);
+            writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), true, &crash);
         assert!(matches!(result, Err(WriteError::Io { stage: "before the rename", .. })), "{result:?}");
         std::fs::rename(&left, writer::temp_path(p.path())).unwrap(); // as a crash leaves it
         std::mem::forget(b); // no close(): as if killed
@@ -490,16 +487,10 @@ mod tests {
             a.set(&format!("s{i}"), "{}".into(), None).unwrap();
         }
         let p = a.persist.clone().unwrap();
-        let header = Header {
-            cluster: "persist-test".into(),
-            node: 1,
-            incarnation: 1,
-            written_at: 1,
-            key_id: 0,
-            nonce: [0; 16],
-        };
         let cancelled =
-            writer::write(p.path(), header, &p.keys, &a.table, &a.clock, &AtomicBool::new(true), true, &|_| Ok(()));
+            writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), true, &|_| {
+                Ok(())
+            });
         assert!(matches!(cancelled, Err(WriteError::Cancelled)));
         assert_eq!(dir.names(), Vec::<String>::new());
         a.close();
