@@ -158,7 +158,9 @@ module.exports = function expressSessionMulticast(session) {
       this._onSignal = null;
       this._onExit = null;
       this._networked = this.options.multicast !== false || this.options.peers.length > 0;
-      if (this.options.gracefullShutdown && this._networked) this._handleShutdown();
+      // A networked node leaves the cluster when the process ends; with persist, every node
+      // writes its last snapshot then (see close()).
+      if (this.options.gracefullShutdown && (this._networked || this.options.persist)) this._handleShutdown();
       // No "connect" event: the store serves from here on. express-session starts out attached
       // to it, and a "connect" only matters after a "disconnect", which a closed store never
       // follows with one.
@@ -199,9 +201,10 @@ module.exports = function expressSessionMulticast(session) {
       this._resolveReady();
     }
 
-    // The node leaves the cluster when the process ends, whatever ends it but SIGKILL: a
-    // signal that nothing else handles is re-raised after the leave; when the app handles it,
-    // the app drains its server first, and the store serves until the process exits.
+    // The node leaves the cluster (and writes its last snapshot, with persist) when the process
+    // ends, whatever ends it but SIGKILL: a signal that nothing else handles is re-raised after
+    // the leave; when the app handles it, the app drains its server first, and the store serves
+    // until the process exits.
     _handleShutdown() {
       this._onSignal = (signal) => {
         if (process.listenerCount(signal) > 0) return;

@@ -11,11 +11,10 @@
 // The process exits when the parent goes away.
 const crypto = require("crypto");
 const { PerformanceObserver } = require("perf_hooks");
-const { Worker } = require("worker_threads");
 const session = require("express-session");
 const MulticastStore = require("..")(session);
 const { redisStore } = require("./redis");
-const { makeSession } = require("./util");
+const { makeSession, metronome } = require("./util");
 
 const now = process.hrtime.bigint;
 // length() with a callback: MemoryStore's has no Promise form.
@@ -68,25 +67,6 @@ function watch(prefix, count, timeoutMs, relay = true) {
 
 // ---- Idle-gap latency (bench/cluster.js): write k is due at startNs + k × gapNs (hrtime, shared
 // by every process of the host), whatever the reader does; both sides know the schedule.
-// metronome(): a worker thread sleeps in a futex (Atomics.wait takes fractional ms; it wakes
-// ≈50–100 µs late, timer slack included) until each tick, then posts its index; this thread
-// handles it from its event loop. So this thread never sleeps outside its event loop (a blocked
-// event loop would hold back I/O callbacks, e.g. connect-redis's reply), and no thread spins.
-function metronome(startNs, gapNs, count, onTick) {
-  const source = `
-    const { parentPort, workerData: { startNs, gapNs, count } } = require("worker_threads");
-    const cell = new Int32Array(new SharedArrayBuffer(4));
-    const now = process.hrtime.bigint;
-    for (let i = 0; i < count; i++) {
-      const t = startNs + BigInt(i) * gapNs;
-      for (let ms = Number(t - now()) / 1e6; ms > 0; ms = Number(t - now()) / 1e6) Atomics.wait(cell, 0, 0, ms);
-      parentPort.postMessage(i);
-    }`;
-  const worker = new Worker(source, { eval: true, workerData: { startNs, gapNs, count } });
-  worker.on("message", onTick);
-  return worker;
-}
-
 // Writer: one ≈`bytes` session per tick; timestamps right before set() is called, as soon as it
 // returns, and in its callback (this store: the engine queued it, or with waitForAck the other
 // nodes applied it; connect-redis: redis answered).

@@ -51,8 +51,11 @@
 //      in recvfrom) on 127.0.0.1, multicast as the store sends (IP_MULTICAST_IF 127.0.0.1, TTL 0;
 //      unicast if the group cannot be joined, and it says so), datagrams of the size the store
 //      sent in 1b, at the same gap and back to back (next datagram once the receiver saw the
-//      previous one). The issue's targets: idle-gap p50 ≤ 2× and p99 ≤ 3× the floor (printed as
-//      pass / miss; never fails the run). Only ratios within one run mean anything here.
+//      previous one). The targets: idle-gap p50 ≤ 2× and p99 ≤ 3× the floor (printed as pass /
+//      miss; never fails the run). Only ratios within one run mean anything here.
+//   Node floor: bench/floor/node_floor.js, the same schedule and session between two Node
+//      processes with no store (stringify, node:dgram, parse): what any store written for Node
+//      pays on this host, which the C floor does not.
 //   2. throughput: A writes N distinct sessions back to back; B polls (every 2 ms) until it holds
 //      all of them; writes/s = N / (first set on A → all visible on B). Then both hash every
 //      session: same digest and none missing, and their stats() show what was repaired.
@@ -70,6 +73,7 @@ const { execFile, execFileSync } = require("child_process");
 const u = require("./util");
 const report = require("./report");
 const { runAlone } = require("./redis");
+const nodeFloor = require("./floor/node_floor");
 
 const LATENCY_WRITES = Number(process.env.BENCH_LATENCY_WRITES) || 10000;
 const LATENCY_WARMUP = 1000;
@@ -245,7 +249,8 @@ async function floor(bytes) {
   try {
     const idleGap = await runFloor(built.bin, { samples: GAP_SAMPLES, warmup: GAP_WARMUP, gapUs: Math.round(GAP_MS * 1000), bytes });
     const backToBack = await runFloor(built.bin, { samples: LATENCY_WRITES, warmup: LATENCY_WARMUP, gapUs: 0, bytes });
-    return { source: path.relative(path.join(__dirname, ".."), FLOOR_SOURCE), build: "cc -O2", idleGap, backToBack };
+    const node = await nodeFloor.run({ samples: GAP_SAMPLES, warmup: GAP_WARMUP, gapUs: Math.round(GAP_MS * 1000), bytes: BYTES, group: FLOOR_GROUP });
+    return { source: path.relative(path.join(__dirname, ".."), FLOOR_SOURCE), build: "cc -O2", idleGap, backToBack, node };
   } catch (err) {
     return { skipped: err.message };
   } finally {
@@ -362,6 +367,8 @@ async function run({ redisPort, log = console.log } = {}) {
   // The floor's: this store's set() called on A → visible on B / the C pair's one-way latency.
   const toFloor = (store, fl) => (fl ? { p50: u.ratio(store.p50, fl.p50), p99: u.ratio(store.p99, fl.p99) } : null);
   ratios.idleGapToFloor = toFloor(gapRuns.multicast.fromCall, floorResult.idleGap);
+  ratios.idleGapToNodeFloor = toFloor(gapRuns.multicast.fromCall, floorResult.node);
+  ratios.nodeFloorToFloor = toFloor(floorResult.node, floorResult.idleGap);
   ratios.idleGapScheduledReaderToFloor = toFloor(gapRuns.multicastScheduledReader.fromCall, floorResult.idleGap);
   ratios.backToBackToFloor = toFloor(lat.fromCall, floorResult.backToBack);
   ratios.setCallToRedis = Object.fromEntries(GAP_RUNS.filter((r) => r.setRow && r.id !== "redis").map((r) => [r.id, toFloor(gapRuns[r.id].setCall, gapRuns.redis.setCall)]));
@@ -417,7 +424,7 @@ async function run({ redisPort, log = console.log } = {}) {
       throughput: `A writes back to back (${BATCH} sets per event-loop turn); B polls every 2 ms (get of the last sid, then length(); connect-redis: the last sid only); writes/s from the first set on A to all ${SESSIONS} visible on B; multicast: digests of all sessions compared`,
       transfer: "a new process: new store → ready() resolved; length() right after ready compared with A's; compared with connect-redis all() of the same number of sessions (the time to read the whole state from redis)",
       latencyIdleGap: `A writes one ≈${BYTES} B session every ${GAP_MS} ms on a fixed schedule (write k due at start + k × gap, whatever B does; ticks posted by a worker thread asleep until then, A's JS thread waits in its event loop), ${GAP_SAMPLES} samples after ${GAP_WARMUP} of warm-up; latency = hrtime when set() is called on A → hrtime when get() returns it on B. B "busy" (the headline): get() polled all the time through setImmediate, as back to back; B "scheduled" (a cross-check): ticked ${Math.min(DETECT_MARGIN_US, Math.round((GAP_MS * 1000) / 2))} µs before each write is due (same way), then probes the engine's table in a tight loop that allocates nothing until the session is there, and get() returns it (writes already there at the first probe are counted: overstated). set latency: set() called on A → its callback, same schedule (this store: B polling; connect-redis: B idle)`,
-      floor: "bench/floor/udp_floor.c (cc -O2): a C sender process stamps CLOCK_MONOTONIC into each datagram right before sendto, a C receiver blocked in recvfrom reads it as soon as it returns; multicast on 127.0.0.1 as the store sends (IP_MULTICAST_IF 127.0.0.1, TTL 0; `transport` says if it fell back to unicast), datagrams of the store's mean datagram size in the idle-gap run; at the same gap and count, and back to back (the next datagram once the receiver has seen the previous one, over a pipe) with the back-to-back count",
+      floor: "bench/floor/udp_floor.c (cc -O2): a C sender process stamps CLOCK_MONOTONIC into each datagram right before sendto, a C receiver blocked in recvfrom reads it as soon as it returns; multicast on 127.0.0.1 as the store sends (IP_MULTICAST_IF 127.0.0.1, TTL 0; `transport` says if it fell back to unicast), datagrams of the store's mean datagram size in the idle-gap run; at the same gap and count, and back to back (the next datagram once the receiver has seen the previous one, over a pipe) with the back-to-back count. Node floor: bench/floor/node_floor.js, the same schedule and session in two Node processes with no store: the sender stamps hrtime, JSON.stringifies the session and sends it with node:dgram to the same group; the receiver, idle in its event loop, JSON.parses it and stamps hrtime",
     },
     multicast: { latency: lat, throughput: tp, transfer: { medianMs: transferMs, complete: transferOk, runs: transfers } },
     redis: { latency: redisLat, throughput: redisTp, readAll },

@@ -11,9 +11,12 @@
 //                                 per request with touchAfter 0 and 60
 //   6. readyourwrites (bench/readyourwrites.js) login on one app of 3, next request on another:
 //                                 stale reads, logouts for good and login time, waitForAck off and on
+//   7. persist (bench/persist.js) snapshots on disk at 100,000 and 1,000,000 sessions: write and
+//                                 load time, file size, next to redis-server BGSAVE and restart load;
+//                                 set/get p99 during a snapshot next to outside it
 // Writes bench/results/<part>.json, and for a full run bench/results/bench.json (everything),
 // summary.md (tables and target verdicts) and chart.svg.
-//   node bench/index.js [store] [http] [cluster] [memory] [touch] [readyourwrites]   (default: all six)
+//   node bench/index.js [store] [http] [cluster] [memory] [touch] [readyourwrites] [persist]   (default: all seven)
 // Benchmarks on a small machine are noise-sensitive: run on an otherwise idle machine (the load
 // average is printed first, and recorded).
 const fs = require("fs");
@@ -24,7 +27,7 @@ const u = require("./util");
 const { startRedis } = require("./redis");
 const report = require("./report");
 
-const PARTS = ["store", "http", "cluster", "memory", "touch", "readyourwrites"];
+const PARTS = ["store", "http", "cluster", "memory", "touch", "readyourwrites", "persist"];
 
 function otherBusyProcesses() {
   try {
@@ -67,6 +70,7 @@ async function main() {
       if (part === "memory") results.memory = await require("./memory").run({ redis });
       if (part === "touch") results.touch = await require("./touch").run();
       if (part === "readyourwrites") results.readyourwrites = await require("./readyourwrites").run();
+      if (part === "persist") results.persist = await require("./persist").run();
       await redis.flush();
       partTimes[part] = { seconds: Math.round((Date.now() - t) / 1000), loadAfter: os.loadavg().map((x) => Math.round(x * 100) / 100), otherBusyProcesses: otherBusyProcesses() };
       console.log(`(${part}: ${partTimes[part].seconds} s, load average ${partTimes[part].loadAfter.join(", ")}${partTimes[part].otherBusyProcesses.length ? `; WARNING: other busy processes: ${partTimes[part].otherBusyProcesses.join(", ")}` : ""})`);
@@ -95,26 +99,28 @@ async function main() {
   if (full) {
     const all = { meta, targets: report.TARGETS, verdicts, ...results };
     u.writeJSON("bench.json", all);
-    fs.writeFileSync(path.join(u.RESULTS_DIR, "summary.md"), report.markdown(all, verdicts));
+    const markdown = report.markdown(all, verdicts);
+    fs.writeFileSync(path.join(u.RESULTS_DIR, "summary.md"), results.persist ? require("./persist").withPersistSection(markdown, { ...results.persist, date: meta.date }) : markdown);
     fs.writeFileSync(path.join(u.RESULTS_DIR, "chart.svg"), report.svg(all));
     console.log(`\nwritten bench/results/{bench,${PARTS.join(",")}}.json, summary.md, chart.svg (${Math.round(meta.seconds)} s)`);
   } else {
     // the touch and read-your-writes parts and the cluster latency have sections of their own in
     // summary.md, replaced by a partial run too
-    if (results.touch || results.cluster || results.readyourwrites) {
+    if (results.touch || results.cluster || results.readyourwrites || results.persist) {
       const summary = path.join(u.RESULTS_DIR, "summary.md");
       let text = fs.existsSync(summary) ? fs.readFileSync(summary, "utf8") : "# Benchmark results\n";
       if (results.touch) text = report.withTouchSection(text, { ...results.touch, date: meta.date });
       if (results.cluster) text = report.withLatencySection(text, { ...results.cluster, date: meta.date });
       if (results.readyourwrites) text = report.withReadYourWritesSection(text, { ...results.readyourwrites, date: meta.date });
+      if (results.persist) text = require("./persist").withPersistSection(text, { ...results.persist, date: meta.date });
       fs.writeFileSync(summary, text);
     }
-    const sections = [results.touch && "touch", results.cluster && "cluster latency", results.readyourwrites && "read-your-writes"].filter(Boolean);
+    const sections = [results.touch && "touch", results.cluster && "cluster latency", results.readyourwrites && "read-your-writes", results.persist && "persist"].filter(Boolean);
     console.log(`\nwritten bench/results/{${Object.keys(results).join(",")}}.json (a partial run: summary.md and chart.svg are only written by a full run${sections.length ? `, but for the ${sections.join(" and ")} section${sections.length > 1 ? "s" : ""} of summary.md` : ""})`);
   }
 }
 
-u.limitRun("bench", 20);
+u.limitRun("bench", 30);
 
 main()
   .catch((err) => {

@@ -1,5 +1,5 @@
 "use strict";
-// What a get costs for a sid that exists nowhere (README "Reading a session that has not arrived
+// What a get costs for a sid that exists nowhere (docs/how-it-works.md "Reading a session that has not arrived
 // yet"), next to a hit. This process's store is one node of 3 on loopback (the two others are
 // bench/cluster-node.js children; ipv4 127.0.0.1, multicastTTL 0), ≈1 KB sessions. Each get
 // starts in the previous one's callback:

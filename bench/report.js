@@ -217,6 +217,7 @@ function latencyTables(c) {
     header: ["measure", "p50", "p99", "mean", "× floor p50", "× floor p99"],
     rows: [
       [fl ? `floor: C → C, ${fl.idleGap.transport}, ${gap} ms gap` : `floor, ${gap} ms gap (skipped)`, ...cells(fl && fl.idleGap)],
+      ...(fl && fl.node ? [[`Node floor: node:dgram, JSON.stringify → JSON.parse, ${gap} ms gap`, ...cells(fl.node, toFloor(fl.node, fl.idleGap))]] : []),
       ...runs.filter((r) => r.fromCall).map((r) => [`${r.label.split(",")[0]}, ${gap} ms gap, ${detection(r)}${r.options && Object.keys(r.options).length ? ` (${JSON.stringify(r.options)})` : ""}`, ...cells(r.fromCall, toFloor(r.fromCall, fl && fl.idleGap))]),
       [fl ? `floor: C → C, ${fl.backToBack.transport}, back to back` : "floor, back to back (skipped)", ...cells(fl && fl.backToBack)],
       ["this store, back to back, B polling all the time", ...cells(c.multicast.latency.fromCall, toFloor(c.multicast.latency.fromCall, fl && fl.backToBack))],
@@ -234,6 +235,8 @@ function latencyTables(c) {
     const v = c.floorVerdict;
     const r = c.ratios.idleGapToFloor;
     notes.push(`idle-gap p50 = ${u.fmtRatio(r.p50)} floor, p99 = ${u.fmtRatio(r.p99)} floor (targets ≤ ${v.targets.p50}× and ≤ ${v.targets.p99}×): p50 ${v.p50 ? "pass" : "MISS"}, p99 ${v.p99 ? "pass" : "MISS"}`);
+    const n = c.ratios.idleGapToNodeFloor;
+    if (n) notes.push(`idle-gap p50 = ${u.fmtRatio(n.p50)}, p99 = ${u.fmtRatio(n.p99)} the Node floor (the least a Node process does to send a session to another: stringify, node:dgram, parse), which is itself ${u.fmtRatio(c.ratios.nodeFloorToFloor.p50)} (p50) and ${u.fmtRatio(c.ratios.nodeFloorToFloor.p99)} (p99) the C floor; ${fl.node.lost} of its datagrams lost`);
     const b = c.ratios.backToBackToFloor;
     notes.push(`back to back p50 = ${u.fmtRatio(b.p50)} floor, p99 = ${u.fmtRatio(b.p99)} floor (no target); floor datagrams of ${fl.idleGap.bytes} B (the store's mean in the idle-gap run), ${fl.idleGap.lost + fl.backToBack.lost} lost`);
   }

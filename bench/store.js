@@ -37,7 +37,7 @@ async function openStores(redisPort) {
     memorystore: new (require("memorystore")(session))({ checkPeriod: 86400000 }),
     redis: await redisStore(redisPort, `bench-store-${process.pid}:`),
     multicast: new MulticastStore({ ipv4: "127.0.0.1", multicastTTL: 0, multicast: false, logger: quietLogger }),
-    // The first node of a cluster: multicast on, no member yet (it sends no writes: README "A node alone").
+    // The first node of a cluster: multicast on, no member yet (it sends no writes: docs/how-it-works.md "A node alone").
     multicastAlone: new MulticastStore({ ...u.clusterOptions(), logger: quietLogger }),
   };
   // A 3-node cluster on loopback: this process's store and two peers in child processes.

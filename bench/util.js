@@ -7,6 +7,7 @@ const fs = require("fs");
 const os = require("os");
 const path = require("path");
 const { fork } = require("child_process");
+const { Worker } = require("worker_threads");
 const session = require("express-session");
 
 const ADDON = path.join(__dirname, "..", "express_session_multicast.node");
@@ -152,6 +153,26 @@ function serve(commands) {
   process.on("disconnect", () => process.exit(0));
 }
 
+// ---- Idle-gap schedules (bench/cluster.js, bench/floor/node_floor.js)
+// metronome(): a worker thread sleeps in a futex (Atomics.wait takes fractional ms; it wakes
+// ≈50–100 µs late, timer slack included) until each tick, then posts its index; this thread
+// handles it from its event loop. So this thread never sleeps outside its event loop (a blocked
+// event loop would hold back I/O callbacks, e.g. connect-redis's reply), and no thread spins.
+function metronome(startNs, gapNs, count, onTick) {
+  const source = `
+    const { parentPort, workerData: { startNs, gapNs, count } } = require("worker_threads");
+    const cell = new Int32Array(new SharedArrayBuffer(4));
+    const now = process.hrtime.bigint;
+    for (let i = 0; i < count; i++) {
+      const t = startNs + BigInt(i) * gapNs;
+      for (let ms = Number(t - now()) / 1e6; ms > 0; ms = Number(t - now()) / 1e6) Atomics.wait(cell, 0, 0, ms);
+      parentPort.postMessage(i);
+    }`;
+  const worker = new Worker(source, { eval: true, workerData: { startNs, gapNs, count } });
+  worker.on("message", onTick);
+  return worker;
+}
+
 // ---- numbers
 // p50…max of samples; `negative`: how many are below 0.
 function percentiles(samples) {
@@ -235,6 +256,7 @@ function runPartAlone(name, run, withSection) {
 }
 
 module.exports = {
+  metronome,
   runPartAlone,
   limitRun,
   startPeers,

@@ -381,7 +381,7 @@ function formatText(result) {
     out(`Datagram sizes probed: ${report.sizesSent.join(", ")} bytes`);
     out(`  (the store itself never sends datagrams above ${STORE_MAX_DATAGRAM} bytes; larger ones are informative)`);
     const drops = Object.entries(dropped || {});
-    if (drops.length) out(`Datagrams the doctor dropped: ${drops.map(([k, v]) => `${k} ${v}`).join(", ")} (see "Drop counters" in the README)`);
+    if (drops.length) out(`Datagrams the doctor dropped: ${drops.map(([k, v]) => `${k} ${v}`).join(", ")} (see "Drop counters" in docs/security.md)`);
   }
   out();
   out("Diagnosis");

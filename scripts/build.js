@@ -1,6 +1,11 @@
 #!/usr/bin/env node
-// Builds the native engine at `npm install` time. Dependency-free on purpose:
-// a consumer's install has no devDependencies, so no @napi-rs/cli here.
+// The install script. With a prebuilt engine (the optional dependency
+// express-session-multicast-<platform> that the package manager picked for this platform) it
+// does nothing. It builds the engine from source with cargo only when no prebuilt engine loads
+// (an unsupported platform, optional dependencies omitted), in a git checkout (development), or
+// when asked to (`npm rebuild express-session-multicast --build-from-source`, or
+// EXPRESS_SESSION_MULTICAST_BUILD_FROM_SOURCE=1).
+// Dependency-free on purpose: a consumer's install has no devDependencies, so no @napi-rs/cli here.
 "use strict";
 const { spawnSync } = require("child_process");
 const fs = require("fs");
@@ -13,12 +18,34 @@ const libName = {
   win32: "express_session_multicast.dll",
 }[process.platform] || "libexpress_session_multicast.so";
 
+const truthy = (v) => v !== undefined && v !== "" && v !== "0" && v !== "false";
+
+function reason() {
+  if (truthy(process.env.npm_config_build_from_source)) return "--build-from-source was given";
+  if (truthy(process.env.EXPRESS_SESSION_MULTICAST_BUILD_FROM_SOURCE)) return "EXPRESS_SESSION_MULTICAST_BUILD_FROM_SOURCE is set";
+  if (fs.existsSync(path.join(root, ".git"))) return "this is a git checkout";
+  try {
+    require("../lib/native").findEngine({ local: false });
+    return null; // the prebuilt engine loads: nothing to do
+  } catch (err) {
+    if (err.code !== "ERR_NATIVE_ENGINE_MISSING") throw err;
+    return `no prebuilt engine for ${err.platform} loads (${err.tried.join("; ")})`;
+  }
+}
+
+const why = reason();
+if (why === null) process.exit(0);
+console.log(`express-session-multicast: building the native engine from source with cargo: ${why}.`);
+
 const cargo = process.env.CARGO || "cargo";
 const probe = spawnSync(cargo, ["--version"], { encoding: "utf8" });
 if (probe.error || probe.status !== 0) {
   console.error(
     "express-session-multicast: cannot build the native engine: `cargo` was not found.\n" +
-      "Install a Rust toolchain (https://rustup.rs), make sure `cargo` is on PATH, then run `npm install` again."
+      "Install a Rust toolchain (https://rustup.rs), make sure `cargo` is on PATH, then run `npm rebuild express-session-multicast` " +
+      "(or use a platform with a prebuilt engine: " +
+      require("../lib/native").PLATFORMS.join(", ") +
+      ")."
   );
   process.exit(1);
 }

@@ -1,4 +1,4 @@
-//! Hybrid logical clock and write versions (DESIGN §2).
+//! Hybrid logical clock and write versions (docs/design.md §2.2).
 //!
 //! A version is `(hlc, node)`, where `hlc` packs wall-clock milliseconds (upper 48 bits) and a
 //! logical counter (lower 16 bits). Versions are totally ordered, so last-writer-wins merges
@@ -61,6 +61,11 @@ impl Clock {
         Version { hlc: wall.max(prev + 1), node: self.node }
     }
 
+    /// The highest clock value issued or observed so far (persist.rs keeps it across restarts).
+    pub fn high_water(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
     /// Moves the clock past a version received from another node.
     pub fn observe(&self, seen: Version) {
         self.last.fetch_max(seen.hlc, Ordering::AcqRel);
@@ -92,7 +97,7 @@ mod tests {
         assert!(clock.tick() > future);
     }
 
-    /// README "Clocks": what an offset between two nodes' clocks does to the order of writes.
+    /// docs/how-it-works.md "Clocks": what an offset between two nodes' clocks does to the order of writes.
     #[test]
     fn a_fast_clock_wins_concurrent_writes_for_as_long_as_its_offset_and_causality_holds() {
         const T: u64 = 1_800_000_000_000;

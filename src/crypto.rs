@@ -1,4 +1,4 @@
-//! Sealing packets with the cluster key (DESIGN §3, README "Security").
+//! Sealing packets with the cluster key (docs/design.md §3.3, docs/security.md).
 //!
 //! With `secret`, every packet's body is encrypted and the whole packet authenticated with
 //! XChaCha20-Poly1305: the header (which carries the key id and the packet number) and the
@@ -52,7 +52,7 @@ pub fn derive_key(secret: &Secret, cluster: &str) -> [u8; KEY_BYTES] {
 
 /// A short public id of a key, so a receiver picks the right key of its ring (never 0, which
 /// marks unsealed packets).
-fn key_id(key: &[u8; KEY_BYTES]) -> u32 {
+pub fn key_id(key: &[u8; KEY_BYTES]) -> u32 {
     let digest = Sha256::new().chain_update(b"express-session-multicast key id\0").chain_update(key).finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]).max(1)
 }

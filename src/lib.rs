@@ -13,6 +13,7 @@ pub mod events;
 mod fast_calls;
 pub mod metrics;
 pub mod options;
+pub mod persist;
 #[cfg(test)]
 mod sim;
 pub mod stats;
@@ -74,7 +75,8 @@ mod node {
     }
 
     /// The declarations of every option, `stats()` figure and metric (src/options.rs, src/stats.rs,
-    /// src/metrics.rs), as JSON: not part of the API, for the tests of index.d.ts and the README.
+    /// src/metrics.rs), as JSON: not part of the API, for the tests of index.d.ts and the docs
+    /// (the README's options table, the stats() and metrics() tables of docs/operations.md).
     #[napi(js_name = "__declarations")]
     pub fn declarations() -> String {
         serde_json::json!({

@@ -95,7 +95,7 @@ pub fn render(stats: &Snapshot, members: &[Value]) -> String {
     out
 }
 
-/// The families made from `members()`, for the tests of the README (lib.rs exposes them to JS).
+/// The families made from `members()`, for the tests of docs/operations.md (lib.rs exposes them to JS).
 pub fn declarations() -> Value {
     let families = [MEMBERS, CLOCK_OFFSETS]
         .iter()

@@ -82,6 +82,8 @@ pub struct Config {
     /// `missTimeout`: how long a `get` of a sid unknown here waits for the live members' answers
     /// (see miss.rs); 0 = it does not ask.
     pub miss_timeout_ms: u64,
+    /// `persist`: where and how often the table is written to disk (see persist/); `None` = never.
+    pub persist: Option<crate::persist::PersistConfig>,
 }
 
 /// The declared defaults of every option (see `OPTIONS`).
@@ -380,6 +382,18 @@ pub static OPTIONS: &[OptionDecl] = &[
         default: Lit::Int(crate::core::miss::DEFAULT_TIMEOUT_MS),
         doc: "Milliseconds a get of a sid unknown here waits for the live members' answers; 0: it does not ask.",
     },
+    OptionDecl {
+        name: "persist",
+        kind: Kind::Custom {
+            parse: parse_persist,
+            show: |c| match &c.persist {
+                None => Value::Null,
+                Some(p) => json!({ "path": p.path.to_string_lossy(), "interval": p.interval_ms as f64 / 1000.0 }),
+            },
+        },
+        default: Lit::Unset,
+        doc: "Snapshots of the sessions on disk: a file path, or { path, interval } (seconds, default 60).",
+    },
 ];
 
 /// The declaration of an option, by name.
@@ -551,6 +565,39 @@ fn secret(value: &Value) -> Result<Secret, Invalid> {
     }
 }
 
+fn parse_persist(c: &mut Config, value: &Value) -> Result<(), Invalid> {
+    const EXPECTED: &str = "a file path, or an object { path, interval } (interval: seconds, 1 or more)";
+    let (path, interval) = match value {
+        Value::Bool(false) => {
+            c.persist = None;
+            return Ok(());
+        }
+        Value::String(path) => (path.as_str(), None),
+        Value::Object(o) => {
+            if let Some(key) = o.keys().find(|k| !["path", "interval"].contains(&k.as_str())) {
+                return Err(Invalid(format!("has no field \"{key}\" (it takes path and interval)")));
+            }
+            let path = o.get("path").and_then(Value::as_str).ok_or_else(|| expected(EXPECTED, value))?;
+            (path, o.get("interval").filter(|v| !v.is_null()))
+        }
+        _ => return Err(expected(EXPECTED, value)),
+    };
+    if path.is_empty() || path.contains('\0') {
+        return Err(expected("a non-empty file path", &json!(path)));
+    }
+    let interval_ms = match interval {
+        None => crate::persist::DEFAULT_INTERVAL_MS,
+        Some(v) => v
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 1.0 && *s <= 31_536_000.0)
+            .map(secs_to_ms)
+            .ok_or_else(|| Invalid(format!("interval must be a number of seconds from 1 to 31536000 (got {v})")))?,
+    };
+    let path = std::path::absolute(path).map_err(|e| Invalid(format!("path {path:?} cannot be resolved: {e}")))?;
+    c.persist = Some(crate::persist::PersistConfig { path, interval_ms });
+    Ok(())
+}
+
 fn parse_peers(c: &mut Config, value: &Value) -> Result<(), Invalid> {
     const EXPECTED: &str = "an array of \"host:port\" strings";
     let list = value.as_array().ok_or_else(|| expected(EXPECTED, value))?;
@@ -610,6 +657,7 @@ impl Config {
             failure_timeout_ms: 0,
             max_clock_skew_ms: 0,
             miss_timeout_ms: 0,
+            persist: None,
         }
     }
 
@@ -717,6 +765,13 @@ mod tests {
             (json!({ "missTimeout": 10_001 }), "missTimeout"),
             (json!({ "missTimeout": "20" }), "missTimeout"),
             (json!({ "multicastTtl": 1 }), "multicastTtl"),
+            (json!({ "persist": "" }), "persist"),
+            (json!({ "persist": 1 }), "persist"),
+            (json!({ "persist": true }), "persist"),
+            (json!({ "persist": { "interval": 5 } }), "persist"),
+            (json!({ "persist": { "path": "s.snap", "interval": 0.5 } }), "persist"),
+            (json!({ "persist": { "path": "s.snap", "interval": "60" } }), "persist"),
+            (json!({ "persist": { "path": "s.snap", "every": 60 } }), "persist"),
         ];
         for (options, name) in cases {
             let e = err(options.clone());
@@ -747,7 +802,7 @@ mod tests {
         let mut expected = shown.clone();
         expected.sort_unstable();
         assert_eq!(keys, expected);
-        assert_eq!(shown.len(), 22);
+        assert_eq!(shown.len(), 23);
         // Each declared default, given explicitly, changes nothing.
         for o in OPTIONS.iter().filter(|o| o.is_engine()) {
             if let Some(default) = o.default.to_json() {
@@ -766,7 +821,7 @@ mod tests {
             "is not an option of this store (known options: use, multicast, multicastPort, ipv4, ipv6, multicastTTL, \
              useSessionTTL, sessionTTL, ttl, disableTouch, touchAfter, waitForAck, ackTimeout, gracefullShutdown, \
              gracefulShutdown, secret, cluster, peers, maxSessionBytes, heartbeatInterval, failureTimeout, \
-             maxClockSkew, missTimeout)"
+             maxClockSkew, missTimeout, persist)"
         );
     }
 
@@ -823,5 +878,16 @@ mod tests {
         assert_eq!(c.to_json()["peers"], json!(["a.svc:4000", "[fd00::1]:5"]));
         assert_eq!(Config::from_json(&json!({ "multicast": false })).unwrap().multicast, None);
         assert_eq!(c.to_json()["secret"], "<2 key(s)>");
+        let persist = |v: Value| Config::from_json(&json!({ "persist": v })).unwrap().persist;
+        let cwd = std::env::current_dir().unwrap();
+        let p = persist(json!("s.snap")).unwrap();
+        assert_eq!((p.path, p.interval_ms), (cwd.join("s.snap"), 60_000));
+        let p = persist(json!({ "path": "/var/lib/app/s.snap", "interval": 1.5 })).unwrap();
+        assert_eq!((p.path.to_str().unwrap(), p.interval_ms), ("/var/lib/app/s.snap", 1_500));
+        assert_eq!(persist(json!(false)), None);
+        assert_eq!(Config::default().persist, None);
+        let shown = Config::from_json(&json!({ "persist": { "path": "/s.snap", "interval": 5 } })).unwrap().to_json();
+        assert_eq!(shown["persist"], json!({ "path": "/s.snap", "interval": 5.0 }));
+        assert_eq!(Config::default().to_json()["persist"], Value::Null);
     }
 }

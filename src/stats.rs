@@ -2,7 +2,7 @@
 //! and how `store.metrics()` exports it (name, type, help text, factor to the base unit).
 //! `Engine::stats()` and `Engine::metrics()` both render one `Snapshot` of them (metrics.rs), so
 //! no figure can be in one and silently missing from the other; test/operations.test.js checks
-//! index.d.ts and the README against the declarations.
+//! index.d.ts and the tables of docs/operations.md against the declarations.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::core::{Buffers, Counters as NetCounters};
 use crate::engine::Counters;
+use crate::persist::PersistStats;
 use crate::table::TableCounts;
 
 /// One figure of `stats()`.
@@ -39,6 +40,8 @@ enum Read {
     Net(fn(&NetCounters) -> Reading),
     /// What the node holds for the protocol (there while networked).
     Buffer(fn(&Buffers) -> u64),
+    /// A figure of the snapshots (there with `persist`).
+    Persist(fn(&PersistStats) -> Reading),
 }
 
 /// How `metrics()` exports a figure.
@@ -178,6 +181,54 @@ pub static STATS: &[StatDecl] = &[
         read: Read::Node(|s| Some(Reading::Flag(s.ready))),
         export: gauge("ready"),
         help: "1 once the node has joined and received the cluster's state.",
+    },
+    StatDecl {
+        key: "snapshotsWritten",
+        read: Read::Persist(|p| count(&p.snapshots)),
+        export: counter("snapshots_written_total"),
+        help: "Snapshots written to disk (persist).",
+    },
+    StatDecl {
+        key: "snapshotFailures",
+        read: Read::Persist(|p| count(&p.failures)),
+        export: counter("snapshot_failures_total"),
+        help: "Snapshots that could not be written; the previous one stayed.",
+    },
+    StatDecl {
+        key: "lastSnapshotAt",
+        read: Read::Persist(|p| count(&p.last_at)),
+        export: Export::Series { name: "last_snapshot_timestamp_seconds", kind: Kind::Gauge, scale: 0.001 },
+        help: "When the last snapshot written began (epoch); 0 before the first.",
+    },
+    StatDecl {
+        key: "lastSnapshotMs",
+        read: Read::Persist(|p| Reading::Number((p.last_us.load(Ordering::Relaxed) as f64 / 100.0).round() / 10.0)),
+        export: Export::Series { name: "last_snapshot_duration_seconds", kind: Kind::Gauge, scale: 0.001 },
+        help: "How long the last snapshot took to write, fsyncs included.",
+    },
+    StatDecl {
+        key: "lastSnapshotBytes",
+        read: Read::Persist(|p| count(&p.last_bytes)),
+        export: gauge("last_snapshot_bytes"),
+        help: "Size of the last snapshot file written.",
+    },
+    StatDecl {
+        key: "lastSnapshotSessions",
+        read: Read::Persist(|p| count(&p.last_sessions)),
+        export: gauge("last_snapshot_sessions"),
+        help: "Live sessions in the last snapshot written.",
+    },
+    StatDecl {
+        key: "snapshotsRejected",
+        read: Read::Persist(|p| count(&p.rejected)),
+        export: counter("snapshots_rejected_total"),
+        help: "Snapshot files not loaded at start (bad, foreign or unreadable), set aside.",
+    },
+    StatDecl {
+        key: "snapshotLoadedSessions",
+        read: Read::Persist(|p| count(&p.loaded_sessions)),
+        export: gauge("snapshot_loaded_sessions"),
+        help: "Live sessions loaded from the snapshot at start.",
     },
     StatDecl {
         key: "datagramsSent",
@@ -343,6 +394,10 @@ pub static STATS: &[StatDecl] = &[
     },
 ];
 
+fn count(counter: &AtomicU64) -> Reading {
+    Reading::Count(counter.load(Ordering::Relaxed))
+}
+
 /// What the figures are read from, gathered once per `stats()` or `metrics()`.
 pub struct Sources<'a> {
     pub table: TableCounts,
@@ -350,6 +405,8 @@ pub struct Sources<'a> {
     /// `"up"`, `"off"`, `"failed"` or `"closed"`.
     pub network: &'static str,
     pub network_error: Option<&'a str>,
+    /// With `persist`: the snapshots' figures.
+    pub persist: Option<&'a PersistStats>,
     /// Reachable members, this node included.
     pub members: usize,
     pub ready: bool,
@@ -376,6 +433,7 @@ impl Snapshot {
             Read::NetCounter(get) => sources.net.as_ref().map(|net| Reading::Count(get(&net.counters))),
             Read::Net(get) => sources.net.as_ref().map(|net| get(&net.counters)),
             Read::Buffer(get) => sources.net.as_ref().map(|net| Reading::Count(get(&net.buffers))),
+            Read::Persist(get) => sources.persist.map(get),
         };
         Snapshot(STATS.iter().filter_map(|stat| Some((stat, read(stat)?))).collect())
     }
@@ -402,13 +460,14 @@ pub fn stat(key: &str) -> Option<&'static StatDecl> {
     STATS.iter().find(|s| s.key == key)
 }
 
-/// The declarations, for the tests of index.d.ts and the README (lib.rs exposes them to JS).
+/// The declarations, for the tests of index.d.ts and docs/operations.md (lib.rs exposes them to JS).
 pub fn declarations() -> Value {
     let entries = STATS.iter().map(|stat| {
         let networked = matches!(stat.read, Read::NetCounter(_) | Read::Net(_) | Read::Buffer(_));
         let mut entry = Map::new();
         entry.insert("key".into(), json!(stat.key));
         entry.insert("networked".into(), json!(networked));
+        entry.insert("persisted".into(), json!(matches!(stat.read, Read::Persist(_))));
         entry.insert("help".into(), json!(stat.help));
         let metric = match stat.export {
             Export::No => None,
@@ -461,11 +520,15 @@ mod tests {
     #[test]
     fn a_networked_engine_has_every_figure_and_exports_them() {
         let port = 20_000 + (std::process::id() as u16 % 20_000) + 5;
+        let dir = std::env::temp_dir().join(format!("esm-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let persist = crate::persist::PersistConfig { path: dir.join("s.snap"), interval_ms: 60_000 };
         let config = Config {
             ipv4: Some(Ipv4Addr::LOCALHOST),
             multicast_ttl: 0,
             multicast_port: port,
             cluster: format!("stats-{}", std::process::id()),
+            persist: Some(persist),
             ..Config::default()
         };
         let engine = Engine::start(config, crate::events::discard()).unwrap();
@@ -501,6 +564,7 @@ mod tests {
         let mut networked =
             STATS.iter().filter(|s| matches!(s.read, Read::NetCounter(_) | Read::Net(_) | Read::Buffer(_)));
         assert!(networked.clone().count() > 20 && networked.all(|s| closed.get(s.key).is_none()), "{closed}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -64,8 +65,10 @@ pub struct TableCounts {
 }
 
 /// Shards of the table, each behind its own lock: writes to different sids rarely wait for
-/// each other (the JS thread's local writes, the network thread's merges).
-const SHARDS: usize = 16;
+/// each other (the JS thread's local writes, the network thread's merges), and `export` holds one
+/// shard's read lock while it copies that shard, so a shard must stay small (about 250 entries at
+/// 1,000,000 sessions: a few microseconds).
+pub const SHARDS: usize = 4096;
 
 /// The sessions and tombstones of a shard. A sid is in one of the two maps at most; a tombstone
 /// is kept compact (tomb.rs) unless it cannot be.
@@ -117,6 +120,8 @@ pub struct Table {
     clear_mark: RwLock<Version>,
     /// A tombstone's least retention after its destroy.
     retention_ms: u64,
+    /// Bumped by every change to what `export` copies (see `changes`).
+    changes: AtomicU64,
 }
 
 impl Default for Table {
@@ -126,6 +131,7 @@ impl Default for Table {
             router: RandomState::new(),
             clear_mark: RwLock::default(),
             retention_ms: TOMBSTONE_MIN_RETENTION_MS,
+            changes: AtomicU64::new(0),
         }
     }
 }
@@ -209,18 +215,48 @@ impl Table {
             return false;
         }
         let mut shard = self.shard(sid).write();
-        if let Some(entry) = shard.entries.get_mut(sid) {
+        let changed = if let Some(entry) = shard.entries.get_mut(sid) {
             let changed = entry.merge(incoming, mark);
             if let Some(tomb) = Tomb::of(sid, entry) {
                 shard.entries.remove(sid);
                 shard.tombs.replace(tomb);
             }
-            return changed;
+            changed
+        } else {
+            let mut entry = shard.tombs.get(sid.as_bytes()).map_or_else(Entry::absent, Tomb::entry);
+            let changed = entry.merge(incoming, mark);
+            shard.put(sid, entry);
+            changed
+        };
+        changed && self.changed()
+    }
+
+    /// `merge` for a table being filled from a snapshot (persist/loader.rs): an entry for a sid
+    /// not held yet is moved in as it is.
+    pub fn restore(&self, sid: &str, entry: Entry) {
+        let mark = *self.clear_mark.read();
+        if entry.data_version <= mark && entry.cookie_version <= mark {
+            return;
         }
-        let mut entry = shard.tombs.get(sid.as_bytes()).map_or_else(Entry::absent, Tomb::entry);
-        let changed = entry.merge(incoming, mark);
-        shard.put(sid, entry);
-        changed
+        let mut shard = self.shard(sid).write();
+        if shard.entries.contains_key(sid) || shard.tombs.contains(sid.as_bytes()) {
+            drop(shard);
+            self.merge(sid, &entry);
+        } else {
+            shard.put(sid, entry);
+            self.changed();
+        }
+    }
+
+    /// A number that moves whenever a write changed the table (not for purges or local touches):
+    /// equal readings mean nothing was written in between (persist/mod.rs snapshots only then).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) -> bool {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// `touchAfter`: when a touch would move a live session's replicated expiry forward by less
@@ -272,7 +308,7 @@ impl Table {
                 entry.newest_version() > version
             });
         }
-        true
+        self.changed()
     }
 
     /// Every visible session as one JSON object keyed by sid (the shape of MemoryStore's `all`).
@@ -374,6 +410,38 @@ impl Table {
         }
     }
 
+    /// Every entry not purgeable at `now`, copied out one shard at a time: the shard's read lock is
+    /// held only while its entries are cloned (reference counts, no session is copied), and
+    /// `visit` gets them after it is released. Writers to a shard wait at most that long; readers
+    /// never wait. An entry written while the export runs may be in it or not; every other entry
+    /// is in it exactly once (persist/writer.rs writes snapshots from this).
+    /// `visit` owns each copy, and returns an empty one to fill next (a new one, or one it is
+    /// done with), or `None` to stop. Returns the longest time a shard was held.
+    pub fn export(&self, now: u64, mut visit: impl FnMut(ShardCopy) -> Option<ShardCopy>) -> std::time::Duration {
+        let mut copy = ShardCopy::default();
+        let mut longest = std::time::Duration::ZERO;
+        for shard in self.shards.iter() {
+            copy.clear();
+            {
+                let shard = shard.read();
+                let held = std::time::Instant::now();
+                shard.each(|sid, entry| {
+                    if entry.purge_at(self.retention_ms) > now {
+                        copy.push(sid, entry);
+                    }
+                });
+                longest = longest.max(held.elapsed());
+            }
+            if !copy.entries.is_empty() {
+                match visit(copy) {
+                    Some(next) => copy = next,
+                    None => break,
+                }
+            }
+        }
+        longest
+    }
+
     /// Order-independent digest of the table in `count` buckets by sid: two replicas with the
     /// same entries have the same digests, whatever order they merged them in.
     pub fn digest(&self, now: u64, count: usize) -> Vec<u64> {
@@ -387,6 +455,42 @@ impl Table {
             });
         }
         digest
+    }
+}
+
+/// The entries of one shard, copied by `Table::export`: the sids in one string, the entries
+/// cloned (their session JSON shared, not copied).
+#[derive(Default)]
+pub struct ShardCopy {
+    sids: String,
+    ends: Vec<usize>,
+    entries: Vec<Entry>,
+}
+
+impl ShardCopy {
+    pub fn clear(&mut self) {
+        self.sids.clear();
+        self.ends.clear();
+        self.entries.clear();
+    }
+
+    fn push(&mut self, sid: &str, entry: &Entry) {
+        self.sids.push_str(sid);
+        self.ends.push(self.sids.len());
+        self.entries.push(entry.clone());
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, end)| &self.sids[start..*end]).zip(&self.entries)
     }
 }
 

@@ -1,7 +1,8 @@
 "use strict";
 // The engine's declarations of every option, stats() figure and metric (src/options.rs,
 // src/stats.rs, src/metrics.rs), and readers of the places that must name each one: the
-// interfaces of index.d.ts and the tables of README.md.
+// interfaces of index.d.ts, the options table of README.md and the stats() and metrics() tables
+// of docs/operations.md.
 const assert = require("node:assert/strict");
 const fs = require("node:fs");
 const path = require("node:path");
@@ -39,13 +40,14 @@ function dtsInterface(interfaceName, source = fs.readFileSync(path.join(ROOT, "i
 }
 
 /**
- * The rows of the first table after the heading `heading` (a whole line of README.md, `#`s
- * included), as arrays of cells; the header row and the separator row are left out.
+ * The rows of the first table after the heading `heading` (a whole line of the markdown file
+ * `file`, relative to the repository, `#`s included), as arrays of cells; the header row and the
+ * separator row are left out. `source` replaces the file's text.
  */
-function readmeTable(heading, source = fs.readFileSync(path.join(ROOT, "README.md"), "utf8")) {
+function docTable(file, heading, source = fs.readFileSync(path.join(ROOT, file), "utf8")) {
   const lines = source.split("\n");
   const at = lines.indexOf(heading);
-  assert.ok(at >= 0, `README.md has the heading ${heading}`);
+  assert.ok(at >= 0, `${file} has the heading ${heading}`);
   const first = lines.findIndex((line, i) => i > at && line.startsWith("|"));
   assert.ok(first > at && !lines.slice(at + 1, first).some((l) => l.startsWith("#")), `a table under ${heading}`);
   const rows = [];
@@ -55,9 +57,9 @@ function readmeTable(heading, source = fs.readFileSync(path.join(ROOT, "README.m
   return rows;
 }
 
-/** The names in backticks in a README cell: "`ipv4` / `ipv6`" → ["ipv4", "ipv6"]. */
+/** The names in backticks in a table cell: "`ipv4` / `ipv6`" → ["ipv4", "ipv6"]. */
 function codeNames(cell) {
   return [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1]);
 }
 
-module.exports = { declarations, dtsInterface, readmeTable, codeNames };
+module.exports = { declarations, dtsInterface, docTable, codeNames };

@@ -1,5 +1,7 @@
 "use strict";
 const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const os = require("node:os");
 const path = require("node:path");
 const { once } = require("node:events");
 const { Worker } = require("node:worker_threads");
@@ -64,6 +66,23 @@ describe("lifecycle", () => {
       const run = await runChild("sessions");
       assertCleanExit(run, "sessions");
       assert.deepEqual(run.result, { length: 5, got: 3 });
+    });
+
+    it("with a persist store (multicast: false, a snapshot every second) it never closed: its last snapshot is written at exit", async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "esm-lifecycle-"));
+      try {
+        const file = path.join(dir, "s.snap");
+        const cluster = `lifecycle-persist-${process.pid}`;
+        const run = await runChild("persist-never-closed", { args: [JSON.stringify({ cluster, persist: { path: file, interval: 1 } })] });
+        assertCleanExit(run, "persist-never-closed");
+        assert.deepEqual(run.result, { length: 5 });
+        const again = createStore({ multicast: false, cluster, persist: file });
+        assert.equal(await again.length(), 5, "the snapshot written at exit holds the sessions");
+        assert.equal(again.stats().snapshotLoadedSessions, 5);
+      } finally {
+        await closeStores();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it("after closing its store", async () => {

@@ -1,7 +1,7 @@
 "use strict";
 // Fault tolerance between real hosts: every node runs in a network namespace of its own, with its
 // own address, on a bridge this suite creates (test/netns/topology.js). Faults are injected with
-// iptables and link state inside those namespaces. Nothing is sent outside them (DESIGN §4):
+// iptables and link state inside those namespaces. Nothing is sent outside them (docs/design.md §4):
 // stores use the namespace's address and multicastTTL 1, and no namespace has a route out.
 // Without root, `ip` or iptables, every test skips with the reason printed.
 //
@@ -618,6 +618,139 @@ describe("netns: fault tolerance between hosts in network namespaces", function 
     assert.deepEqual(badPeeks.slice(0, 10), [], "every node serves every session at its last views");
     assert.equal(lost, 0, "sessions lost");
     assert.ok(run.ok > 100, `only ${run.ok} requests went through`);
+  });
+
+  describe("persist: the whole cluster stopped at once and started again", () => {
+    let dir = null;
+    beforeEach(() => {
+      dir = fs.mkdtempSync(path.join(require("node:os").tmpdir(), "esm-netns-persist-"));
+    });
+    afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+    const NAMES = ["A", "B", "C"];
+    const shuffled = (xs) => {
+      const out = [...xs];
+      for (let i = out.length - 1; i > 0; i--) {
+        const j = crypto.randomInt(i + 1);
+        [out[i], out[j]] = [out[j], out[i]];
+      }
+      return out;
+    };
+    /** Each node's options: the cluster's, and a snapshot file of its own. */
+    const persisted = (base, host) => ({ ...base, persist: { path: path.join(dir, `${host.name}.snap`), interval: 1 } });
+    /** Writes on every node at once (each its own batch), fed to the model in that order. */
+    const runOn = async (model, batches) => {
+      await Promise.all(batches.map(([node, ops]) => applyInChunks(node, ops)));
+      batches.forEach(([, ops]) => ops.forEach((op) => model.apply(op)));
+      return batches.reduce((sum, [, ops]) => sum + ops.length, 0);
+    };
+    /** SIGTERM to every node at once: each writes its last snapshot, then the signal ends it. */
+    const stopAllAtOnce = async (nodes) => {
+      const exits = await Promise.all(nodes.map((n) => n.kill("SIGTERM")));
+      assert.deepEqual(exits.map((e) => e.signal), nodes.map(() => "SIGTERM"));
+    };
+    /** Starts the nodes of `three` in `order` (indices), each ready before the next, named NAMES[i] + `suffix`. */
+    const startInOrder = async (three, base, order, suffix = "") => {
+      const nodes = [];
+      for (const i of order) nodes.push(await startOn(three[i], persisted(base, three[i]), `${NAMES[i]}${suffix}`));
+      await allAlive(nodes);
+      return nodes;
+    };
+    const sets = (name, from, to, rev, expires) => Array.from({ length: to - from }, (_, k) => ["set", `${name}-${from + k}`, sess({ node: name, i: from + k, rev }, expires)]);
+    const destroys = (name, from, to) => Array.from({ length: to - from }, (_, k) => ["destroy", `${name}-${from + k}`]);
+    const touches = (name, from, to, expires) => Array.from({ length: to - from }, (_, k) => ["touch", `${name}-${from + k}`, sess({}, expires)]);
+
+    it("3 nodes, writes and destroys, all stopped at once and restarted in a random order: every session back, no destroyed one", async () => {
+      const three = hosts(3);
+      const base = clusterOptions({ secret: "netns persist" });
+      const nodes = await startInOrder(three, base, [0, 1, 2]);
+      const expires = Date.now() + HOUR;
+      const model = new Model();
+      let writes = await runOn(model, nodes.map((n) => [n, sets(n.name, 0, 300, 1, expires)]));
+      // Then each node destroys, updates and touches sessions the others wrote.
+      writes += await runOn(model, [
+        [nodes[0], [...destroys("B", 0, 40), ...sets("C", 0, 40, 2, expires)]],
+        [nodes[1], [...destroys("C", 40, 80), ...touches("A", 0, 40, expires + HOUR)]],
+        [nodes[2], [...destroys("A", 40, 80), ...sets("B", 40, 80, 2, expires)]],
+      ]);
+      const expected = model.table();
+      await converge(nodes, { expected: tableDigest(expected), timeoutMs: 10_000 });
+      await stopAllAtOnce(nodes);
+      for (const host of three) assert.ok(fs.existsSync(path.join(dir, `${host.name}.snap`)), `${host.name} wrote its snapshot`);
+
+      const order = shuffled([0, 1, 2]);
+      const startedAt = Date.now();
+      const again = await startInOrder(three, base, order, "2");
+      const convergenceMs = await converge(again, { expected: tableDigest(expected), since: startedAt, timeoutMs: 5_000 });
+      const { lost, resurrected, details } = await compareTables(again, expected);
+      const loaded = await Promise.all(again.map((n) => n.call("stats")));
+      assertNoErrors(again);
+      report({
+        scenario: "persist-restart-all",
+        nodes: 3,
+        writes,
+        loss: 0,
+        convergenceMs,
+        sessionsLost: lost,
+        resurrected,
+        order: order.map((i) => NAMES[i]).join(""),
+        note: `restarted in the order ${order.map((i) => NAMES[i]).join(", ")}; loaded ${loaded.map((s) => s.snapshotLoadedSessions).join("/")} sessions; ${model.destroyed().length} destroyed, ${resurrected} back`,
+      });
+      assert.deepEqual(details, []);
+      assert.equal(lost, 0, "sessions lost");
+      assert.equal(resurrected, 0, "destroyed sessions came back");
+    });
+
+    it("one node's snapshot much older than the others': it starts first, and still no stale value and no destroyed session survives", async () => {
+      const three = hosts(3);
+      const base = clusterOptions({ secret: "netns persist" });
+      const nodes = await startInOrder(three, base, [0, 1, 2]);
+      const expires = Date.now() + HOUR;
+      const model = new Model();
+      let writes = await runOn(model, nodes.map((n) => [n, sets(n.name, 0, 200, 1, expires)]));
+      await converge(nodes, { expected: tableDigest(model.table()), timeoutMs: 10_000 });
+      // C's snapshot as it is now: every session at rev 1.
+      const phase1 = Date.now();
+      await waitUntil(async () => (await nodes[2].call("stats")).lastSnapshotAt > phase1, 10_000, { what: "a snapshot of C after phase 1" });
+      const cFile = path.join(dir, `${three[2].name}.snap`);
+      const stale = fs.readFileSync(cFile);
+      // Then updates, destroys and new sessions everywhere.
+      writes += await runOn(model, [
+        [nodes[0], [...sets("B", 0, 60, 2, expires), ...destroys("C", 0, 50), ...sets("A", 200, 260, 1, expires)]],
+        [nodes[1], [...destroys("A", 0, 50), ...sets("C", 50, 110, 2, expires), ...touches("B", 60, 100, expires + HOUR)]],
+        [nodes[2], [...destroys("B", 100, 150), ...sets("A", 50, 110, 2, expires)]],
+      ]);
+      const expected = model.table();
+      await converge(nodes, { expected: tableDigest(expected), timeoutMs: 10_000 });
+      await stopAllAtOnce(nodes);
+      fs.writeFileSync(cFile, stale, { mode: 0o600 });
+
+      // C first, alone with its stale sessions, then A and B in a random order.
+      const order = [2, ...shuffled([0, 1])];
+      const startedAt = Date.now();
+      const again = await startInOrder(three, base, order, "2");
+      let convergenceMs;
+      try {
+        convergenceMs = await converge(again, { expected: tableDigest(expected), since: startedAt, timeoutMs: 5_000 });
+      } finally {
+        const { lost, resurrected, details } = await compareTables(again, expected);
+        report({
+          scenario: "persist-stale-snapshot",
+          nodes: 3,
+          writes,
+          loss: 0,
+          convergenceMs: convergenceMs ?? null,
+          sessionsLost: lost,
+          resurrected,
+          order: order.map((i) => NAMES[i]).join(""),
+          note: `C's snapshot from before ${writes - 600} updates, destroys and new sessions; restarted C, then ${order.slice(1).map((i) => NAMES[i]).join(", ")}; ${resurrected} destroyed back, ${lost} lost or stale`,
+        });
+        assert.deepEqual(details, []);
+        assert.equal(lost, 0, "sessions lost or stale");
+        assert.equal(resurrected, 0, "destroyed sessions came back");
+      }
+      assertNoErrors(again);
+    });
   });
 
   it("IPv6: set, get and destroy replicate over IPv6 multicast between hosts, and a joining host gets the state", async function () {

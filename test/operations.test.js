@@ -12,7 +12,7 @@ const express = require("express");
 const supertest = require("supertest");
 const { createStore, closeStores, makeLogger, sessionData, sleep, runChild } = require("./helpers");
 const { clusterOptions, startNode, stopAll, diagnostics, waitUntil } = require("./cluster/harness");
-const { declarations, dtsInterface, readmeTable, codeNames } = require("./declarations");
+const { declarations, dtsInterface, docTable, codeNames } = require("./declarations");
 
 const FAST = Object.freeze({ heartbeatInterval: 100, failureTimeout: 800 });
 const MEMBER_FIELDS = ["address", "clockOffsetMs", "id", "incarnation", "lastHeard", "port", "self", "state", "tcpPort"];
@@ -232,14 +232,21 @@ describe("operations", function () {
   });
 
   describe("stats()", () => {
-    it("has every field of index.d.ts MulticastStoreStats, and nothing else, while networked", async () => {
+    it("has every field of index.d.ts MulticastStoreStats, and nothing else, while networked with persist", async () => {
       const opts = clusterOptions(FAST);
       const P = await peer(opts);
-      const store = createStore(opts);
+      const dir = fs.mkdtempSync(path.join(require("node:os").tmpdir(), "esm-ops-"));
+      const store = createStore({ ...opts, persist: path.join(dir, "s.snap") });
       await store.ready();
       const stats = store.stats();
       // networkError is there only after a failed start (see "Errors at start" below).
       assert.deepEqual(Object.keys(stats).sort(), declaredFields("MulticastStoreStats").filter((k) => k !== "networkError"));
+      const persisted = STATS.filter((s) => s.persisted).map((s) => s.key);
+      assert.ok(persisted.length >= 8, `${persisted}`);
+      const withoutPersist = createStore(clusterOptions({ multicast: false })).stats();
+      assert.deepEqual(persisted.filter((k) => k in withoutPersist), [], "the snapshot figures are there with persist only");
+      await store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
       for (const key of [
         "sessions",
         "tombstones",
@@ -338,34 +345,35 @@ describe("operations", function () {
     });
   });
 
-  describe("the declaration of every figure (src/stats.rs) is what index.d.ts and the README name", () => {
-    const README_STATS = "### Counters and gauges: `stats()`";
-    const README_METRICS = "### Prometheus: `metrics()`";
+  describe("the declaration of every figure (src/stats.rs) is what index.d.ts and docs/operations.md name", () => {
+    const OPERATIONS = "docs/operations.md";
+    const STATS_TABLE = "## Counters and gauges: `stats()`";
+    const METRICS_TABLE = "## Prometheus: `metrics()`";
 
     /** Throws unless index.d.ts (its text: `dts`) declares exactly the declared figures. */
     function checkDts(dts) {
       const fields = dtsInterface("MulticastStoreStats", dts);
       assert.deepEqual(fields.map((f) => f.name).sort(), STATS.map((s) => s.key).sort(), "MulticastStoreStats names every figure, and only those");
       for (const s of STATS) {
-        const optional = s.networked || s.key === "networkError";
+        const optional = s.networked || s.persisted || s.key === "networkError";
         assert.equal(fields.find((f) => f.name === s.key).optional, optional, `${s.key}: optional in index.d.ts iff not always there`);
       }
     }
 
-    /** Throws unless the README's stats() and metrics() tables (its text: `readme`) name every figure and metric. */
-    function checkReadme(readme) {
-      const keys = readmeTable(README_STATS, readme).flatMap((row) => codeNames(row[0]));
-      for (const s of STATS) assert.ok(keys.includes(s.key), `the README's stats() table names ${s.key}`);
-      for (const key of keys) assert.ok(STATS.some((s) => s.key === key), `the README's stats() table names ${key}, which is not a figure`);
-      const rows = readmeTable(README_METRICS, readme);
+    /** Throws unless the stats() and metrics() tables of docs/operations.md (its text: `doc`) name every figure and metric. */
+    function checkDoc(doc) {
+      const keys = docTable(OPERATIONS, STATS_TABLE, doc).flatMap((row) => codeNames(row[0]));
+      for (const s of STATS) assert.ok(keys.includes(s.key), `the stats() table names ${s.key}`);
+      for (const key of keys) assert.ok(STATS.some((s) => s.key === key), `the stats() table names ${key}, which is not a figure`);
+      const rows = docTable(OPERATIONS, METRICS_TABLE, doc);
       const families = [...STATS.filter((s) => s.metric).map((s) => ({ ...s.metric, from: s.key })), ...MEMBER_METRICS];
       for (const f of families) {
         const row = rows.find((cells) => codeNames(cells[0]).some((n) => n.replace(/\{.*\}$/, "") === f.name));
-        assert.ok(row, `the README's metrics() table names ${f.name}`);
-        assert.equal(row[1], f.type, `${f.name}: its type in the README`);
-        if (f.from) assert.ok(codeNames(row[2]).includes(f.from), `${f.name}: the README says it comes from stats().${f.from}`);
+        assert.ok(row, `the metrics() table names ${f.name}`);
+        assert.equal(row[1], f.type, `${f.name}: its type in the metrics() table`);
+        if (f.from) assert.ok(codeNames(row[2]).includes(f.from), `${f.name}: the metrics() table says it comes from stats().${f.from}`);
       }
-      assert.equal(rows.length, families.length, "the README's metrics() table has a row per metric and no more");
+      assert.equal(rows.length, families.length, "the metrics() table has a row per metric and no more");
     }
 
     it("every figure once, each with its help text; metric names by the conventions", () => {
@@ -383,22 +391,22 @@ describe("operations", function () {
       checkDts(undefined);
     });
 
-    it("README.md: the stats() and metrics() tables", () => {
-      checkReadme(undefined);
+    it("docs/operations.md: the stats() and metrics() tables", () => {
+      checkDoc(undefined);
     });
 
-    it("fails when index.d.ts or the README leaves a figure out", () => {
+    it("fails when index.d.ts or docs/operations.md leaves a figure out", () => {
       const dts = fs.readFileSync(path.join(__dirname, "..", "index.d.ts"), "utf8");
-      const readme = fs.readFileSync(path.join(__dirname, "..", "README.md"), "utf8");
+      const doc = fs.readFileSync(path.join(__dirname, "..", "docs", "operations.md"), "utf8");
       const dtsWithout = dts.replace("        reassemblyBytes?: number;\n", "");
       assert.notEqual(dtsWithout, dts);
       assert.throws(() => checkDts(dtsWithout), /MulticastStoreStats names every figure/);
-      const withoutStat = readme.replace(/\n\| `reassemblyBytes` \|.*/, "");
-      assert.notEqual(withoutStat, readme);
-      assert.throws(() => checkReadme(withoutStat), /stats\(\) table names reassemblyBytes/);
-      const withoutMetric = readme.replace(/\n\| `session_multicast_reassembly_bytes` \|.*/, "");
-      assert.notEqual(withoutMetric, readme);
-      assert.throws(() => checkReadme(withoutMetric), /metrics\(\) table names session_multicast_reassembly_bytes/);
+      const withoutStat = doc.replace(/\n\| `reassemblyBytes` \|.*/, "");
+      assert.notEqual(withoutStat, doc);
+      assert.throws(() => checkDoc(withoutStat), /stats\(\) table names reassemblyBytes/);
+      const withoutMetric = doc.replace(/\n\| `session_multicast_reassembly_bytes` \|.*/, "");
+      assert.notEqual(withoutMetric, doc);
+      assert.throws(() => checkDoc(withoutMetric), /metrics\(\) table names session_multicast_reassembly_bytes/);
     });
   });
 
@@ -407,7 +415,10 @@ describe("operations", function () {
     async function busyStore() {
       const opts = clusterOptions(FAST);
       const P = await peer(opts);
-      const store = createStore(opts);
+      // With persist, so that every figure is there (the file in a directory of its own).
+      const dir = fs.mkdtempSync(path.join(require("node:os").tmpdir(), "esm-metrics-"));
+      const store = createStore({ ...opts, persist: path.join(dir, "s.snap") });
+      store.once("disconnect", () => fs.rmSync(dir, { recursive: true, force: true }));
       await store.ready();
       for (let i = 0; i < 20; i++) await store.set(`m${i}`, sessionData({ i }));
       await store.destroy("m0");

@@ -15,7 +15,7 @@ const {
   assertTypeErrorNaming,
 } = require("./helpers");
 const { loadEngine } = require("../lib/native");
-const { declarations, dtsInterface, readmeTable, codeNames } = require("./declarations");
+const { declarations, dtsInterface, docTable, codeNames } = require("./declarations");
 
 // Options that are valid and send nothing anywhere: a bad option is added on top of these.
 const QUIET = Object.freeze({ ...SAFE_OPTIONS, multicast: false, logger: makeLogger() });
@@ -61,6 +61,15 @@ const CASES = {
   failureTimeout: [{ heartbeatInterval: 500, failureTimeout: 900 }],
   maxClockSkew: [{ maxClockSkew: -1 }, { maxClockSkew: 1.5 }, { maxClockSkew: "1s" }, { maxClockSkew: 86_400_001 }],
   missTimeout: [{ missTimeout: -1 }, { missTimeout: 10_001 }, { missTimeout: 2.5 }, { missTimeout: "20" }],
+  persist: [
+    { persist: "" },
+    { persist: 1 },
+    { persist: true },
+    { persist: { interval: 60 } },
+    { persist: { path: "s.snap", interval: 0.5 } },
+    { persist: { path: "s.snap", interval: "60" } },
+    { persist: { path: "s.snap", every: 60 } },
+  ],
   multicastTtl: [{ multicastTtl: 1 }],
 };
 
@@ -107,7 +116,7 @@ describe("options", () => {
 
     /** Throws unless the README's options table (its text: `readme`) names every option, with its default. */
     function checkReadme(readme) {
-      const rows = readmeTable(README_OPTIONS, readme);
+      const rows = docTable("README.md", README_OPTIONS, readme);
       for (const o of options) {
         const row = rows.find((cells) => codeNames(cells[0]).includes(o.name));
         assert.ok(row, `the README's options table names ${o.name}`);
@@ -204,6 +213,23 @@ describe("options", () => {
       assert.equal(o.maxClockSkew, 250);
     });
 
+    it("persist: a path (resolved against the working directory), or { path, interval }", async () => {
+      const dir = fs.mkdtempSync(path.join(require("node:os").tmpdir(), "esm-options-"));
+      try {
+        // Nothing is written to it: a store that loaded nothing and stored nothing writes no snapshot.
+        const relative = `esm-options-${process.pid}.snap`;
+        assert.deepEqual(createStore({ multicast: false, persist: relative }).options.persist, { path: path.join(process.cwd(), relative), interval: 60 });
+        const o = createStore({ multicast: false, persist: { path: path.join(dir, "b.snap"), interval: 1.5 } }).options;
+        assert.deepEqual(o.persist, { path: path.join(dir, "b.snap"), interval: 1.5 });
+        assert.equal(createStore({ multicast: false }).options.persist, null);
+        assert.equal(createStore({ multicast: false, persist: false }).options.persist, null);
+      } finally {
+        await closeStores();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+      assert.ok(!fs.existsSync(`esm-options-${process.pid}.snap`));
+    });
+
     it("maxClockSkew: 0 (never warn) is accepted", () => {
       assert.equal(createStore({ maxClockSkew: 0 }).options.maxClockSkew, 0);
     });
@@ -251,6 +277,7 @@ describe("options", () => {
       assert.equal(o.waitForAck, false);
       assert.equal(o.ackTimeout, 300);
       assert.equal(o.missTimeout, 20);
+      assert.equal(o.persist, null);
     });
 
     it("the default group is 228.0.0.5 (v4) and a transient site-scope group (v6)", () => {

@@ -1,6 +1,8 @@
 "use strict";
-// The published shape: `npm pack`, then a consumer's `npm install` of the tarball (which has no
-// devDependencies) must build the engine and work with express-session.
+// The published shape, from source: `npm pack`, then a consumer's `npm install` of the main tarball
+// alone (no devDependencies; --omit=optional, so no prebuilt engine, as on a platform without
+// one) must build the engine with cargo, say so, and work with express-session.
+// test/consumer.test.js installs it with its prebuilt engine instead, without cargo.
 const assert = require("node:assert/strict");
 const { execFileSync, spawnSync } = require("node:child_process");
 const fs = require("node:fs");
@@ -39,16 +41,25 @@ describe("the packed package", function () {
       assert.ok(files.includes(needed), `${needed} is missing from the tarball`);
     }
     assert.ok(!files.some((f) => f.startsWith("test/") || f.startsWith("target/")), "tests or build output packed");
+    assert.deepEqual(files.filter((f) => f.endsWith(".node") || f.startsWith("npm/") || f.startsWith("dist/") || f.startsWith(".tools/")), [], "an engine, platform packages or tools packed");
+    const manifest = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8"));
+    for (const [name, range] of Object.entries(manifest.optionalDependencies)) {
+      assert.match(name, /^express-session-multicast-(linux|darwin)-/);
+      assert.equal(range, manifest.version, `${name} is not at the exact version ${manifest.version}`);
+    }
 
     fs.writeFileSync(path.join(consumer, "package.json"), JSON.stringify({ name: "consumer", private: true }));
     // express-session comes from this checkout, so the install needs no registry for it; the
     // engine builds in a target directory of its own, kept between runs.
     const env = { ...process.env, CARGO_TARGET_DIR: path.join(root, "target", "packed") };
-    execFileSync(
+    const installed = execFileSync(
       "npm",
-      ["install", "--no-audit", "--no-fund", path.join(consumer, packed.filename), path.join(root, "node_modules", "express-session")],
-      { cwd: consumer, env, stdio: "pipe" }
+      ["install", "--no-audit", "--no-fund", "--omit=optional", "--foreground-scripts", path.join(consumer, packed.filename), path.join(root, "node_modules", "express-session")],
+      { cwd: consumer, env, encoding: "utf8", stdio: "pipe" }
     );
+    // The one line the install script says before it builds, with why.
+    assert.match(installed, /express-session-multicast: building the native engine from source with cargo: no prebuilt engine for [a-z0-9]+-[a-z0-9]+(-gnu|-musl)? loads \(express-session-multicast-[^:]+: not installed\)\./);
+    assert.ok(fs.existsSync(path.join(consumer, "node_modules", "express-session-multicast", "express_session_multicast.node")), "no local build");
 
     const script = `
       const session = require("express-session");

@@ -1,5 +1,5 @@
 "use strict";
-// Security of the replication protocol (DESIGN §3): sealing with `secret`, replay windows, and
+// Security of the replication protocol (docs/design.md §3.3, §3.4; docs/security.md): sealing with `secret`, replay windows, and
 // what an outsider on the network can and cannot do. Nodes are separate processes
 // (test/cluster/harness.js); the attacker is this process, with UDP sockets that only ever talk
 // to 127.0.0.1 or to the group on loopback (multicast TTL 0). Packets are built and parsed with

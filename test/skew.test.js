@@ -6,7 +6,7 @@
 // What is checked: each side's members() reports the other's offset (clockOffsetMs), metrics()
 // exports it, each side logs one warning (rate-limited) naming the member; maxClockSkew: 0 keeps
 // the estimate but not the warning; unshifted processes report a small offset and no warning;
-// and what the README says skew does to expiry (an absolute time on the writer's clock).
+// and what docs/how-it-works.md ("Clocks") says skew does to expiry (an absolute time on the writer's clock).
 const assert = require("node:assert/strict");
 const fs = require("node:fs");
 const path = require("node:path");
@@ -136,7 +136,7 @@ describe("clock skew between members", function () {
     });
 
     for (const [shift, shiftMs] of [["+1h", HOUR], ["-1h", -HOUR]]) {
-      it(`${shift}: an expiry is an absolute time on the writer's clock (the README's account of skew)`, async () => {
+      it(`${shift}: an expiry is an absolute time on the writer's clock (docs/how-it-works.md's account of skew)`, async () => {
         const { store, peer } = await pair(clusterOptions({ ...FAST, ttl: TTL_S }), shifted(shift));
         // Without a cookie expiry, a session lives `ttl` from its write, by the writer's engine.
         const marker = (now) => ({ cookie: { originalMaxAge: 3 * HOUR, expires: new Date(now + 3 * HOUR).toISOString(), path: "/" } });

@@ -111,7 +111,7 @@ function unsealedPacket(clusterName, header, body = Buffer.alloc(0)) {
   return Buffer.concat([packet, crc]);
 }
 
-// Body building blocks (README "Wire format").
+// Body building blocks (docs/how-it-works.md "Wire format").
 const u8 = (v) => Buffer.from([v]);
 const u16 = (v) => {
   const b = Buffer.alloc(2);

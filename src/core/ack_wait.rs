@@ -1,5 +1,6 @@
-//! Acknowledged writes (`waitForAck`, README "Guarantees"): the callback of a local write waits
-//! until every member that was alive when the write left has acknowledged it, or `ackTimeout`.
+//! Acknowledged writes (`waitForAck`, README "Guarantees", docs/design.md §3.11): the callback
+//! of a local write waits until every member that was alive when the write left has acknowledged
+//! it, or `ackTimeout`.
 //!
 //! The outbox numbers local writes 1, 2, 3…; the network thread sends them in batches, and a
 //! batch ends at a seq of this node's stream. A batch is settled once each member alive when it

@@ -1,4 +1,4 @@
-//! Fragmentation of ops too large for one datagram (DESIGN §3), and their bounded reassembly.
+//! Fragmentation of ops too large for one datagram (docs/design.md §3.8), and their bounded reassembly.
 //!
 //! The sender cuts an op's encoded bytes with [`split`]: every piece but the last carries exactly
 //! [`PIECE_LEN`] bytes, the last one between 1 and [`PIECE_LEN`]. The receiver enforces that

@@ -1,4 +1,4 @@
-//! Cluster membership: who is there, and who stopped answering (DESIGN §3).
+//! Cluster membership: who is there, and who stopped answering (docs/design.md §3.5).
 //!
 //! Every datagram from a node counts as "heard". A node silent for `suspect_after` is suspect,
 //! for `dead_after` (failureTimeout) dead; a `Leave` makes it left at once. A node is identified

@@ -1,4 +1,5 @@
-//! A miss asks the cluster (README "Reading a session that has not arrived yet").
+//! A miss asks the cluster (docs/design.md §3.10; docs/how-it-works.md "Reading a session that
+//! has not arrived yet").
 //!
 //! express-session asks the store only for sids of cookies it signed, so a `get` that finds
 //! neither a session nor a tombstone is most often a session written on another node whose

@@ -123,6 +123,11 @@ impl Node {
         self.heard(header, Some(info), now);
         // A new node: its stream starts at 1, and it wants to hear from us at once.
         self.open_inbound(header, 1, info.addr, false, now);
+        // It may bring sessions of its own, loaded from a snapshot (persist): pull them once (a
+        // digest sync, which costs nothing when it has none we lack).
+        if let Some(inbound) = self.inbound.get_mut(&header.node).filter(|i| i.incarnation == header.incarnation) {
+            inbound.sync_wanted = true;
+        }
         let greeting = Message::Greeting { info: self.settings.me, high_seq: self.send.high_seq(), sent_ms: now.ms };
         self.send_to(&greeting, info.addr);
     }

@@ -1,4 +1,4 @@
-//! Replay protection without synchronised clocks (DESIGN §3).
+//! Replay protection without synchronised clocks (docs/design.md §3.4).
 //!
 //! Every packet a node sends carries a packet number, strictly increasing within its
 //! incarnation. A receiver keeps, per (node id, incarnation), the highest number seen and a

@@ -1,5 +1,5 @@
 //! Clock offsets of members, from the wall-clock time their `Heartbeat`s and `Greeting`s carry
-//! (README "Clocks"). Pure: no clock, no I/O, every time is an input.
+//! (docs/how-it-works.md "Clocks", docs/design.md §3.13). Pure: no clock, no I/O, every time is an input.
 //!
 //! One sample is the member's wall clock when it sent, minus this node's when the message was
 //! handled: the true offset less the one-way delay (network, queues, a busy receiver). Delays

@@ -29,7 +29,7 @@ pub struct Outbox {
     ready: Notify,
     /// Some node may hear the writes: a member that has not left is known (set by the cluster).
     /// A node alone sends none: whoever joins later gets them by its state transfer, and a node
-    /// that hears this one again after a partition syncs with it (README "A node alone").
+    /// that hears this one again after a partition syncs with it (docs/how-it-works.md "A node alone").
     audience: AtomicBool,
 }
 

@@ -1,5 +1,5 @@
 //! The TCP side of state transfers, anti-entropy syncs and fetches (what travels is decided in
-//! core/sync.rs): connections, frames (wire packets behind a 4-byte big-endian length) and
+//! core/sync.rs, docs/design.md §3.9): connections, frames (wire packets behind a 4-byte big-endian length) and
 //! timeouts.
 
 use std::io;

@@ -16,6 +16,7 @@ use crate::driver::outbox::Outbox;
 use crate::driver::{Answer, Driver, Parts};
 use crate::events::{Event, EventSink, Level};
 use crate::options::Config;
+use crate::persist::Persist;
 use crate::stats::{Net, Snapshot, Sources};
 use crate::table::{expiry, Lookup, Op, Table};
 use crate::wire::{self, Header};
@@ -48,9 +49,11 @@ pub struct Counters {
 pub struct Engine {
     config: Config,
     header: Header,
-    clock: Arc<Clock>,
-    table: Arc<Table>,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) table: Arc<Table>,
     counters: Arc<Counters>,
+    /// Snapshots on disk (`persist`), when configured.
+    pub(crate) persist: Option<Arc<Persist>>,
     /// Local writes on their way to the cluster; `None` when the node is not networked.
     outbox: Option<Arc<Outbox>>,
     /// Why the network could not start, when it could not (the store then serves alone).
@@ -104,7 +107,14 @@ impl Engine {
             .enable_all()
             .build()?;
         let clock = Arc::new(Clock::new(node_id));
-        let table = Arc::new(Table::new());
+        // The snapshot is loaded before the node joins: what the cluster sends merges by version.
+        // Not for the doctor's observer, which takes the store's options: the file is the store's.
+        let persist = (config.persist.as_ref().filter(|_| role == Role::Member))
+            .map(|p| Arc::new(Persist::new(&config, p, node_id, header.incarnation, events.clone())));
+        let table = Arc::new(persist.as_ref().map_or_else(Table::new, |p| p.load(&clock)));
+        if let Some(persist) = &persist {
+            runtime.spawn(persist.clone().run(table.clone(), clock.clone()));
+        }
         let counters = Arc::<Counters>::default();
         runtime.spawn(sweep_forever(table.clone(), counters.clone()));
 
@@ -155,7 +165,7 @@ impl Engine {
             events(Event::Ready);
         }
         let running = Mutex::new(Some(Running { runtime, driver }));
-        Ok(Engine { config, header, clock, table, counters, outbox, network_error, running })
+        Ok(Engine { config, header, clock, table, counters, outbox, network_error, persist, running })
     }
 
     pub fn config(&self) -> &Config {
@@ -260,6 +270,7 @@ impl Engine {
             counters: &self.counters,
             network: self.network_state(),
             network_error: self.network_error.as_deref(),
+            persist: self.persist.as_ref().map(|p| &p.stats),
             members: 1 + node.as_ref().map_or(0, |(reachable, _, _)| *reachable),
             ready: node.as_ref().is_none_or(|(_, ready, _)| *ready),
             net: node.map(|(_, _, net)| net),
@@ -334,6 +345,11 @@ impl Engine {
                 let ms = (LEAVE_TIMEOUT + LEAVE_MARGIN).as_millis();
                 Some(format!("leave: not done after {ms} ms; the other nodes will see this node dead"))
             });
+        }
+        if let Some(persist) = &self.persist {
+            // The last snapshot, on an engine thread, once the network is quiet.
+            let (persist, table, clock) = (persist.clone(), self.table.clone(), self.clock.clone());
+            let _ = runtime.block_on(runtime.spawn_blocking(move || persist.close(&table, &clock)));
         }
         runtime.shutdown_timeout(Duration::from_secs(1));
         warning

@@ -75,6 +75,12 @@ impl Entry {
         matches!(self.data, Data::Live(_)) && self.effective_expiry() > now
     }
 
+    /// Not yet forgettable at `now` under the default tombstone retention: a live session, or a
+    /// tombstone within its retention (what a snapshot's loader keeps).
+    pub fn is_kept(&self, now: u64) -> bool {
+        self.purge_at(super::TOMBSTONE_MIN_RETENTION_MS) > now
+    }
+
     /// When the sweeper may forget this entry (`retention_ms`: a tombstone's least).
     pub(super) fn purge_at(&self, retention_ms: u64) -> u64 {
         match self.data {

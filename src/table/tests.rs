@@ -356,3 +356,93 @@ fn tombstone_memory() {
         println!("{n} tombstones: {per:.0} bytes each (sid: 32)");
     }
 }
+
+/// Every entry not purgeable comes out once, tombstones and touched-only entries included.
+#[test]
+fn export_copies_every_kept_entry_once() {
+    let t = Table::new();
+    for i in 0..10_000 {
+        t.apply(&set(&format!("s{i}"), &format!(r#"{{"n":{i}}}"#), NOW + 10, v(1, 1)));
+    }
+    t.apply(&destroy("s1", v(NOW << 16, 2)));
+    t.apply(&touch("only-touched", "{}", NOW + 10, v(3, 1)));
+    t.apply(&set("expired", "{}", NOW - 1, v(1, 1)));
+    let mut seen = std::collections::HashMap::new();
+    t.export(NOW, |shard| {
+        for (sid, e) in shard.iter() {
+            assert!(seen.insert(sid.to_owned(), e.clone()).is_none(), "{sid} twice");
+        }
+        Some(shard)
+    });
+    assert_eq!(seen.len(), 10_001);
+    assert_eq!(seen["s2"], t.entry("s2").unwrap());
+    assert_eq!(seen["s1"].data, Data::Deleted);
+    assert!(seen.contains_key("only-touched") && !seen.contains_key("expired"));
+    let mut shards = 0;
+    t.export(NOW, |_| {
+        shards += 1;
+        None
+    });
+    assert_eq!(shards, 1, "visit returning None stops the export");
+}
+
+/// A restored entry lands as it was, a compact tombstone included, and merges with one held.
+#[test]
+fn restore_moves_entries_in_and_merges_with_held_ones() {
+    let t = Table::new();
+    let source = Table::new();
+    source.apply(&set("a", r#"{"n":1}"#, NOW + 10, v(5, 1)));
+    source.apply(&set("gone", "{}", NOW + 10, v(NOW << 16, 1)));
+    source.apply(&destroy("gone", v((NOW << 16) + 1, 1)));
+    t.apply(&set("a", r#"{"n":2}"#, NOW + 10, v(6, 2)));
+    for sid in ["a", "gone"] {
+        t.restore(sid, source.entry(sid).unwrap());
+    }
+    assert_eq!(t.get("a", NOW).as_deref(), Some(r#"{"n":2}"#), "the newer write held stays");
+    assert_eq!(t.lookup("gone", NOW), Lookup::Gone);
+    assert_eq!(t.entry("gone"), source.entry("gone"));
+    assert_eq!((t.counts(NOW).sessions, t.counts(NOW).tombstones), (1, 1));
+}
+
+#[test]
+fn changes_move_with_writes_only() {
+    let t = Table::new();
+    let before = t.changes();
+    t.apply(&set("a", "{}", NOW + 10, v(2, 1)));
+    let after_set = t.changes();
+    assert!(after_set > before);
+    t.apply(&set("a", "{}", NOW + 10, v(1, 1)));
+    assert_eq!(t.changes(), after_set, "a write that lost changes nothing");
+    t.extend_locally("a", NOW + 11, NOW, 100);
+    t.sweep(NOW + 20);
+    assert_eq!(t.changes(), after_set, "local touches and purges are not snapshotted");
+    t.apply(&Op::Clear { version: v(3, 1) });
+    assert!(t.changes() > after_set);
+}
+
+/// get and set cost with `SHARDS` shards:
+/// `cargo test --release --no-default-features set_get_ns -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn set_get_ns() {
+    let t = Table::new();
+    let n = 200_000u64;
+    let doc: Arc<str> = "x".repeat(1000).into();
+    let sids: Vec<String> = (0..n).map(|i| format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect();
+    let write =
+        |sid: &str, hlc: u64| Op::Set { sid: sid.into(), doc: doc.clone(), expires_at: u64::MAX, version: v(hlc, 1) };
+    for (i, sid) in sids.iter().enumerate() {
+        t.apply(&write(sid, i as u64 + 1));
+    }
+    for round in 0..3 {
+        let start = std::time::Instant::now();
+        for (i, sid) in sids.iter().enumerate() {
+            t.apply(&write(sid, n * (round + 2) + i as u64));
+        }
+        let set = start.elapsed().as_nanos() as f64 / n as f64;
+        let start = std::time::Instant::now();
+        let found = sids.iter().filter(|sid| t.get(sid, 0).is_some()).count();
+        let get = start.elapsed().as_nanos() as f64 / n as f64;
+        println!("shards {SHARDS}: set {set:.0} ns, get {get:.0} ns ({found})");
+    }
+}

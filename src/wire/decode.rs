@@ -3,10 +3,12 @@
 
 use super::*;
 
-struct Reader<'a>(&'a [u8]);
+/// Reads big-endian fields off the front of a byte slice (also the snapshot format's,
+/// src/persist/format.rs).
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -14,29 +16,29 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default()))
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default()))
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()))
     }
-    fn bytes32(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes32(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.u32()? as usize;
         self.take(n)
     }
-    fn str32(&mut self) -> Result<Arc<str>, DecodeError> {
+    pub(crate) fn str32(&mut self) -> Result<Arc<str>, DecodeError> {
         std::str::from_utf8(self.bytes32()?).map(Arc::from).map_err(|_| DecodeError::Malformed)
     }
-    fn version(&mut self) -> Result<Version, DecodeError> {
+    pub(crate) fn version(&mut self) -> Result<Version, DecodeError> {
         Ok(Version { hlc: self.u64()?, node: self.u64()? })
     }
-    fn optional(&mut self) -> Result<Option<Arc<str>>, DecodeError> {
+    pub(crate) fn optional(&mut self) -> Result<Option<Arc<str>>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
             1 => Ok(Some(self.str32()?)),

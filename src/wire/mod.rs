@@ -36,6 +36,7 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use decode::Reader;
 pub use decode::{decode, decode_op, packet_number, peek_header};
 pub use encode::{encode, encode_op, op_len};
 

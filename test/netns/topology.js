@@ -6,7 +6,7 @@
 //   <id>-h1 …      one namespace per host: lo, and eth0 (the other veth end) with 198.18.0.<n>/24
 //                  and (if the kernel has IPv6) 2001:db8:5e55::<n>/64 (nodad), no default route
 //
-// Every packet stays inside these namespaces (DESIGN §4): nothing is configured in the root
+// Every packet stays inside these namespaces (docs/design.md §4): nothing is configured in the root
 // namespace, both ends of each veth pair are created directly inside their namespaces, and no
 // namespace has a route out. Namespace names start with a per-run id (`esm<pid>-…`), so parallel
 // runs never collide. destroy() deletes every namespace this run created (which removes the

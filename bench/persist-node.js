@@ -1,0 +1,86 @@
+"use strict";
+// One store with `persist` in its own process, driven by bench/persist.js over IPC (fork, bench/
+// util.js spawnNode: { id, cmd, args } → { id, result } | { id, error }). Not networked
+// (multicast: false): what is measured is the snapshot. Exits when the parent goes away.
+const crypto = require("crypto");
+const session = require("express-session");
+const MulticastStore = require("..")(session);
+const { makeSession } = require("./util");
+
+const now = process.hrtime.bigint;
+const ms = (from) => Number(now() - from) / 1e6;
+const sidOf = (i) => `bench-persist-${String(i).padStart(18, "0")}`; // 32 chars, like uid-safe(24)
+let store = null;
+let count = 0;
+const logs = [];
+const logger = { trace() {}, debug: (m) => logs.push(m), info: (m) => logs.push(m), warn: (m) => logs.push(m), error: (m) => logs.push(m) };
+
+const commands = {
+  /** Creates the store (which loads the snapshot, if there is one): how long the constructor took. */
+  open(options) {
+    const t = now();
+    store = new MulticastStore({ ...options, logger });
+    const ctorMs = ms(t);
+    return { ctorMs, stats: store.stats() };
+  },
+  /** `n` distinct ≈`bytes` sessions, 1,000 per event-loop turn: the same sessions bench/persist.js writes to redis. */
+  async fill(n, bytes) {
+    const sess = makeSession(bytes);
+    const t = now();
+    for (let i = 0; i < n; ) {
+      const end = Math.min(n, i + 1000);
+      await new Promise((resolve, reject) => {
+        for (; i < end; i++) {
+          sess.user.id = i;
+          sess.csrfSecret = crypto.randomBytes(18).toString("base64url");
+          store.set(sidOf(i), sess, i === end - 1 ? (err) => (err ? reject(err) : resolve()) : undefined);
+        }
+      });
+      await new Promise(setImmediate);
+    }
+    count = n;
+    return { ms: ms(t), sessionBytes: JSON.stringify(sess).length };
+  },
+  stats: () => store.stats(),
+  logs: () => logs.splice(0),
+  /**
+   * Until epoch ms `until`: a set, then a get, of random sessions of the table, each awaited
+   * (called → callback), then 1 ms of idle; as a busy server's requests come. Samples are
+   * [epoch ms when called, µs called → callback].
+   */
+  async latency(until, bytes) {
+    const sess = makeSession(bytes);
+    const sets = [];
+    const gets = [];
+    while (Date.now() < until) {
+      const i = crypto.randomInt(count);
+      sess.user.id = i;
+      let at = Date.now();
+      let t = now();
+      await new Promise((resolve, reject) => store.set(sidOf(i), sess, (err) => (err ? reject(err) : resolve())));
+      sets.push([at, Number(now() - t) / 1e3]);
+      at = Date.now();
+      t = now();
+      await new Promise((resolve, reject) => store.get(sidOf(crypto.randomInt(count)), (err, s) => (err || !s ? reject(err || new Error("a session is missing")) : resolve())));
+      gets.push([at, Number(now() - t) / 1e3]);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    return { sets, gets };
+  },
+  /** close(): with persist, it writes the last snapshot (when something changed). */
+  close() {
+    const t = now();
+    store.close();
+    return { closeMs: ms(t), stats: store.stats() };
+  },
+};
+
+process.on("message", async ({ id, cmd, args }) => {
+  try {
+    if (!Object.hasOwn(commands, cmd)) throw new Error(`unknown command ${cmd}`);
+    process.send({ id, result: await commands[cmd](...args) });
+  } catch (err) {
+    process.send({ id, error: err && err.stack ? err.stack : String(err) });
+  }
+});
+process.on("disconnect", () => process.exit(0));

@@ -1,0 +1,273 @@
+"use strict";
+// persist: what a snapshot costs, next to redis-server's in the same run (docs/persistence.md).
+// For each count (100,000 and 1,000,000 sessions of ≈1 KB, bench/util.js makeSession):
+//   - this store, one node (multicast: false) in a process of its own (bench/persist-node.js),
+//     persist in a temporary directory: filled, then a periodic snapshot of the whole table
+//     written while the JS thread runs set/get (each awaited, 1 ms apart): the snapshot's wall
+//     time (fsyncs included), the writing thread's CPU time, the fsyncs alone, the longest time
+//     it held one shard of the table, the file's size; set and get p50/p99 during the snapshot
+//     next to outside it, from the same run; close() (the last snapshot); then a new process
+//     loads the file: the constructor's time and the engine's own load time.
+//   - redis-server (a server of its own on 127.0.0.1, bench/redis.js's settings), the same
+//     sessions written as connect-redis writes them (sess:<sid>, JSON, EX): BGSAVE (from the
+//     command to rdb_bgsave_in_progress:0, polled every 2 ms) and the RDB file's size; then a
+//     new redis-server started on that RDB file: time until it answers PING (LOADING before),
+//     less the same for an empty one.
+//   node bench/persist.js   (alone; `npm run bench` runs it as part of bench/index.js)
+//   BENCH_PERSIST_COUNTS=100000,1000000   BENCH_PERSIST_INTERVAL_S (default: 5 per 100,000 sessions, at least 3)
+const crypto = require("crypto");
+const fs = require("fs");
+const os = require("os");
+const path = require("path");
+const { spawn } = require("child_process");
+const { createClient } = require("redis");
+const u = require("./util");
+
+const COUNTS = (process.env.BENCH_PERSIST_COUNTS || "100000,1000000").split(",").map(Number);
+const BYTES = 1024;
+const TARGETS = { writeCpuMsPer1M: 2000, loadMsPer1M: 1000, p99Ratio: 1.1 };
+
+const pct = (samples, p) => {
+  const xs = samples.map(([, us]) => us).sort((a, b) => a - b);
+  return xs.length ? u.round1(xs[Math.min(xs.length - 1, Math.floor(p * xs.length))]) : null;
+};
+
+/** The figures of the debug line a snapshot logs (src/persist/mod.rs). */
+function parseSnapshotLog(lines) {
+  const line = [...lines].reverse().find((l) => /snapshot written to .*: \d+ sessions/.test(l));
+  if (!line) return null;
+  const num = (re) => Number((re.exec(line) || [])[1]);
+  return {
+    sessions: num(/: (\d+) sessions/),
+    bytes: num(/, (\d+) bytes in/),
+    ms: num(/bytes in ([\d.]+) ms/),
+    cpuMs: num(/cpu ([\d.]+) ms/),
+    fsyncMs: num(/fsync ([\d.]+) ms/),
+    longestHoldUs: num(/longest hold of a shard ([\d.]+) µs/),
+  };
+}
+
+async function ours(count, dir, log) {
+  const file = path.join(dir, `ours-${count}.snap`);
+  const interval = Number(process.env.BENCH_PERSIST_INTERVAL_S) || Math.max(3, Math.ceil((count / 100_000) * 5));
+  const options = { multicast: false, cluster: "bench-persist", persist: { path: file, interval } };
+  const node = u.spawnNode(`persist-${count}`, path.join(__dirname, "persist-node.js"), { execArgv: ["--max-old-space-size=8192"] });
+  try {
+    await node.call("open", options);
+    const filled = await node.call("fill", count, BYTES);
+    // A snapshot of the whole table, done; the next one begins `interval` after it began.
+    let stats = await waitFor(node, (s) => s.snapshotsWritten > 0 && s.lastSnapshotSessions === count, (interval + 60) * 1000);
+    await node.call("logs");
+    const before = stats.snapshotsWritten;
+    const until = stats.lastSnapshotAt + 2 * interval * 1000 - 300;
+    const { sets, gets } = await node.call("latency", until, BYTES);
+    stats = await node.call("stats");
+    const snapshot = parseSnapshotLog(await node.call("logs"));
+    if (stats.snapshotsWritten !== before + 1 || !snapshot) throw new Error(`expected one snapshot during the latency run, got ${stats.snapshotsWritten - before}`);
+    const from = stats.lastSnapshotAt;
+    const to = from + stats.lastSnapshotMs;
+    const during = (xs) => xs.filter(([at]) => at >= from && at <= to);
+    const outside = (xs) => xs.filter(([at]) => at < from - 100 || at > to + 100);
+    const latency = {};
+    for (const [op, xs] of [["set", sets], ["get", gets]]) {
+      const d = during(xs);
+      const o = outside(xs);
+      latency[op] = { during: { n: d.length, p50: pct(d, 0.5), p99: pct(d, 0.99) }, outside: { n: o.length, p50: pct(o, 0.5), p99: pct(o, 0.99) } };
+      latency[op].p99Ratio = u.ratio(latency[op].during.p99, latency[op].outside.p99);
+    }
+    const closed = await node.call("close");
+    const fileBytes = fs.statSync(file).size;
+    await u.stop(node);
+
+    const loader = u.spawnNode(`persist-load-${count}`, path.join(__dirname, "persist-node.js"), { execArgv: ["--max-old-space-size=8192"] });
+    try {
+      const opened = await loader.call("open", { ...options, persist: { path: file, interval: 3600 } });
+      await u.sleep(50);
+      const line = (await loader.call("logs")).find((l) => /loaded .* in [\d.]+ ms/.test(l)) || "";
+      const engineLoadMs = Number((/ in ([\d.]+) ms/.exec(line) || [])[1]);
+      if (opened.stats.snapshotLoadedSessions !== count) throw new Error(`loaded ${opened.stats.snapshotLoadedSessions} of ${count}: ${line}`);
+      const r = { count, interval, fillMs: Math.round(filled.ms), sessionJsonBytes: filled.sessionBytes, snapshot, fileBytes, closeMs: u.round1(closed.closeMs), latency, load: { ctorMs: u.round1(opened.ctorMs), engineMs: engineLoadMs, sessions: opened.stats.snapshotLoadedSessions } };
+      log(
+        `  ${u.fmt(count)} × this store: snapshot ${u.fmt(snapshot.ms)} ms (cpu ${u.fmt(snapshot.cpuMs)} ms, fsync ${u.fmt(snapshot.fsyncMs)} ms, longest hold of a shard ${snapshot.longestHoldUs} µs), ${u.fmt(fileBytes / 1e6)} MB; ` +
+          `load ${u.fmt(engineLoadMs)} ms (constructor ${u.fmt(opened.ctorMs)} ms); set p99 ${latency.set.during.p99} µs during / ${latency.set.outside.p99} µs outside (${u.fmtRatio(latency.set.p99Ratio)}), get p99 ${latency.get.during.p99} / ${latency.get.outside.p99} µs (${u.fmtRatio(latency.get.p99Ratio)})`
+      );
+      return r;
+    } finally {
+      await u.stop(loader);
+    }
+  } finally {
+    await u.stop(node);
+  }
+}
+
+async function waitFor(node, done, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await node.call("stats");
+    if (done(s)) return s;
+    if (Date.now() > deadline) throw new Error(`not done within ${timeoutMs} ms: ${JSON.stringify(s)}`);
+    await u.sleep(20);
+  }
+}
+
+/** A redis-server of our own on 127.0.0.1 with `dir` as its working directory; resolves once it answers PING: { port, client, stop, readyMs }. */
+async function redisServer(dir, { rdb = null } = {}) {
+  const port = 20000 + crypto.randomInt(40000);
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning", "--dir", dir, "--dbfilename", rdb || "empty.rdb"];
+  const t = process.hrtime.bigint();
+  const proc = spawn("redis-server", args, { stdio: ["ignore", "ignore", "pipe"] });
+  const exited = new Promise((resolve) => proc.once("exit", resolve));
+  const client = createClient({ socket: { host: "127.0.0.1", port, reconnectStrategy: () => 5 } });
+  client.on("error", () => {});
+  await client.connect();
+  for (;;) {
+    try {
+      await client.ping(); // LOADING while it reads the RDB file
+      break;
+    } catch {
+      await u.sleep(2);
+    }
+  }
+  const readyMs = Number(process.hrtime.bigint() - t) / 1e6;
+  return {
+    port,
+    client,
+    readyMs,
+    async stop() {
+      await client.quit().catch(() => {});
+      proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+async function redis(count, dir, log) {
+  const server = await redisServer(dir, { rdb: "dump.rdb" }); // no such file yet: it starts empty
+  try {
+    const sess = u.makeSession(BYTES);
+    const t = Date.now();
+    for (let i = 0; i < count; i += 1000) {
+      const batch = [];
+      for (let k = i; k < Math.min(count, i + 1000); k++) {
+        sess.user.id = k;
+        sess.csrfSecret = crypto.randomBytes(18).toString("base64url");
+        batch.push(server.client.set(`sess:bench-persist-${String(k).padStart(18, "0")}`, JSON.stringify(sess), { EX: 86400 }));
+      }
+      await Promise.all(batch);
+    }
+    const fillMs = Date.now() - t;
+    const info = async () => Object.fromEntries((await server.client.info("persistence")).split(/\r?\n/).filter((l) => l.includes(":")).map((l) => l.split(":", 2)));
+    const t0 = process.hrtime.bigint();
+    await server.client.bgSave();
+    let last;
+    do {
+      await u.sleep(2);
+      last = await info();
+    } while (last.rdb_bgsave_in_progress === "1");
+    const bgsaveMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    if (last.rdb_last_bgsave_status !== "ok") throw new Error(`BGSAVE: ${JSON.stringify(last)}`);
+    const fileBytes = fs.statSync(path.join(dir, "dump.rdb")).size;
+    await server.stop();
+
+    const empty = await redisServer(dir);
+    await empty.stop();
+    const loaded = await redisServer(dir, { rdb: "dump.rdb" });
+    const keys = await loaded.client.dbSize();
+    await loaded.stop();
+    if (keys !== count) throw new Error(`redis loaded ${keys} keys of ${count}`);
+    const r = { count, fillMs, bgsaveMs: u.round1(bgsaveMs), fileBytes, cowBytes: Number(last.rdb_last_cow_size), restartMs: u.round1(loaded.readyMs), emptyStartMs: u.round1(empty.readyMs), loadMs: u.round1(loaded.readyMs - empty.readyMs) };
+    log(`  ${u.fmt(count)} × redis-server: BGSAVE ${u.fmt(bgsaveMs)} ms, ${u.fmt(fileBytes / 1e6)} MB (RDB); restart on it ${u.fmt(loaded.readyMs)} ms (an empty one ${u.fmt(empty.readyMs)} ms)`);
+    return r;
+  } finally {
+    await server.stop().catch(() => {});
+  }
+}
+
+async function run({ log = console.log } = {}) {
+  require("./redis").ensureInstalled();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-persist-"));
+  const results = [];
+  try {
+    for (const count of COUNTS) {
+      const mine = await ours(count, dir, log);
+      for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true });
+      const theirs = await redis(count, dir, log);
+      for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true });
+      const ratios = {
+        writeMsToBgsave: u.ratio(mine.snapshot.ms, theirs.bgsaveMs),
+        loadMsToRedis: u.ratio(mine.load.engineMs, theirs.loadMs),
+        fileBytesToRdb: u.ratio(mine.fileBytes, theirs.fileBytes),
+      };
+      log(`  ${u.fmt(count)}: snapshot/BGSAVE ${u.fmtRatio(ratios.writeMsToBgsave)}, load/redis load ${u.fmtRatio(ratios.loadMsToRedis)}, file/RDB ${u.fmtRatio(ratios.fileBytesToRdb)}`);
+      results.push({ count, ours: mine, redis: theirs, ratios });
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return {
+    method:
+      "this store: one node (multicast: false) in a process of its own, persist in a temporary directory of the same disk; the sessions of bench/util.js makeSession (≈1 KB JSON, 32-byte sids); a periodic snapshot of the whole table (figures from its log line: wall time with fsyncs, CPU time of the writing thread, fsyncs, longest hold of one shard of the table), while the JS thread runs an awaited set then get every ~1 ms (p50/p99 during the snapshot and outside it, the same run); load: a new process's constructor on the file, and the engine's load time. redis-server: a server of its own on 127.0.0.1 (no persistence configured), the same sessions as connect-redis writes them; BGSAVE from the command to rdb_bgsave_in_progress:0; restart: a new redis-server on the RDB file until PING answers, less an empty one's start",
+    targets: TARGETS,
+    results,
+    verdicts: verdicts(results),
+  };
+}
+
+function verdicts(results) {
+  const out = [];
+  for (const r of results) {
+    const per1M = 1_000_000 / r.count;
+    if (r.count >= 1_000_000) {
+      out.push({ target: `1,000,000 sessions written in < ${TARGETS.writeCpuMsPer1M} ms of engine (CPU) time`, measured: `${u.fmt(r.ours.snapshot.cpuMs)} ms CPU (${u.fmt(r.ours.snapshot.ms)} ms wall, ${u.fmt(r.ours.snapshot.fsyncMs)} of them fsync)`, pass: r.ours.snapshot.cpuMs * per1M < TARGETS.writeCpuMsPer1M });
+      out.push({ target: `1,000,000 sessions loaded in < ${TARGETS.loadMsPer1M} ms`, measured: `${u.fmt(r.ours.load.engineMs)} ms`, pass: r.ours.load.engineMs < TARGETS.loadMsPer1M });
+    }
+    for (const op of ["set", "get"]) {
+      const l = r.ours.latency[op];
+      out.push({ target: `${u.fmt(r.count)}: ${op} p99 during a snapshot ≤ ${TARGETS.p99Ratio}× outside`, measured: `${l.during.p99} µs / ${l.outside.p99} µs = ${u.fmtRatio(l.p99Ratio)} (n ${l.during.n} / ${l.outside.n})`, pass: l.p99Ratio !== null && l.p99Ratio <= TARGETS.p99Ratio });
+    }
+  }
+  return out;
+}
+
+const BEGIN = "<!-- persist: bench/persist.js -->";
+const END = "<!-- /persist -->";
+
+/** summary.md with its persist section (between BEGIN and END) replaced by `data`'s. */
+function withPersistSection(summary, data) {
+  const rows = data.results.map((r) => {
+    const o = r.ours;
+    return `| ${u.fmt(r.count)} | ${u.fmt(o.snapshot.ms)} (cpu ${u.fmt(o.snapshot.cpuMs)}, fsync ${u.fmt(o.snapshot.fsyncMs)}) | ${u.fmt(r.redis.bgsaveMs)} | ${u.fmt(o.fileBytes / 1e6)} / ${u.fmt(r.redis.fileBytes / 1e6)} | ${u.fmt(o.load.engineMs)} | ${u.fmt(r.redis.loadMs)} | ${o.snapshot.longestHoldUs} | ${o.latency.set.during.p99} / ${o.latency.set.outside.p99} (${u.fmtRatio(o.latency.set.p99Ratio)}) | ${o.latency.get.during.p99} / ${o.latency.get.outside.p99} (${u.fmtRatio(o.latency.get.p99Ratio)}) |`;
+  });
+  const section = [
+    BEGIN,
+    `## Persistence (bench/persist.js, ${data.date})`,
+    "",
+    "| sessions | snapshot ms | BGSAVE ms | file / RDB MB | load ms | redis load ms | longest shard hold µs | set p99 µs during / outside | get p99 µs during / outside |",
+    "|---|---|---|---|---|---|---|---|---|",
+    ...rows,
+    "",
+    ...data.verdicts.map((v) => `- ${v.pass ? "pass" : "MISS"}: ${v.target}: ${v.measured}`),
+    END,
+    "",
+  ].join("\n");
+  const b = summary.indexOf(BEGIN);
+  const e = summary.indexOf(END);
+  if (b >= 0 && e > b) return summary.slice(0, b) + section + summary.slice(e + END.length).replace(/^\n/, "");
+  return summary.replace(/\n*$/, "\n\n") + section;
+}
+
+module.exports = { run, withPersistSection };
+
+if (require.main === module) {
+  u.limitRun("bench/persist.js", 30);
+  u.runPartAlone(
+    "persist",
+    () =>
+      run().then((r) => {
+        console.log("\ntargets:");
+        for (const v of r.verdicts) console.log(`  ${v.pass ? "pass" : "MISS"}  ${v.target}: ${v.measured}`);
+        return r;
+      }),
+    withPersistSection
+  );
+}

@@ -1,0 +1,860 @@
+//! The snapshot file format, version 1 (docs/persistence.md "File format"). Pure: encoding and
+//! decoding of bytes only, no clock, file, socket or lock; writer.rs and loader.rs do the I/O.
+//!
+//! ```text
+//! offset size
+//!  0      8   magic "ESMSNAP\n"
+//!  8      2   format version (1)
+//! 10      2   flags: bit 0 set = sealed
+//! 12      4   key id of the cluster key that sealed it (0: plaintext)
+//! 16      8   node id of the writer
+//! 24      8   incarnation of the writer (ms at its start)
+//! 32      8   written at: epoch ms when the snapshot began
+//! 40     16   nonce prefix, random per file
+//! 56      1   n: length of the cluster name
+//! 57      n   cluster name (UTF-8)
+//! 57+n    4   CRC-32 of the header bytes before it
+//! then frames, each:
+//!         4   L: length of the body
+//!         1   kind: 1 = entries, 2 = end (the last frame; the file ends with it)
+//!         L   body: sealed: the payload encrypted with XChaCha20-Poly1305, then its 16-byte tag
+//!             (nonce: nonce prefix ‖ frame index; associated data: the header ‖ frame index ‖
+//!             kind); plaintext: the payload, then a CRC-32 of frame index ‖ kind ‖ payload,
+//!             seeded with the header's CRC
+//! ```
+//!
+//! An entries payload is records back to back; every integer big-endian:
+//!
+//! ```text
+//! u32 + bytes  sid
+//! u8           data: 0 absent, 1 live (then u32 + bytes: the session JSON), 2 destroyed
+//! 2 × u64      data version (hlc, node)
+//! 2 × u64      cookie version (hlc, node)
+//! u8           cookie: 0 none, 1 present (then u32 + bytes: the cookie JSON)
+//! u64          expires at, epoch ms
+//! ```
+//!
+//! The end payload: u64 entries (the records of the file), u64 sessions (live ones among them),
+//! 2 × u64 clear mark (hlc, node), u64 clock high-water mark, u64 finished at (epoch ms).
+//!
+//! The version comes first, so a file of a later format is told apart from a damaged one
+//! before anything else is read. Every frame is checked (CRC-32 or AEAD tag) before its payload
+//! is decoded, frame indices and kinds are bound into the check, the end frame is required and
+//! must be the last bytes of the file: a truncated, cut, reordered or corrupted file is detected.
+
+use std::io::Read;
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+
+use crate::clock::Version;
+use crate::crypto::{derive_key, key_id, TAG_BYTES};
+use crate::options::Secret;
+use crate::table::{Data, Entry};
+use crate::wire::Reader;
+
+pub const MAGIC: [u8; 8] = *b"ESMSNAP\n";
+pub const FORMAT_VERSION: u16 = 1;
+const FLAG_SEALED: u16 = 1;
+const FIXED_HEADER: usize = 57;
+/// The longest header: a cluster name has at most 64 bytes (options.rs).
+pub const MAX_HEADER: usize = FIXED_HEADER + 255 + 4;
+const CRC_BYTES: usize = 4;
+pub const FRAME_HEAD: usize = 5;
+pub const KIND_ENTRIES: u8 = 1;
+pub const KIND_END: u8 = 2;
+/// A frame is closed once its payload reaches this.
+pub const FRAME_BYTES: usize = 1 << 20;
+/// The largest frame body read: a frame of `FRAME_BYTES` plus one record of the largest session
+/// and cookie `maxSessionBytes` allows (64 MiB each).
+pub const MAX_FRAME: usize = FRAME_BYTES + (129 << 20);
+const END_PAYLOAD: usize = 6 * 8 + 8;
+/// Bytes of a record besides its sid, session and cookie.
+pub const RECORD_OVERHEAD: usize = 4 + 1 + 4 + 32 + 1 + 4 + 8;
+
+/// Why a file is not a snapshot this node can load. `reason()` is what the log says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatError {
+    /// Not a snapshot file at all (another file at that path).
+    NotASnapshot,
+    /// Written by a later version of the store, in format `0`.
+    FutureFormat(u16),
+    /// The file ends before its end frame.
+    Truncated,
+    /// A checksum, a tag or the structure does not match.
+    Corrupted(&'static str),
+    /// A snapshot of another cluster (its name).
+    ForeignCluster(String),
+    /// Sealed with a key that is not in the key ring (its key id).
+    UnknownKey(u32),
+    /// Sealed, and this node has no `secret`.
+    Sealed,
+    /// Plaintext, and this node has a `secret`: only sealed snapshots are trusted then.
+    Unsealed,
+}
+
+impl FormatError {
+    /// A short name: the kind of bad file (logs, tests).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FormatError::NotASnapshot => "notASnapshot",
+            FormatError::FutureFormat(_) => "futureFormat",
+            FormatError::Truncated => "truncated",
+            FormatError::Corrupted(_) => "corrupted",
+            FormatError::ForeignCluster(_) => "foreignCluster",
+            FormatError::UnknownKey(_) => "unknownKey",
+            FormatError::Sealed => "sealed",
+            FormatError::Unsealed => "unsealed",
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            FormatError::NotASnapshot => "not a snapshot file (no snapshot magic)".into(),
+            FormatError::FutureFormat(v) => {
+                format!("written in snapshot format {v}, which this version (format {FORMAT_VERSION}) cannot read")
+            }
+            FormatError::Truncated => "truncated: the file ends before its last frame".into(),
+            FormatError::Corrupted(what) => format!("corrupted: {what}"),
+            FormatError::ForeignCluster(name) => format!("a snapshot of another cluster (\"{name}\")"),
+            FormatError::UnknownKey(id) => format!(
+                "sealed with a key that is not in the key ring (key id {id:08x}): a wrong or rotated-out secret"
+            ),
+            FormatError::Sealed => "sealed with a cluster key, and this node has no secret".into(),
+            FormatError::Unsealed => "plaintext, and this node has a secret: only sealed snapshots are loaded".into(),
+        }
+    }
+}
+
+/// The keys that seal and open snapshots: one per key of the ring, derived from the cluster key
+/// (so a snapshot never shares a key with the wire). Empty: plaintext snapshots.
+pub struct Keys {
+    ring: Vec<(u32, XChaCha20Poly1305)>,
+}
+
+impl Keys {
+    pub fn new(cluster: &str, secrets: &[Secret]) -> Keys {
+        let ring = secrets
+            .iter()
+            .map(|secret| {
+                let key = derive_key(secret, cluster);
+                let file_key =
+                    Sha256::new().chain_update(b"express-session-multicast snapshot\0").chain_update(key).finalize();
+                (key_id(&key), XChaCha20Poly1305::new(Key::from_slice(&file_key)))
+            })
+            .collect();
+        Keys { ring }
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        !self.ring.is_empty()
+    }
+
+    /// The key id a new snapshot is sealed with (0: plaintext).
+    pub fn sealing_id(&self) -> u32 {
+        self.ring.first().map_or(0, |(id, _)| *id)
+    }
+}
+
+/// The header of a snapshot file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub cluster: String,
+    pub node: u64,
+    pub incarnation: u64,
+    /// Epoch ms when the snapshot began.
+    pub written_at: u64,
+    /// 0: plaintext.
+    pub key_id: u32,
+    pub nonce: [u8; 16],
+}
+
+impl Header {
+    pub fn encode(&self) -> Vec<u8> {
+        let name = &self.cluster.as_bytes()[..self.cluster.len().min(255)];
+        let mut out = Vec::with_capacity(FIXED_HEADER + name.len() + CRC_BYTES);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        let flags = if self.key_id != 0 { FLAG_SEALED } else { 0 };
+        out.extend_from_slice(&flags.to_be_bytes());
+        out.extend_from_slice(&self.key_id.to_be_bytes());
+        out.extend_from_slice(&self.node.to_be_bytes());
+        out.extend_from_slice(&self.incarnation.to_be_bytes());
+        out.extend_from_slice(&self.written_at.to_be_bytes());
+        out.extend_from_slice(&self.nonce);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// Reads a header from the start of `bytes` (at least `MAX_HEADER` bytes, or the whole
+    /// file); returns it with its encoded length.
+    pub fn decode(bytes: &[u8]) -> Result<(Header, usize), FormatError> {
+        if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+            return Err(if MAGIC.starts_with(bytes) && !bytes.is_empty() {
+                FormatError::Truncated
+            } else {
+                FormatError::NotASnapshot
+            });
+        }
+        let mut r = Reader(&bytes[MAGIC.len()..]);
+        let version = r.u16().map_err(|_| FormatError::Truncated)?;
+        if version != FORMAT_VERSION {
+            return Err(FormatError::FutureFormat(version));
+        }
+        let truncated = |_| FormatError::Truncated;
+        let flags = r.u16().map_err(truncated)?;
+        let key_id = r.u32().map_err(truncated)?;
+        let node = r.u64().map_err(truncated)?;
+        let incarnation = r.u64().map_err(truncated)?;
+        let written_at = r.u64().map_err(truncated)?;
+        let nonce: [u8; 16] = r.take(16).map_err(truncated)?.try_into().unwrap_or_default();
+        let n = r.u8().map_err(truncated)? as usize;
+        let name = r.take(n).map_err(truncated)?;
+        let end = FIXED_HEADER + n;
+        let crc = r.u32().map_err(truncated)?;
+        if crc32fast::hash(&bytes[..end]) != crc {
+            return Err(FormatError::Corrupted("header checksum"));
+        }
+        if flags & !FLAG_SEALED != 0 || (flags & FLAG_SEALED != 0) != (key_id != 0) {
+            return Err(FormatError::Corrupted("header flags"));
+        }
+        let cluster = std::str::from_utf8(name).map_err(|_| FormatError::Corrupted("cluster name"))?.to_owned();
+        Ok((Header { cluster, node, incarnation, written_at, key_id, nonce }, end + CRC_BYTES))
+    }
+}
+
+/// What the end frame says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct End {
+    /// Records in the file.
+    pub entries: u64,
+    /// Of them, live sessions (when written).
+    pub sessions: u64,
+    pub clear_mark: Version,
+    /// The writer's clock high-water mark, read after the last entry.
+    pub clock: u64,
+    /// Epoch ms when the last entry was written.
+    pub finished_at: u64,
+}
+
+impl End {
+    fn encode(&self, out: &mut Vec<u8>) {
+        for v in [self.entries, self.sessions, self.clear_mark.hlc, self.clear_mark.node, self.clock, self.finished_at]
+        {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&[0; 8]); // reserved
+    }
+
+    fn decode(payload: &[u8]) -> Result<End, FormatError> {
+        if payload.len() != END_PAYLOAD {
+            return Err(FormatError::Corrupted("end frame"));
+        }
+        let mut r = Reader(payload);
+        let malformed = |_| FormatError::Corrupted("end frame");
+        Ok(End {
+            entries: r.u64().map_err(malformed)?,
+            sessions: r.u64().map_err(malformed)?,
+            clear_mark: r.version().map_err(malformed)?,
+            clock: r.u64().map_err(malformed)?,
+            finished_at: r.u64().map_err(malformed)?,
+        })
+    }
+}
+
+/// Seals and opens the frames of one file.
+struct Frames<'a> {
+    header: Vec<u8>,
+    header_crc: u32,
+    nonce: [u8; 16],
+    key: Option<&'a XChaCha20Poly1305>,
+}
+
+impl<'a> Frames<'a> {
+    fn new(header: &Header, key: Option<&'a XChaCha20Poly1305>) -> Frames<'a> {
+        let encoded = header.encode();
+        let header_crc = u32::from_be_bytes(encoded[encoded.len() - CRC_BYTES..].try_into().unwrap_or_default());
+        Frames { header: encoded, header_crc, nonce: header.nonce, key }
+    }
+
+    fn nonce(&self, index: u64) -> XNonce {
+        let mut nonce = [0u8; 24];
+        nonce[..16].copy_from_slice(&self.nonce);
+        nonce[16..].copy_from_slice(&index.to_be_bytes());
+        XNonce::from(nonce)
+    }
+
+    fn aad(&self, index: u64, kind: u8) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(self.header.len() + 9);
+        aad.extend_from_slice(&self.header);
+        aad.extend_from_slice(&index.to_be_bytes());
+        aad.push(kind);
+        aad
+    }
+
+    fn crc(&self, index: u64, kind: u8, payload: &[u8]) -> u32 {
+        let mut hasher = crc32fast::Hasher::new_with_initial(self.header_crc);
+        hasher.update(&index.to_be_bytes());
+        hasher.update(&[kind]);
+        hasher.update(payload);
+        hasher.finalize()
+    }
+
+    /// Closes frame `index` of `kind` in place: `out[at..at + FRAME_HEAD]` is room for its head
+    /// and its payload follows up to the end of `out`, which is encrypted in place when sealed.
+    fn seal(&self, index: u64, kind: u8, out: &mut Vec<u8>, at: usize) {
+        let payload = &mut out[at + FRAME_HEAD..];
+        let trailer = match self.key {
+            Some(key) => {
+                // Encryption in place fails only beyond 256 GiB, which no frame comes near.
+                let tag = key.encrypt_in_place_detached(&self.nonce(index), &self.aad(index, kind), payload);
+                tag.map(|t| t.to_vec()).unwrap_or_default()
+            }
+            None => self.crc(index, kind, payload).to_be_bytes().to_vec(),
+        };
+        let body_len = (out.len() - at - FRAME_HEAD + trailer.len()) as u32;
+        out[at..at + 4].copy_from_slice(&body_len.to_be_bytes());
+        out[at + 4] = kind;
+        out.extend_from_slice(&trailer);
+    }
+
+    /// Checks (and decrypts) the body of frame `index`; returns its payload.
+    fn open<'b>(&self, index: u64, kind: u8, body: &'b mut [u8]) -> Result<&'b [u8], FormatError> {
+        match self.key {
+            Some(key) => {
+                if body.len() < TAG_BYTES {
+                    return Err(FormatError::Corrupted("frame shorter than its tag"));
+                }
+                let (payload, tag) = body.split_at_mut(body.len() - TAG_BYTES);
+                key.decrypt_in_place_detached(&self.nonce(index), &self.aad(index, kind), payload, (&*tag).into())
+                    .map_err(|_| FormatError::Corrupted("authentication tag (damaged or altered)"))?;
+                Ok(payload)
+            }
+            None => {
+                if body.len() < CRC_BYTES {
+                    return Err(FormatError::Corrupted("frame shorter than its checksum"));
+                }
+                let (payload, crc) = body.split_at(body.len() - CRC_BYTES);
+                if self.crc(index, kind, payload).to_be_bytes() != crc {
+                    return Err(FormatError::Corrupted("frame checksum"));
+                }
+                Ok(payload)
+            }
+        }
+    }
+}
+
+/// Appends one record to an entries payload.
+pub fn encode_entry(out: &mut Vec<u8>, sid: &str, e: &Entry) {
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    };
+    let version = |out: &mut Vec<u8>, v: Version| {
+        out.extend_from_slice(&v.hlc.to_be_bytes());
+        out.extend_from_slice(&v.node.to_be_bytes());
+    };
+    bytes(out, sid.as_bytes());
+    match &e.data {
+        Data::Absent => out.push(0),
+        Data::Live(doc) => {
+            out.push(1);
+            bytes(out, doc.as_bytes());
+        }
+        Data::Deleted => out.push(2),
+    }
+    version(out, e.data_version);
+    version(out, e.cookie_version);
+    match &e.cookie {
+        None => out.push(0),
+        Some(cookie) => {
+            out.push(1);
+            bytes(out, cookie.as_bytes());
+        }
+    }
+    out.extend_from_slice(&e.expires_at.to_be_bytes());
+}
+
+/// Decodes the records of an entries payload, handing each to `visit`.
+pub fn decode_entries(payload: &[u8], mut visit: impl FnMut(&str, Entry)) -> Result<u64, FormatError> {
+    let mut r = Reader(payload);
+    let mut count = 0;
+    let malformed = |_| FormatError::Corrupted("malformed entry");
+    while !r.0.is_empty() {
+        let sid = std::str::from_utf8(r.bytes32().map_err(malformed)?)
+            .map_err(|_| FormatError::Corrupted("malformed entry"))?;
+        let data = match r.u8().map_err(malformed)? {
+            0 => Data::Absent,
+            1 => Data::Live(r.str32().map_err(malformed)?),
+            2 => Data::Deleted,
+            _ => return Err(FormatError::Corrupted("malformed entry")),
+        };
+        let data_version = r.version().map_err(malformed)?;
+        let cookie_version = r.version().map_err(malformed)?;
+        let cookie = r.optional().map_err(malformed)?;
+        let expires_at = r.u64().map_err(malformed)?;
+        visit(sid, Entry { data, data_version, cookie_version, cookie, expires_at, local_expires_at: 0 });
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Builds a snapshot's bytes: the header, then frames as entries are pushed, then the end frame.
+/// Entries are encoded straight into the output buffer, and a frame is sealed there in place.
+pub struct Encoder<'a> {
+    frames: Frames<'a>,
+    index: u64,
+    /// Bytes not taken yet: the header at first, then the frame being filled (from `open`).
+    out: Vec<u8>,
+    /// Where the frame being filled starts in `out` (its head, then its payload).
+    open: Option<usize>,
+    entries: u64,
+    sessions: u64,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder sealing with the first key of `keys` (plaintext when there is none); its output
+    /// starts with the header. `header.key_id` is set from `keys`.
+    pub fn new(mut header: Header, keys: &'a Keys) -> Encoder<'a> {
+        header.key_id = keys.sealing_id();
+        let frames = Frames::new(&header, keys.ring.first().map(|(_, key)| key));
+        let mut out = Vec::with_capacity(FRAME_BYTES + (256 << 10));
+        out.extend_from_slice(&frames.header);
+        Encoder { frames, index: 0, out, open: None, entries: 0, sessions: 0 }
+    }
+
+    pub fn push(&mut self, sid: &str, entry: &Entry) {
+        if self.open.is_none() {
+            self.open = Some(self.out.len());
+            self.out.extend_from_slice(&[0; FRAME_HEAD]);
+        }
+        encode_entry(&mut self.out, sid, entry);
+        self.entries += 1;
+        if matches!(entry.data, Data::Live(_)) {
+            self.sessions += 1;
+        }
+    }
+
+    fn close_frame(&mut self, kind: u8) {
+        if let Some(at) = self.open.take() {
+            self.frames.seal(self.index, kind, &mut self.out, at);
+            self.index += 1;
+        }
+    }
+
+    /// Bytes ready to be written, if any: call after a batch of `push`es. A frame is closed once
+    /// its payload reached `FRAME_BYTES`.
+    pub fn take(&mut self) -> Option<&[u8]> {
+        let full = self.open.is_some_and(|at| self.out.len() - at - FRAME_HEAD >= FRAME_BYTES);
+        if full {
+            self.close_frame(KIND_ENTRIES);
+        }
+        (self.open.is_none() && !self.out.is_empty()).then_some(&self.out[..])
+    }
+
+    /// Marks what `take` returned as written.
+    pub fn taken(&mut self) {
+        if self.open.is_none() {
+            self.out.clear();
+        }
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    pub fn sessions(&self) -> u64 {
+        self.sessions
+    }
+
+    /// Closes the last entries frame and adds the end frame; `take` then returns the rest.
+    pub fn finish(&mut self, clear_mark: Version, clock: u64, finished_at: u64) -> End {
+        self.close_frame(KIND_ENTRIES);
+        let end = End { entries: self.entries, sessions: self.sessions, clear_mark, clock, finished_at };
+        self.open = Some(self.out.len());
+        self.out.extend_from_slice(&[0; FRAME_HEAD]);
+        end.encode(&mut self.out);
+        self.close_frame(KIND_END);
+        end
+    }
+}
+
+/// Checks a header against this node: its cluster and its keys.
+fn check_header<'k>(
+    header: &Header,
+    cluster: &str,
+    keys: &'k Keys,
+) -> Result<Option<&'k XChaCha20Poly1305>, FormatError> {
+    if header.cluster != cluster {
+        return Err(FormatError::ForeignCluster(header.cluster.clone()));
+    }
+    match (header.key_id, keys.is_sealed()) {
+        (0, false) => Ok(None),
+        (0, true) => Err(FormatError::Unsealed),
+        (_, false) => Err(FormatError::Sealed),
+        (id, true) => {
+            keys.ring.iter().find(|(k, _)| *k == id).map(|(_, key)| Some(key)).ok_or(FormatError::UnknownKey(id))
+        }
+    }
+}
+
+/// An error reading the input: `Err(io)` for the reader's own failures, else the format's.
+#[derive(Debug)]
+pub enum DecodeError {
+    Io(std::io::Error),
+    Format(FormatError),
+}
+
+impl From<FormatError> for DecodeError {
+    fn from(e: FormatError) -> Self {
+        DecodeError::Format(e)
+    }
+}
+
+/// Checks and opens the frames of one file (shared by the threads that load it).
+pub struct Opener<'k>(Frames<'k>);
+
+impl Opener<'_> {
+    /// Checks (and decrypts) the body of frame `index`; returns its payload.
+    pub fn open<'b>(&self, index: u64, kind: u8, body: &'b mut [u8]) -> Result<&'b [u8], FormatError> {
+        self.0.open(index, kind, body)
+    }
+}
+
+/// The frames of a file, read one after the other (not checked: see `Opener`).
+pub struct FrameStream<R> {
+    input: R,
+    /// Bytes of the file not read yet.
+    left: u64,
+    /// Bytes read with the header that belong to the first frame.
+    carry: Vec<u8>,
+    index: u64,
+}
+
+impl<R: Read> FrameStream<R> {
+    /// Reads the next frame's body into `body`: returns its index and kind.
+    pub fn next(&mut self, body: &mut Vec<u8>) -> Result<(u64, u8), DecodeError> {
+        let mut head = [0u8; FRAME_HEAD];
+        if self.left < FRAME_HEAD as u64 {
+            return Err(FormatError::Truncated.into());
+        }
+        fill(&mut self.input, &mut self.carry, &mut head)?;
+        self.left -= FRAME_HEAD as u64;
+        let body_len = u32::from_be_bytes(head[..4].try_into().unwrap_or_default()) as u64;
+        if body_len > self.left {
+            return Err(FormatError::Truncated.into());
+        }
+        if body_len > MAX_FRAME as u64 {
+            return Err(FormatError::Corrupted("frame length").into());
+        }
+        body.resize(body_len as usize, 0);
+        fill(&mut self.input, &mut self.carry, body)?;
+        self.left -= body_len;
+        let index = self.index;
+        self.index += 1;
+        Ok((index, head[4]))
+    }
+
+    /// Opens the end frame (just read by `next`): the file must end with it.
+    pub fn end(&self, opener: &Opener, index: u64, body: &mut [u8]) -> Result<End, FormatError> {
+        let end = End::decode(opener.open(index, KIND_END, body)?)?;
+        if self.left != 0 {
+            return Err(FormatError::Corrupted("bytes after the end frame"));
+        }
+        Ok(end)
+    }
+}
+
+/// Starts reading a snapshot of `len` bytes: reads and checks its header against this node's
+/// `cluster` and `keys`.
+pub fn open<'k, R: Read>(
+    mut input: R,
+    len: u64,
+    cluster: &str,
+    keys: &'k Keys,
+) -> Result<(Header, Opener<'k>, FrameStream<R>), DecodeError> {
+    let mut head = vec![0u8; (len.min(MAX_HEADER as u64)) as usize];
+    read_exact(&mut input, &mut head)?;
+    let (header, header_len) = Header::decode(&head)?;
+    let key = check_header(&header, cluster, keys)?;
+    let opener = Opener(Frames::new(&header, key));
+    let carry = head.split_off(header_len);
+    Ok((header, opener, FrameStream { input, left: len - header_len as u64, carry, index: 0 }))
+}
+
+/// Reads a whole snapshot of `len` bytes from `input`, checking every frame before it decodes
+/// its entries, each handed to `visit` (so a caller that must not keep anything of a bad file
+/// drops what it got when this fails). `cluster` and `keys` are this node's. (loader.rs does
+/// the same on several threads.)
+pub fn decode<R: Read>(
+    input: R,
+    len: u64,
+    cluster: &str,
+    keys: &Keys,
+    mut visit: impl FnMut(&str, Entry),
+) -> Result<(Header, End), DecodeError> {
+    let (header, opener, mut frames) = open(input, len, cluster, keys)?;
+    let mut body = Vec::new();
+    let mut entries = 0u64;
+    loop {
+        match frames.next(&mut body)? {
+            (index, KIND_ENTRIES) => {
+                entries += decode_entries(opener.open(index, KIND_ENTRIES, &mut body)?, &mut visit)?
+            }
+            (index, KIND_END) => {
+                let end = frames.end(&opener, index, &mut body)?;
+                if end.entries != entries {
+                    return Err(FormatError::Corrupted("entry count").into());
+                }
+                return Ok((header, end));
+            }
+            _ => return Err(FormatError::Corrupted("frame kind").into()),
+        }
+    }
+}
+
+fn read_exact<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<(), DecodeError> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => DecodeError::Format(FormatError::Truncated),
+        _ => DecodeError::Io(e),
+    })
+}
+
+/// Fills `buf` from `carry` first, then from `input`.
+fn fill<R: Read>(input: &mut R, carry: &mut Vec<u8>, buf: &mut [u8]) -> Result<(), DecodeError> {
+    let from_carry = carry.len().min(buf.len());
+    buf[..from_carry].copy_from_slice(&carry[..from_carry]);
+    carry.drain(..from_carry);
+    read_exact(input, &mut buf[from_carry..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn header() -> Header {
+        Header {
+            cluster: "shop".into(),
+            node: 7,
+            incarnation: 9,
+            written_at: 1_700_000_000_000,
+            key_id: 0,
+            nonce: [3; 16],
+        }
+    }
+
+    fn entry(n: u64, data: Data, cookie: Option<&str>) -> Entry {
+        Entry {
+            data,
+            data_version: Version { hlc: n << 16, node: 5 },
+            cookie_version: Version { hlc: (n << 16) + 1, node: 6 },
+            cookie: cookie.map(Arc::from),
+            expires_at: 1_700_000_000_000 + n,
+            local_expires_at: 0,
+        }
+    }
+
+    fn samples(n: usize, doc_bytes: usize) -> Vec<(String, Entry)> {
+        (0..n)
+            .map(|i| {
+                let data = match i % 5 {
+                    0 => Data::Deleted,
+                    1 => Data::Absent,
+                    _ => Data::Live(format!(r#"{{"i":{i},"pad":"{}"}}"#, "é".repeat(doc_bytes / 2)).into()),
+                };
+                (format!("sid-{i}-\u{2603}"), entry(i as u64, data, (i % 3 == 0).then_some(r#"{"maxAge":1}"#)))
+            })
+            .collect()
+    }
+
+    fn encode(entries: &[(String, Entry)], keys: &Keys) -> Vec<u8> {
+        let mut encoder = Encoder::new(header(), keys);
+        let mut out = Vec::new();
+        for (sid, e) in entries {
+            encoder.push(sid, e);
+            if let Some(bytes) = encoder.take() {
+                out.extend_from_slice(bytes);
+                encoder.taken();
+            }
+        }
+        encoder.finish(Version { hlc: 77, node: 1 }, 99 << 16, 1_700_000_000_500);
+        out.extend_from_slice(encoder.take().unwrap());
+        out
+    }
+
+    type Decoded = (Header, End, Vec<(String, Entry)>);
+
+    fn decode_all(bytes: &[u8], cluster: &str, keys: &Keys) -> Result<Decoded, FormatError> {
+        let mut got = Vec::new();
+        let (header, end) = decode(bytes, bytes.len() as u64, cluster, keys, |sid, e| got.push((sid.to_owned(), e)))
+            .map_err(|e| match e {
+                DecodeError::Format(f) => f,
+                DecodeError::Io(e) => panic!("io error reading a slice: {e}"),
+            })?;
+        Ok((header, end, got))
+    }
+
+    fn plain() -> Keys {
+        Keys::new("shop", &[])
+    }
+
+    fn sealed(secrets: &[&str]) -> Keys {
+        let secrets: Vec<Secret> = secrets.iter().map(|s| Secret::Key(Sha256::digest(s.as_bytes()).into())).collect();
+        Keys::new("shop", &secrets)
+    }
+
+    #[test]
+    fn round_trip_plain_and_sealed_across_frames() {
+        let entries = samples(6_000, 1_000); // several frames of FRAME_BYTES
+        for keys in [plain(), sealed(&["k"])] {
+            let bytes = encode(&entries, &keys);
+            let (h, end, got) = decode_all(&bytes, "shop", &keys).unwrap();
+            assert_eq!(h.key_id, keys.sealing_id());
+            assert_eq!((h.cluster.as_str(), h.node, h.written_at), ("shop", 7, 1_700_000_000_000));
+            assert_eq!(got, entries);
+            assert_eq!(end.entries, 6_000);
+            assert_eq!(end.sessions, 3_600);
+            assert_eq!(end.clear_mark, Version { hlc: 77, node: 1 });
+            assert_eq!(end.clock, 99 << 16);
+            let frames = bytes.len() / FRAME_BYTES;
+            assert!(frames >= 2, "{frames}");
+        }
+    }
+
+    #[test]
+    fn sealed_snapshots_hide_the_sessions() {
+        let entries = samples(10, 100);
+        let bytes = encode(&entries, &sealed(&["k"]));
+        assert!(!bytes.windows(5).any(|w| w == b"\"pad\""), "session JSON in a sealed file");
+        assert!(!bytes.windows(5).any(|w| w == b"sid-1"), "sid in a sealed file");
+        let bytes = encode(&entries, &plain());
+        assert!(bytes.windows(5).any(|w| w == b"\"pad\""));
+    }
+
+    #[test]
+    fn an_empty_table_round_trips() {
+        let bytes = encode(&[], &plain());
+        let (_, end, got) = decode_all(&bytes, "shop", &plain()).unwrap();
+        assert_eq!((end.entries, got.len()), (0, 0));
+    }
+
+    #[test]
+    fn each_kind_of_foreign_file_is_told_apart() {
+        let entries = samples(20, 50);
+        let bytes = encode(&entries, &plain());
+        assert_eq!(decode_all(&bytes, "blog", &plain()).unwrap_err(), FormatError::ForeignCluster("shop".into()));
+        assert_eq!(decode_all(&bytes, "shop", &sealed(&["k"])).unwrap_err(), FormatError::Unsealed);
+        let with_k = encode(&entries, &sealed(&["k"]));
+        assert_eq!(decode_all(&with_k, "shop", &plain()).unwrap_err(), FormatError::Sealed);
+        let id = sealed(&["k"]).sealing_id();
+        assert_eq!(decode_all(&with_k, "shop", &sealed(&["other"])).unwrap_err(), FormatError::UnknownKey(id));
+        // A key ring opens a snapshot sealed with any of its keys; a rotated-out key does not.
+        assert_eq!(decode_all(&with_k, "shop", &sealed(&["new", "k"])).unwrap().2, entries);
+        assert!(matches!(decode_all(&with_k, "shop", &sealed(&["new"])), Err(FormatError::UnknownKey(_))));
+        let mut future = bytes.clone();
+        future[8..10].copy_from_slice(&2u16.to_be_bytes());
+        assert_eq!(decode_all(&future, "shop", &plain()).unwrap_err(), FormatError::FutureFormat(2));
+        assert_eq!(decode_all(b"{\"not\":\"a snapshot\"}", "shop", &plain()).unwrap_err(), FormatError::NotASnapshot);
+        assert_eq!(decode_all(b"", "shop", &plain()).unwrap_err(), FormatError::NotASnapshot);
+        assert_eq!(decode_all(b"ESMS", "shop", &plain()).unwrap_err(), FormatError::Truncated);
+    }
+
+    #[test]
+    fn frames_of_another_file_are_rejected() {
+        let entries = samples(200, 50);
+        let a = encode(&entries, &plain());
+        let mut other = header();
+        other.written_at += 1;
+        let keys = plain();
+        let mut encoder = Encoder::new(other, &keys);
+        entries.iter().for_each(|(sid, e)| encoder.push(sid, e));
+        encoder.finish(Version::ZERO, 0, 0);
+        let b = encoder.take().unwrap().to_vec();
+        // b's header with a's frames: every frame check is bound to its header.
+        let header_len = Header::decode(&a).unwrap().1;
+        let spliced = [&b[..header_len], &a[header_len..]].concat();
+        assert!(matches!(decode_all(&spliced, "shop", &plain()), Err(FormatError::Corrupted(_))));
+    }
+
+    fn corruption_is_detected(bytes: &[u8], keys: &Keys, pos: usize, xor: u8) {
+        let mut bad = bytes.to_vec();
+        bad[pos] ^= xor;
+        let result = decode_all(&bad, "shop", keys);
+        assert!(result.is_err(), "byte {pos} ^ {xor:#x} of {} accepted", bytes.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any table round-trips.
+        #[test]
+        fn any_entries_round_trip(
+            raw in prop::collection::vec(("[a-z\u{e9}\u{2603}]{0,12}", 0u8..3, ".{0,40}", any::<u64>(), any::<u64>(), any::<u64>(), prop::option::of(".{0,20}")), 0..60),
+            sealed_file in any::<bool>(),
+        ) {
+            let entries: Vec<(String, Entry)> = raw.into_iter().map(|(sid, kind, doc, dv, cv, exp, cookie)| {
+                let data = match kind { 0 => Data::Absent, 1 => Data::Live(doc.into()), _ => Data::Deleted };
+                let e = Entry {
+                    data,
+                    data_version: Version { hlc: dv, node: cv },
+                    cookie_version: Version { hlc: cv, node: dv },
+                    cookie: cookie.map(Arc::from),
+                    expires_at: exp,
+                    local_expires_at: 0,
+                };
+                (sid, e)
+            }).collect();
+            let keys = if sealed_file { sealed(&["p"]) } else { plain() };
+            let bytes = encode(&entries, &keys);
+            let (_, end, got) = decode_all(&bytes, "shop", &keys).unwrap();
+            prop_assert_eq!(got, entries.clone());
+            prop_assert_eq!(end.entries, entries.len() as u64);
+        }
+
+        /// Every truncation of a snapshot is detected, and none panics.
+        #[test]
+        fn any_truncation_is_detected(n in 0usize..40, cut in any::<prop::sample::Index>(), sealed_file in any::<bool>()) {
+            let keys = if sealed_file { sealed(&["p"]) } else { plain() };
+            let bytes = encode(&samples(n, 30), &keys);
+            let at = cut.index(bytes.len());
+            let result = decode_all(&bytes[..at], "shop", &keys);
+            prop_assert!(result.is_err(), "cut at {} of {} accepted", at, bytes.len());
+        }
+
+        /// Every change of a byte (any bits of it) is detected, and none panics.
+        #[test]
+        fn any_corruption_is_detected(n in 0usize..40, pos in any::<prop::sample::Index>(), xor in 1u8.., sealed_file in any::<bool>()) {
+            let keys = if sealed_file { sealed(&["p"]) } else { plain() };
+            let bytes = encode(&samples(n, 30), &keys);
+            corruption_is_detected(&bytes, &keys, pos.index(bytes.len()), xor);
+        }
+
+        /// Random bytes after a valid header, or anywhere, never panic the decoder.
+        #[test]
+        fn garbage_never_panics(tail in prop::collection::vec(any::<u8>(), 0..400), keep in 0usize..120) {
+            let bytes = encode(&samples(3, 10), &plain());
+            let keep = keep.min(bytes.len());
+            let input = [&bytes[..keep], &tail[..]].concat();
+            let _ = decode_all(&input, "shop", &plain());
+            let _ = decode_all(&tail, "shop", &plain());
+        }
+    }
+
+    /// Every single byte of a small snapshot, flipped, is caught (not only a sample of them).
+    #[test]
+    fn every_byte_flipped_is_detected() {
+        for keys in [plain(), sealed(&["p"])] {
+            let bytes = encode(&samples(6, 20), &keys);
+            for pos in 0..bytes.len() {
+                corruption_is_detected(&bytes, &keys, pos, 0x01);
+                corruption_is_detected(&bytes, &keys, pos, 0x80);
+            }
+        }
+    }
+}

@@ -1,0 +1,649 @@
+//! Snapshots of the table on disk (option `persist`, docs/persistence.md): written every
+//! `interval` while something changed and when the engine closes, loaded at start before the
+//! node joins. The engine calls `Persist::load` in `Engine::start`, `Persist::run` on its
+//! runtime, and `Persist::close` in `Engine::close`; stats.rs reads `PersistStats`.
+//!
+//! - format.rs: the file format (pure).
+//! - writer.rs: writing a snapshot crash-safely (temporary file, fsync, rename, fsync of the dir).
+//! - loader.rs: reading one back, and setting a bad file aside.
+
+pub mod format;
+pub mod loader;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use self::format::{Header, Keys};
+use self::loader::Loaded;
+use self::writer::{WriteError, Written};
+use crate::clock::{now_ms, Clock};
+use crate::events::{Event, EventSink, Level};
+use crate::options::Config;
+use crate::table::Table;
+
+/// A failing snapshot is reported as an `error` event at most this often (every failure counts).
+const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The `persist` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistConfig {
+    /// Absolute.
+    pub path: PathBuf,
+    pub interval_ms: u64,
+}
+
+pub const DEFAULT_INTERVAL_MS: u64 = 60_000;
+
+/// The figures of `stats()` (declared in stats.rs).
+#[derive(Default)]
+pub struct PersistStats {
+    pub snapshots: AtomicU64,
+    pub failures: AtomicU64,
+    /// Epoch ms when the last snapshot written began; 0: none yet.
+    pub last_at: AtomicU64,
+    /// In µs.
+    pub last_us: AtomicU64,
+    pub last_bytes: AtomicU64,
+    pub last_sessions: AtomicU64,
+    pub rejected: AtomicU64,
+    pub loaded_sessions: AtomicU64,
+}
+
+pub struct Persist {
+    config: PersistConfig,
+    cluster: String,
+    node: u64,
+    incarnation: u64,
+    keys: Keys,
+    events: EventSink,
+    pub stats: PersistStats,
+    /// Held while a snapshot is written: one at a time.
+    writing: Mutex<()>,
+    /// Set by `close`: a periodic snapshot in progress stops, and no other starts.
+    closing: AtomicBool,
+    /// `Table::changes()` when the last snapshot written began (or the load ended).
+    saved_changes: Mutex<Option<u64>>,
+    last_error_report: Mutex<Option<Instant>>,
+}
+
+impl Persist {
+    pub fn new(config: &Config, persist: &PersistConfig, node: u64, incarnation: u64, events: EventSink) -> Persist {
+        Persist {
+            config: persist.clone(),
+            cluster: config.cluster.clone(),
+            node,
+            incarnation,
+            keys: Keys::new(&config.cluster, &config.secrets),
+            events,
+            stats: PersistStats::default(),
+            writing: Mutex::new(()),
+            closing: AtomicBool::new(false),
+            saved_changes: Mutex::new(None),
+            last_error_report: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    fn log(&self, level: Level, message: String) {
+        (self.events)(Event::Log { level, message: format!("persist: {message}") });
+    }
+
+    /// Loads the snapshot, if there is a good one: the table to start with (empty otherwise).
+    /// The clock is moved past every version the snapshot names.
+    pub fn load(&self, clock: &Clock) -> Table {
+        let path = self.config.path.display();
+        if !self.keys.is_sealed() {
+            self.log(
+                Level::Warn,
+                format!(
+                    "snapshots in {path} are plaintext: without the \"secret\" option, anyone who can read the file reads the sessions"
+                ),
+            );
+        }
+        if writer::temp_path(&self.config.path).exists() {
+            self.log(
+                Level::Info,
+                format!("{} is an incomplete snapshot (the process stopped while writing it): ignored, and overwritten by the next one", writer::temp_path(&self.config.path).display()),
+            );
+        }
+        let table = match loader::load(&self.config.path, &self.cluster, &self.keys, now_ms()) {
+            Loaded::Missing => {
+                self.log(Level::Info, format!("no snapshot at {path}: starting empty"));
+                Table::new()
+            }
+            Loaded::Loaded(summary) => {
+                clock.observe(crate::clock::Version { hlc: summary.clock, node: 0 });
+                self.stats.loaded_sessions.store(summary.sessions, Ordering::Relaxed);
+                let age_s = now_ms().saturating_sub(summary.header.written_at) / 1000;
+                self.log(
+                    Level::Info,
+                    format!(
+                        "loaded {path}: {} sessions ({} entries kept of {}, the others expired), {} bytes in {:.0} ms; written {age_s} s ago by node {:016x}",
+                        summary.sessions, summary.kept, summary.entries, summary.bytes, summary.ms, summary.header.node
+                    ),
+                );
+                summary.table
+            }
+            Loaded::Rejected { reason, moved } => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                let moved = match moved {
+                    Ok(aside) => format!("moved to {}", aside.display()),
+                    Err(e) => format!("and could not be moved aside ({e})"),
+                };
+                (self.events)(Event::Error {
+                    code: "ERR_SNAPSHOT_REJECTED",
+                    message: format!(
+                        "express-session-multicast: persist: the snapshot {path} was not loaded ({}): {}; {moved}. This node starts without it",
+                        reason.kind(),
+                        reason.reason()
+                    ),
+                });
+                Table::new()
+            }
+        };
+        *self.saved_changes.lock() = Some(table.changes());
+        table
+    }
+
+    /// Writes a snapshot now, unless nothing changed since the last one (`None` then). Blocks:
+    /// call it from an engine thread. `cancel` stops it; `background`: written at a lower
+    /// priority (the periodic ones; not the last one, at close).
+    pub fn snapshot(
+        &self,
+        table: &Table,
+        clock: &Clock,
+        cancel: &AtomicBool,
+        background: bool,
+    ) -> Option<Result<Written, WriteError>> {
+        let _writing = self.writing.lock();
+        let changes = table.changes();
+        if cancel.load(Ordering::Relaxed) || *self.saved_changes.lock() == Some(changes) {
+            return None;
+        }
+        let started_at = now_ms();
+        let header = Header {
+            cluster: self.cluster.clone(),
+            node: self.node,
+            incarnation: self.incarnation,
+            written_at: started_at,
+            key_id: 0,
+            nonce: rand::random(),
+        };
+        let result =
+            writer::write(&self.config.path, header, &self.keys, table, clock, cancel, background, &before_rename_hook);
+        let path = self.config.path.display();
+        match &result {
+            Ok(w) => {
+                *self.saved_changes.lock() = Some(changes);
+                let s = &self.stats;
+                s.snapshots.fetch_add(1, Ordering::Relaxed);
+                s.last_at.store(started_at, Ordering::Relaxed);
+                s.last_us.store((w.ms * 1000.0) as u64, Ordering::Relaxed);
+                s.last_bytes.store(w.bytes, Ordering::Relaxed);
+                s.last_sessions.store(w.sessions, Ordering::Relaxed);
+                *self.last_error_report.lock() = None;
+                self.log(
+                    Level::Debug,
+                    format!(
+                        "snapshot written to {path}: {} sessions ({} entries), {} bytes in {:.1} ms (cpu {:.1} ms, fsync {:.1} ms, longest hold of a shard {:.1} µs)",
+                        w.sessions, w.entries, w.bytes, w.ms, w.cpu_ms, w.sync_ms, w.longest_hold_us
+                    ),
+                );
+            }
+            Err(WriteError::Cancelled) => {}
+            Err(e) => {
+                let failures = self.stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut last = self.last_error_report.lock();
+                if last.is_none_or(|at| at.elapsed() >= ERROR_REPORT_INTERVAL) {
+                    *last = Some(Instant::now());
+                    (self.events)(Event::Error {
+                        code: "ERR_SNAPSHOT_FAILED",
+                        message: format!(
+                            "express-session-multicast: persist: the snapshot to {path} failed ({e}); the previous snapshot stays, and the store serves on ({failures} failure(s) so far; next report in a minute at most)"
+                        ),
+                    });
+                }
+            }
+        }
+        Some(result)
+    }
+
+    /// Every `interval`, a snapshot if something changed; on a blocking thread of the runtime.
+    pub async fn run(self: Arc<Self>, table: Arc<Table>, clock: Arc<Clock>) {
+        let period = Duration::from_millis(self.config.interval_ms);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.closing.load(Ordering::Relaxed) {
+            ticker.tick().await;
+            let (persist, table, clock) = (self.clone(), table.clone(), clock.clone());
+            let (done, finished) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new().name("session-multicast-snapshot".into()).spawn(move || {
+                let _ = done.send(persist.snapshot(&table, &clock, &persist.closing, true).map(|r| r.is_ok()));
+            });
+            // A panic would be a bug: it ends this snapshot (counted as a failure), not the loop.
+            if spawned.is_err() || finished.await.is_err() {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.log(Level::Error, "a snapshot could not run or stopped on an internal error".into());
+            }
+        }
+    }
+
+    /// The last snapshot, when the engine closes: stops a periodic one in progress, then writes
+    /// (if anything changed since the last one). Blocks: call it from an engine thread.
+    pub fn close(&self, table: &Table, clock: &Clock) -> Option<Result<Written, WriteError>> {
+        self.closing.store(true, Ordering::Relaxed);
+        let result = self.snapshot(table, clock, &AtomicBool::new(false), false);
+        if let Some(Ok(w)) = &result {
+            self.log(
+                Level::Info,
+                format!(
+                    "snapshot written to {} at close: {} sessions, {} bytes in {:.0} ms",
+                    self.config.path.display(),
+                    w.sessions,
+                    w.bytes,
+                    w.ms
+                ),
+            );
+        }
+        result
+    }
+}
+
+/// For tests of a crash between the write and the rename: with the environment variable
+/// `EXPRESS_SESSION_MULTICAST_TEST_PAUSE_BEFORE_RENAME` set to a path, a snapshot whose
+/// temporary file is complete and fsynced creates that file and stops there for good (the test
+/// then kills the process). Read only at that point; not an option.
+fn before_rename_hook(_tmp: &Path) -> std::io::Result<()> {
+    if let Some(marker) = std::env::var_os("EXPRESS_SESSION_MULTICAST_TEST_PAUSE_BEFORE_RENAME") {
+        std::fs::write(marker, b"paused")?;
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+    use crate::options::Secret;
+    use std::sync::atomic::AtomicU32;
+
+    static DIRS: AtomicU32 = AtomicU32::new(0);
+
+    /// A directory of this test's own, removed when dropped.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new() -> Dir {
+            let n = DIRS.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("esm-persist-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+        fn file(&self) -> PathBuf {
+            self.0.join("sessions.snap")
+        }
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> =
+                std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    type Events = Arc<Mutex<Vec<Event>>>;
+
+    fn config(path: &Path, interval_ms: u64, secrets: &[&str]) -> Config {
+        Config {
+            multicast: None,
+            cluster: "persist-test".into(),
+            secrets: secrets.iter().map(|s| Secret::Passphrase(s.to_string())).collect(),
+            persist: Some(PersistConfig { path: path.to_owned(), interval_ms }),
+            ..Config::default()
+        }
+    }
+
+    fn start(config: Config) -> (Engine, Events) {
+        let events = Events::default();
+        let sink = events.clone();
+        let engine = Engine::start(config, Arc::new(move |e| sink.lock().push(e))).unwrap();
+        (engine, events)
+    }
+
+    fn errors(events: &Events) -> Vec<(&'static str, String)> {
+        events
+            .lock()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Error { code, message } => Some((*code, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The header of a snapshot a test writes with `writer::write` directly.
+    fn test_header() -> Header {
+        Header { cluster: "persist-test".into(), node: 1, incarnation: 1, written_at: 1, key_id: 0, nonce: [0; 16] }
+    }
+
+    fn logs(events: &Events) -> Vec<String> {
+        events
+            .lock()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Log { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Sessions, their expiries, tombstones, touches and a clear survive close() and a new start;
+    /// what expired meanwhile does not; the clock starts above everything written before.
+    #[test]
+    fn everything_written_before_close_is_back_after_a_restart() {
+        let dir = Dir::new();
+        let (a, _) = start(config(&dir.file(), 60_000, &[]));
+        let now = crate::clock::now_ms();
+        a.set("old", "{}".into(), Some(now + 600_000)).unwrap();
+        a.clear();
+        for i in 0..1_000 {
+            a.set(&format!("s{i}"), format!(r#"{{"cookie":{{"n":{i}}},"i":{i}}}"#), Some(now + 600_000 + i)).unwrap();
+        }
+        a.touch("s1", Some(r#"{"n":"touched"}"#.into()), Some(now + 900_000)).unwrap();
+        a.destroy("s2");
+        a.set("short", "{}".into(), Some(now + 300)).unwrap();
+        let before = a.table.entry("s3").unwrap();
+        let high = a.clock.high_water();
+        a.close();
+        assert_eq!(a.stats()["snapshotsWritten"], 1);
+        assert_eq!(dir.names(), ["sessions.snap"], "no temporary file left");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.file()).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        std::thread::sleep(Duration::from_millis(350));
+
+        let (b, events) = start(config(&dir.file(), 60_000, &[]));
+        assert_eq!(b.length(), 999, "{:?}", logs(&events));
+        assert_eq!(b.table.entry("s3").unwrap(), before, "versions and expiry as they were");
+        assert_eq!(b.get("s1").as_deref(), Some(r#"{"cookie":{"n":"touched"},"i":1}"#));
+        assert_eq!(b.table.entry("s1").unwrap().expires_at, now + 900_000);
+        assert_eq!(b.get("s2"), None);
+        assert_eq!(b.table.entry("s2").unwrap().data, crate::table::Data::Deleted, "the tombstone is back");
+        assert_eq!((b.get("old"), b.get("short")), (None, None), "cleared, expired");
+        assert!(b.table.clear_mark() > crate::clock::Version::ZERO);
+        assert!(b.clock.tick().hlc > high, "new versions are above every one written before");
+        assert_eq!(b.stats()["snapshotLoadedSessions"], 999);
+        assert_eq!(b.stats()["snapshotsRejected"], 0);
+        assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+        assert!(logs(&events).iter().any(|l| l.contains("plaintext")), "the start log says the snapshot is plaintext");
+        // Nothing changed since: close() writes nothing.
+        b.close();
+        assert_eq!(b.stats()["snapshotsWritten"], 0);
+    }
+
+    /// The clock's high-water mark is persisted even when no entry carries it any more.
+    #[test]
+    fn the_clock_high_water_mark_survives_without_the_entries() {
+        let dir = Dir::new();
+        let (a, _) = start(config(&dir.file(), 60_000, &[]));
+        a.set("s", "{}".into(), None).unwrap();
+        // Then a version seen from a node whose clock is an hour ahead (its entry since gone):
+        // no entry of the snapshot carries it, only the clock's high-water mark.
+        let future = crate::clock::Version { hlc: (crate::clock::now_ms() + 3_600_000) << 16, node: 3 };
+        a.clock.observe(future);
+        a.close();
+        assert!(a.table.entry("s").unwrap().newest_version() < future);
+        let (b, _) = start(config(&dir.file(), 60_000, &[]));
+        assert!(b.clock.tick() > future);
+    }
+
+    /// Periodic snapshots: one per interval while something changed, none while nothing did.
+    #[test]
+    fn interval_snapshots_only_while_something_changed() {
+        let dir = Dir::new();
+        let (a, _) = start(config(&dir.file(), 300, &[]));
+        a.set("a", "{}".into(), None).unwrap();
+        assert!(wait_until(|| a.stats()["snapshotsWritten"] == 1));
+        let at = a.stats()["lastSnapshotAt"].as_u64().unwrap();
+        assert!(at.abs_diff(crate::clock::now_ms()) < 5_000);
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(a.stats()["snapshotsWritten"], 1, "nothing changed: no snapshot");
+        a.set("b", "{}".into(), None).unwrap();
+        assert!(wait_until(|| a.stats()["snapshotsWritten"] == 2));
+        let stats = a.stats();
+        assert_eq!(stats["lastSnapshotSessions"], 2);
+        assert_eq!(stats["lastSnapshotBytes"], std::fs::metadata(dir.file()).unwrap().len());
+        assert!(stats["lastSnapshotMs"].as_f64().unwrap() > 0.0, "{stats}");
+        // A SIGKILL now: what the last snapshot held comes back.
+        let (b, _) = start(config(&dir.file(), 300, &[]));
+        assert_eq!(b.length(), 2);
+        a.close();
+    }
+
+    /// A crash after the temporary file is complete and before the rename: the previous
+    /// snapshot loads, the leftover is ignored, and the next snapshot replaces it.
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_previous_snapshot() {
+        let dir = Dir::new();
+        let (a, _) = start(config(&dir.file(), 60_000, &[]));
+        a.set("first", "{}".into(), None).unwrap();
+        a.close();
+        let (b, _) = start(config(&dir.file(), 60_000, &[]));
+        b.set("second", "{}".into(), None).unwrap();
+        let p = b.persist.clone().unwrap();
+        let left = dir.0.join("left-by-the-crash");
+        let crash = |tmp: &Path| {
+            std::fs::copy(tmp, &left)?;
+            Err(std::io::Error::other("crash"))
+        };
+        let result =
+            writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), true, &crash);
+        assert!(matches!(result, Err(WriteError::Io { stage: "before the rename", .. })), "{result:?}");
+        std::fs::rename(&left, writer::temp_path(p.path())).unwrap(); // as a crash leaves it
+        std::mem::forget(b); // no close(): as if killed
+
+        let (c, events) = start(config(&dir.file(), 60_000, &[]));
+        assert_eq!((c.get("first").is_some(), c.get("second").is_some()), (true, false));
+        assert!(logs(&events).iter().any(|l| l.contains("incomplete snapshot")), "{:?}", logs(&events));
+        assert!(errors(&events).is_empty());
+        c.set("third", "{}".into(), None).unwrap();
+        c.close();
+        assert_eq!(dir.names(), ["sessions.snap"]);
+    }
+
+    /// A cancelled snapshot (the engine closing) leaves the previous one as it was.
+    #[test]
+    fn a_cancelled_snapshot_changes_nothing() {
+        let dir = Dir::new();
+        let (a, _) = start(config(&dir.file(), 60_000, &[]));
+        for i in 0..10_000 {
+            a.set(&format!("s{i}"), "{}".into(), None).unwrap();
+        }
+        let p = a.persist.clone().unwrap();
+        let cancelled =
+            writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), true, &|_| {
+                Ok(())
+            });
+        assert!(matches!(cancelled, Err(WriteError::Cancelled)));
+        assert_eq!(dir.names(), Vec::<String>::new());
+        a.close();
+    }
+
+    /// Every kind of bad file: an `error` event with its reason, counted, moved aside with its
+    /// bytes, and the node starts empty and serves.
+    #[test]
+    fn bad_files_are_set_aside_and_the_node_starts_without_them() {
+        let dir = Dir::new();
+        let (a, _) = start(config(&dir.file(), 60_000, &["key-1"]));
+        for i in 0..3_000 {
+            a.set(&format!("s{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(500)), None).unwrap();
+        }
+        a.close();
+        let good = std::fs::read(dir.file()).unwrap();
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x10;
+        let mut future = good.clone();
+        future[8..10].copy_from_slice(&7u16.to_be_bytes());
+        let cases: Vec<(&str, Vec<u8>, Config, &str)> = vec![
+            ("truncated", good[..good.len() - 100].to_vec(), config(&dir.file(), 60_000, &["key-1"]), "truncated"),
+            ("cut in its header", good[..20].to_vec(), config(&dir.file(), 60_000, &["key-1"]), "truncated"),
+            ("corrupted", flipped, config(&dir.file(), 60_000, &["key-1"]), "corrupted"),
+            ("future format", future, config(&dir.file(), 60_000, &["key-1"]), "futureFormat"),
+            ("not a snapshot", b"{\"sessions\":{}}".to_vec(), config(&dir.file(), 60_000, &["key-1"]), "notASnapshot"),
+            (
+                "foreign cluster",
+                good.clone(),
+                Config { cluster: "other".into(), ..config(&dir.file(), 60_000, &["key-1"]) },
+                "foreignCluster",
+            ),
+            ("wrong key", good.clone(), config(&dir.file(), 60_000, &["key-2"]), "unknownKey"),
+            ("rotated-out key", good.clone(), config(&dir.file(), 60_000, &["key-3", "key-2"]), "unknownKey"),
+            ("sealed, no secret", good.clone(), config(&dir.file(), 60_000, &[]), "sealed"),
+        ];
+        for (what, bytes, config, kind) in cases {
+            std::fs::write(dir.file(), &bytes).unwrap();
+            let (node, events) = start(config);
+            let errors = errors(&events);
+            assert_eq!(errors.len(), 1, "{what}: {errors:?}");
+            assert_eq!(errors[0].0, "ERR_SNAPSHOT_REJECTED", "{what}");
+            assert!(errors[0].1.contains(&format!("({kind})")), "{what}: {}", errors[0].1);
+            assert_eq!(node.stats()["snapshotsRejected"], 1, "{what}");
+            assert_eq!(node.length(), 0, "{what}: nothing of a bad file is kept");
+            let aside: Vec<String> = dir.names().into_iter().filter(|n| n.contains(".rejected-")).collect();
+            assert_eq!(aside.len(), 1, "{what}: {:?}", dir.names());
+            assert!(errors[0].1.contains(&aside[0]), "{what}: the message says where it went");
+            assert_eq!(std::fs::read(dir.0.join(&aside[0])).unwrap(), bytes, "{what}: moved, not changed");
+            std::fs::remove_file(dir.0.join(&aside[0])).unwrap();
+            assert!(!dir.file().exists());
+            node.set("serves", "{}".into(), None).unwrap();
+            assert!(node.get("serves").is_some());
+            std::mem::forget(node); // not closed: its snapshot must not replace the next case's file
+        }
+        // An unreadable path (a directory): the same.
+        std::fs::create_dir(dir.file()).unwrap();
+        let (node, events) = start(config(&dir.file(), 60_000, &["key-1"]));
+        assert!(errors(&events)[0].1.contains("(unreadable)"), "{:?}", errors(&events));
+        assert_eq!(node.stats()["snapshotsRejected"], 1);
+        std::mem::forget(node);
+        // The key ring opens the old key's snapshot, and the next snapshot is sealed with the new key.
+        std::fs::write(dir.file(), &good).unwrap();
+        let (rotated, events) = start(config(&dir.file(), 60_000, &["key-2", "key-1"]));
+        assert_eq!(rotated.length(), 3_000, "{:?}", errors(&events));
+        rotated.set("new", "{}".into(), None).unwrap();
+        rotated.close();
+        let (new_key_only, events) = start(config(&dir.file(), 60_000, &["key-2"]));
+        assert_eq!(new_key_only.length(), 3_001, "{:?}", errors(&events));
+        assert!(!logs(&events).iter().any(|l| l.contains("plaintext")));
+        new_key_only.close();
+    }
+
+    /// A snapshot that cannot be written (here: its directory is gone) fails with a coded error,
+    /// counted; the store serves on, and the next interval tries again.
+    #[test]
+    fn a_failing_snapshot_is_reported_and_the_store_serves_on() {
+        let dir = Dir::new();
+        let path = dir.0.join("missing-dir").join("s.snap");
+        let (a, events) = start(config(&path, 200, &[]));
+        a.set("a", "{}".into(), None).unwrap();
+        assert!(wait_until(|| a.stats()["snapshotFailures"].as_u64() >= Some(1)));
+        a.set("b", "{}".into(), None).unwrap();
+        assert!(wait_until(|| a.stats()["snapshotFailures"].as_u64() >= Some(2)));
+        let errors = errors(&events);
+        assert_eq!(errors.len(), 1, "reported once a minute at most: {errors:?}");
+        assert_eq!(errors[0].0, "ERR_SNAPSHOT_FAILED");
+        assert!(
+            errors[0].1.contains("creating the temporary file") && errors[0].1.contains("s.snap"),
+            "{}",
+            errors[0].1
+        );
+        assert_eq!(a.length(), 2);
+        assert_eq!(a.stats()["snapshotsWritten"], 0);
+        a.close();
+    }
+}
+
+/// `cargo test --release --no-default-features persist::timing -- --ignored --nocapture`:
+/// what a snapshot of N ≈1 KB sessions costs here (bench/persist.js measures it from JS).
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::table::Op;
+
+    #[test]
+    #[ignore]
+    fn timing() {
+        let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+        let dir = std::env::temp_dir().join(format!("esm-timing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.snap");
+        let config =
+            Config { persist: Some(PersistConfig { path: path.clone(), interval_ms: 60_000 }), ..Config::default() };
+        if let Some(file) = std::env::var_os("LOAD_ONLY") {
+            let config = Config { persist: Some(PersistConfig { path: file.into(), interval_ms: 60_000 }), ..config };
+            let persist = Persist::new(&config, config.persist.as_ref().unwrap(), 1, 1, crate::events::discard());
+            let t = Instant::now();
+            let loaded = persist.load(&Clock::new(2));
+            println!("load: {} entries in {:?}", loaded.length(now_ms()), t.elapsed());
+            return;
+        }
+        let clock = Clock::new(1);
+        let table = Table::new();
+        let now = now_ms();
+        let doc = format!(r#"{{"cookie":{{"expires":"2030-01-01T00:00:00.000Z"}},"pad":"{}"}}"#, "x".repeat(940));
+        for i in 0..n {
+            let op = Op::Set {
+                sid: format!("{i:032}").into(),
+                doc: doc.clone().into(),
+                expires_at: now + 3_600_000,
+                version: clock.tick(),
+            };
+            table.apply(&op);
+        }
+        let persist = Persist::new(&config, config.persist.as_ref().unwrap(), 1, 1, crate::events::discard());
+        let repeat: usize = std::env::var("REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        for _ in 0..repeat {
+            let t = Instant::now();
+            table.apply(&Op::Destroy { sid: "x".into(), version: clock.tick() });
+            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false), true).unwrap().unwrap();
+            println!("write {n}: {w:?} ({:?})", t.elapsed());
+        }
+        drop(table);
+        if std::env::var_os("SKIP_LOAD").is_some() {
+            return;
+        }
+        let t = Instant::now();
+        let loaded = persist.load(&Clock::new(2));
+        println!("load {n}: {} entries in {:?}", loaded.length(now), t.elapsed());
+        if std::env::var_os("KEEP").is_some() {
+            return println!("kept {}", path.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
