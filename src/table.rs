@@ -1,4 +1,4 @@
-//! The session table: a last-writer-wins map keyed by sid (DESIGN §2).
+//! The session table: a last-writer-wins map keyed by sid (docs/design.md §2).
 //!
 //! Each sid holds two registers, each merged by version independently:
 //! - the data register (the session JSON, or a tombstone after `destroy`), written by `set`;

@@ -111,8 +111,8 @@ pub enum Output {
     Answered {
         token: u64,
     },
-    /// Whether some member may hear this node's writes: a node alone queues none (README "A node
-    /// alone").
+    /// Whether some member may hear this node's writes: a node alone queues none
+    /// (docs/how-it-works.md "A node alone").
     Audience(bool),
     /// The leave is over: the final `Leave`s are queued and the node acts on nothing any more;
     /// the warning to log when the members' acks did not all come.

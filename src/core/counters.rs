@@ -39,7 +39,7 @@ pub struct Counters {
     pub misses_rate_limited: u64,
     /// Average age of remote writes on arrival, in ms (exponentially weighted).
     pub replication_lag_ms: f64,
-    /// Input dropped, by reason (README "Drop counters").
+    /// Input dropped, by reason (docs/security.md "Drop counters").
     pub dropped: BTreeMap<&'static str, u64>,
 }
 

@@ -1,4 +1,4 @@
-//! The protocol core of one node: a state machine without I/O (README "How it works").
+//! The protocol core of one node: a state machine without I/O (docs/design.md §3).
 //!
 //! `Node` owns membership, the delivery streams, fragments, replay windows, the state transfer
 //! and anti-entropy decisions, acknowledged writes, miss queries, clock offsets and the counters.

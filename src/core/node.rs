@@ -28,7 +28,8 @@ use crate::table::Table;
 use crate::wire::{self, DecodeError, Header, Message, NodeInfo};
 
 /// A leaving node waits at most this long, from the start of its leave, for every live member to
-/// acknowledge its last datagram; then it sends its `Leave` anyway (README "Membership").
+/// acknowledge its last datagram; then it sends its `Leave` anyway (docs/how-it-works.md
+/// "Membership").
 pub const LEAVE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Retransmit buffer bound in bytes (the bound in datagrams is `Settings::retransmit_datagrams`).
 const RETRANSMIT_BYTES: usize = 64 << 20;

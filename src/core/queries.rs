@@ -1,5 +1,5 @@
-//! A miss asks the alive members (README "Reading a session that has not arrived yet"): the
-//! node's side of miss.rs.
+//! A miss asks the alive members (docs/how-it-works.md "Reading a session that has not arrived
+//! yet"): the node's side of miss.rs (docs/design.md §3.10).
 
 use std::sync::Arc;
 

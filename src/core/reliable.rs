@@ -1,4 +1,4 @@
-//! Reliable delivery over UDP multicast (DESIGN §3): per-sender sequence numbers, negative
+//! Reliable delivery over UDP multicast (docs/design.md §3.7): per-sender sequence numbers, negative
 //! acknowledgements for gaps, bounded retransmit buffers, and cumulative acknowledgements.
 //!
 //! Receivers apply datagrams as they arrive (ops commute), so this module only tracks which

@@ -1,5 +1,5 @@
-//! State transfer and anti-entropy (README "State transfer"): when the node pulls from whom, what
-//! a pull brings, and what a node answers to a pull or a fetch. The bytes travel over TCP in the
+//! State transfer and anti-entropy (docs/how-it-works.md "State transfer"): when the node pulls
+//! from whom, what a pull brings, and what a node answers to a pull or a fetch. The bytes travel over TCP in the
 //! driver (driver/transfer.rs), or in memory in the simulator.
 //!
 //! A node asks a peer for `SyncRequest(Full)` when it joins, or `SyncRequest(Digest)` with its

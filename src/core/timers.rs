@@ -26,8 +26,8 @@ pub(super) const LEAVING_REPEAT: Duration = Duration::from_millis(25);
 const ACK_TIMEOUT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Node {
-    /// Starts joining: `Join` during the discovery window (README "Membership"), then the state
-    /// transfer, then `Event::Ready`. An observer is ready at once.
+    /// Starts joining: `Join` during the discovery window (docs/how-it-works.md "Membership"),
+    /// then the state transfer, then `Event::Ready`. An observer is ready at once.
     pub fn start(&mut self, now: Now) {
         if !matches!(self.bootstrap, Bootstrap::NotStarted) {
             return;

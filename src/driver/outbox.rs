@@ -3,7 +3,7 @@
 //! Waking the network thread costs a syscall and an inter-processor interrupt, more than the
 //! write itself; so a write only queues until the JS adapter's flush, once per event-loop turn
 //! that wrote. A few writes then leave from the JS thread itself when no batch is in flight
-//! (`Cluster::flush`, `take_at_most`); more are handed to the network thread, a burst of writes
+//! (`Driver::flush` in driver/calls.rs, `take_at_most`); more are handed to the network thread, a burst of writes
 //! in one turn costing one wake-up (`flush`). The queue also hands itself over once it holds
 //! `FLUSH_OPS` writes or `FLUSH_BYTES` bytes (a long synchronous loop of writes does not pile
 //! up), and the cluster's tick drains what was already queued at the tick before, so a missing

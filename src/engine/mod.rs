@@ -70,7 +70,7 @@ struct Running {
 impl Engine {
     /// Starts the engine. Only a runtime that cannot start is an error: a network that cannot
     /// start is reported through `events` (an error) and in `stats()`, and the store serves on
-    /// alone: express-session must keep its sessions (README "Errors at start").
+    /// alone: express-session must keep its sessions (docs/operations.md "Errors at start").
     pub fn start(config: Config, events: EventSink) -> std::io::Result<Engine> {
         Self::launch(
             config,
@@ -185,8 +185,8 @@ impl Engine {
         }
     }
 
-    /// Asks the alive members about a sid `lookup` found `Unknown` (README "Reading a session
-    /// that has not arrived yet"); `answer` gets the session once they answered, on the engine's
+    /// Asks the alive members about a sid `lookup` found `Unknown` (docs/how-it-works.md "Reading
+    /// a session that has not arrived yet"); `answer` gets the session once they answered, on the engine's
     /// thread (dropped uncalled if the engine closes first). False when nothing is asked: over
     /// the rate limit, or the network is closed.
     pub fn ask(&self, sid: &str, answer: impl FnOnce(Option<Arc<str>>) + Send + 'static) -> bool {

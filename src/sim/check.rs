@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::clock::Version;
-use crate::table::{Data, Op, Table};
+use crate::table::{Data, Entry, Op, Table};
 
 /// Which register of a sid a write sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +34,15 @@ impl Written {
             Op::Clear { .. } => (None, Register::Clear),
         };
         Written { node, sid, register, version: op.version() }
+    }
+
+    /// The writes an entry holds: its data register's and its cookie register's.
+    pub fn held_in(sid: &Arc<str>, entry: &Entry) -> Vec<Written> {
+        let registers = [(Register::Data, entry.data_version), (Register::Cookie, entry.cookie_version)];
+        let written = registers.into_iter().filter(|(_, version)| *version != Version::ZERO);
+        written
+            .map(|(register, version)| Written { node: version.node, sid: Some(sid.clone()), register, version })
+            .collect()
     }
 
     /// Whether `table` holds this write, or a newer one that supersedes it.
@@ -69,6 +78,8 @@ pub struct History {
     pub left_warned: BTreeSet<u64>,
     /// Per (node, sid): the highest data version it held, and whether that was a tombstone.
     pub seen: BTreeMap<(u64, Arc<str>), Version>,
+    /// Per incarnation (node, incarnation) started from a snapshot: the writes it loaded.
+    pub restored: BTreeMap<(u64, u64), Vec<Written>>,
 }
 
 impl History {

@@ -1,6 +1,7 @@
 //! A deterministic simulator: the real protocol core of N nodes on an in-memory network, in
 //! simulated time, under faults drawn from a seed: loss, duplication, reordering and delay,
-//! partitions that heal, crashes and graceful leaves and restarts as new incarnations, nodes
+//! partitions that heal, crashes and graceful leaves and restarts as new incarnations (loading
+//! their snapshot with `persist`, sometimes every node at once), nodes
 //! joining during writes, clocks minutes apart, sessions of one datagram to a hundred,
 //! destroys and clears racing sets, misses asking the cluster, forged and replayed datagrams.
 //!
@@ -9,12 +10,14 @@
 //! node held a newer version of it (a destroy); no packet is accepted twice, nor a forged one
 //! at all; with `waitForAck`, an acknowledged write is on every member it waited for; buffers
 //! stay bounded. At the end: every write of a node that stayed up (or left with every member's
-//! ack) is on every node; nothing is missing, half reassembled or asked for any more.
+//! ack) is on every node, and so is every write of a snapshot loaded by a node that is up;
+//! nothing is missing, half reassembled or asked for any more.
 //!
 //! `cargo test --release sim` runs `SIM_SEEDS` seeds (default below); a failing seed prints
 //! itself and its last events, and `SIM_SEED=<seed> cargo test --release sim` reruns it alone.
 
 mod check;
+mod disk;
 mod net;
 mod plan;
 mod world;
@@ -24,9 +27,9 @@ use std::time::Duration;
 use plan::Plan;
 use world::World;
 
-/// Seeds per run of `cargo test --release sim` without `SIM_SEEDS`: about half a minute on the
-/// 2-core development machine.
-const DEFAULT_SEEDS: u64 = 1_000;
+/// Seeds per run of `cargo test --release sim` without `SIM_SEEDS` (and so in CI): about 40 s on
+/// the 2-core development machine.
+const DEFAULT_SEEDS: u64 = 2_000;
 
 /// Longest the nodes may take to converge after the last fault: a dead member detected, and
 /// two rounds of the periodic anti-entropy (15 s), for what no NAK can repair any more.
@@ -122,6 +125,13 @@ fn finished(world: &World) -> Result<(), String> {
     for l in &live {
         if let Some(w) = world.history.must_survive(&up).find(|w| !w.held_by(&l.table)) {
             return Err(format!("node {:016x} lost write {w:?}", l.header.node));
+        }
+        let restored = world.history.restored.iter().filter(|(incarnation, _)| up.contains(incarnation));
+        if let Some(w) = restored.flat_map(|(_, writes)| writes).find(|w| !w.held_by(&l.table)) {
+            return Err(format!(
+                "node {:016x} lacks write {w:?} of a snapshot loaded by a node that is up",
+                l.header.node
+            ));
         }
         let buffers = l.node.buffers();
         if buffers.missing_datagrams > 0 || buffers.reassembly_bytes > 0 || l.pending_asks() > 0 {

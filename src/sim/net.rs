@@ -75,6 +75,11 @@ pub enum Event {
     Stop {
         index: usize,
     },
+    /// The node in `slot` writes a snapshot (`persist`), if it is still `incarnation`.
+    Snapshot {
+        slot: usize,
+        incarnation: u64,
+    },
     Garbage,
     Sweep,
     Check,

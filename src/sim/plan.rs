@@ -75,6 +75,9 @@ pub struct Plan {
     /// its destroy (long by default: nothing expires during a run).
     pub lifetime: Duration,
     pub retention: Duration,
+    /// `persist`: every node snapshots its table this often (and on a graceful stop), and a
+    /// node that starts again loads its slot's last snapshot before it joins.
+    pub persist: Option<Duration>,
 }
 
 fn ms(ms: u64) -> Duration {
@@ -120,6 +123,15 @@ impl Plan {
             let restart = rng.random_bool(0.7).then(|| ms(rng.random_range(10..4_000)));
             stops.push(Stop { slot, at, graceful: rng.random_bool(0.4), restart });
         }
+        let persist = rng.random_bool(0.4).then(|| ms(rng.random_range(200..3_000)));
+        if persist.is_some() && rng.random_bool(0.4) {
+            // Every node stops at once (a deploy, a power cut) and starts again from its snapshot.
+            let at = ms(rng.random_range(0..faults_until.as_millis() as u64));
+            let graceful = rng.random_bool(0.5);
+            for slot in 0..slots {
+                stops.push(Stop { slot, at, graceful, restart: Some(ms(rng.random_range(10..3_000))) });
+            }
+        }
         Plan {
             slots,
             starts,
@@ -152,6 +164,7 @@ impl Plan {
             retransmit_datagrams: if rng.random_bool(0.2) { rng.random_range(8..128) } else { 65_536 },
             lifetime: Duration::from_secs(86_400),
             retention: Duration::from_millis(crate::table::TOMBSTONE_MIN_RETENTION_MS),
+            persist,
         }
     }
 
@@ -171,6 +184,7 @@ impl Plan {
             .collect();
         plan.skew_ms = (0..plan.slots).map(|_| rng.random_range(-skew_ms..=skew_ms)).collect();
         plan.stops.clear();
+        plan.persist = None;
         plan.sids = rng.random_range(3..10);
         plan.p_destroy = 0.3;
         plan.p_touch = 0.3;

@@ -10,6 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::check::{History, Written};
+use super::disk::Snapshot;
 use super::net::{self, Event, Queue};
 use super::plan::{Plan, Transport};
 use crate::clock::Clock;
@@ -62,6 +63,8 @@ pub struct Slot {
     pub skew_ms: i64,
     ip: Ipv4Addr,
     pub live: Option<Live>,
+    /// The slot's snapshot file (`persist`): the last one its nodes wrote.
+    snapshot: Option<Snapshot>,
 }
 
 pub struct World {
@@ -86,7 +89,12 @@ fn exp(rng: &mut SmallRng, per_second: f64) -> Duration {
 impl World {
     pub fn new(seed: u64, plan: Plan) -> World {
         let slots = (0..plan.slots)
-            .map(|i| Slot { skew_ms: plan.skew_ms[i], ip: Ipv4Addr::new(10, 0, 0, i as u8 + 1), live: None })
+            .map(|i| Slot {
+                skew_ms: plan.skew_ms[i],
+                ip: Ipv4Addr::new(10, 0, 0, i as u8 + 1),
+                live: None,
+                snapshot: None,
+            })
             .collect();
         let mut world = World {
             rng: SmallRng::seed_from_u64(seed),
@@ -207,6 +215,13 @@ impl World {
             Event::Flush { slot, incarnation } => self.flush(slot, incarnation),
             Event::Start { slot } => self.start(slot),
             Event::Stop { index } => self.stop(index),
+            Event::Snapshot { slot, incarnation } => {
+                if self.live(slot, incarnation).is_some() {
+                    self.snapshot(slot);
+                    let interval = self.plan.persist.unwrap_or(Duration::MAX);
+                    self.queue.at(self.t + interval, Event::Snapshot { slot, incarnation });
+                }
+            }
             Event::Garbage => self.garbage(),
             Event::Sweep => {
                 for slot in 0..self.slots.len() {
@@ -262,6 +277,7 @@ impl World {
         let codec = Arc::new(Codec::new(CLUSTER, &secrets));
         let table = Arc::new(Table::with_retention(plan.retention.as_millis() as u64));
         let clock = Arc::new(Clock::new(node_id));
+        let restored = self.slots[slot].snapshot.as_ref().map(|snapshot| snapshot.load(&table, &clock, now.ms));
         let mut node = Node::new(settings, header, codec.clone(), table.clone(), clock.clone(), self.rng.random(), now);
         if peers_mode {
             let mut resolved: Vec<SocketAddr> =
@@ -270,6 +286,13 @@ impl World {
             node.set_peers(resolved);
         }
         node.start(now);
+        if let Some(restored) = restored {
+            self.note(format!("slot {slot}: node {node_id:016x} loads {} writes from its snapshot", restored.len()));
+            self.history.restored.insert((node_id, header.incarnation), restored);
+        }
+        if let Some(interval) = self.plan.persist {
+            self.queue.at(self.t + interval, Event::Snapshot { slot, incarnation: header.incarnation });
+        }
         self.slots[slot].live = Some(Live {
             node,
             table,
@@ -318,6 +341,13 @@ impl World {
         if let Some(after) = stop.restart {
             self.queue.at(self.t + after, Event::Start { slot: stop.slot });
         }
+    }
+
+    /// The node in `slot` writes its snapshot file.
+    fn snapshot(&mut self, slot: usize) {
+        let now = self.now(slot).ms;
+        let Some(live) = self.slots[slot].live.as_ref() else { return };
+        self.slots[slot].snapshot = Some(Snapshot::take(&live.table, &live.clock, now));
     }
 
     /// Sends what the node wants sent, and acts on its other outputs.
@@ -372,6 +402,10 @@ impl World {
                     self.history.left_cleanly.insert(node, custodians);
                 } else {
                     self.history.left_warned.insert(node);
+                }
+                // As `close()`: the last snapshot once the leave is over.
+                if self.plan.persist.is_some() {
+                    self.snapshot(slot);
                 }
                 self.slots[slot].live = None;
                 self.note(format!("slot {slot}: node {node:016x} left at {} ({warning:?})", now.ms));
@@ -653,7 +687,7 @@ impl World {
         live.table.apply(&op);
         let index = self.history.writes.len();
         self.history.writes.push(Written::of(live.header.node, &op));
-        // As the engine: a node with no audience queues nothing (README "A node alone").
+        // As the engine: a node with no audience queues nothing (docs/how-it-works.md "A node alone").
         if live.audience {
             live.pushed += 1;
             live.numbered.push_back((live.pushed, index));

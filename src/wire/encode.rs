@@ -1,4 +1,4 @@
-//! Writing packets: header and body (README "Wire format").
+//! Writing packets: header and body (docs/how-it-works.md "Wire format").
 
 use super::*;
 

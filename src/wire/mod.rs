@@ -1,4 +1,5 @@
-//! Binary wire format, version 3 (documented in README "Wire format").
+//! Binary wire format, version 3 (docs/design.md §3.1; every kind in docs/how-it-works.md
+//! "Wire format").
 //!
 //! Every datagram and every TCP frame is one packet:
 //!
@@ -52,7 +53,7 @@ pub const KEY_ID_AT: usize = 32;
 pub const TRAILER_BUDGET: usize = 16;
 /// Top bit of a `Data` payload tag: the sender asks for an ack at once.
 const ASK_ACK: u8 = 0x80;
-/// Budget of one UDP datagram (DESIGN §3): never rely on IP fragmentation.
+/// Budget of one UDP datagram (docs/design.md §3.2): never rely on IP fragmentation.
 pub const MAX_DATAGRAM: usize = 1400;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
