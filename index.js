@@ -137,7 +137,7 @@ module.exports = function expressSessionMulticast(session) {
       this._native = native;
       this._handle = this._engine.handle();
       // Writes queue in the engine; a flush sends a few from this thread, or hands them to the
-      // network thread (src/outbox.rs).
+      // network thread (src/driver/outbox.rs).
       this._flushScheduled = false;
       this._flushDirect = false;
       this._lastFlush = -Infinity;
@@ -322,7 +322,7 @@ module.exports = function expressSessionMulticast(session) {
     }
 
     // With waitForAck, a write calls back once every member alive when it left has applied it,
-    // or at ackTimeout (src/ack_wait.rs); ticket 0 has nothing to wait for.
+    // or at ackTimeout (src/core/ack_wait.rs); ticket 0 has nothing to wait for.
     _whenAcked(ticket, callback) {
       if (ticket <= this._acked) return settle(callback, null);
       // A write that waits keeps the process alive, as a socket in flight would; only then.

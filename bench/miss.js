@@ -19,7 +19,7 @@ const u = require("./util");
 
 const ROUNDS = Number(process.env.BENCH_MISS_ROUNDS) || 5;
 const GETS = Number(process.env.BENCH_MISS_GETS) || 20000;
-const QUERY_BURST = 100; // src/miss.rs
+const QUERY_BURST = 100; // src/core/miss.rs
 const REFILL_MS = 1100; // the bucket refills 100 tokens a second
 const SESSIONS = 1000;
 

@@ -7,7 +7,7 @@
 // regenerate (the login regenerates an anonymous session), bWrites (B's page writes the session
 // too: a B that finds no session makes a new one and sends its cookie, a logout for good).
 // Per variant, waitForAck off and on, and off with missTimeout 0 (a get that finds nothing does
-// not ask the other nodes, src/miss.rs): stale reads (B did not see the user), logouts for good
+// not ask the other nodes, src/core/miss.rs): stale reads (B did not see the user), logouts for good
 // (B sent a cookie of another sid), for stale reads how long after A's response ended B had the
 // login, and the login's response time on A (request sent → response ended: what waitForAck
 // costs a user) and the next request's on B. One cluster per mode, all up at once; the modes

@@ -61,7 +61,7 @@ impl Clock {
         Version { hlc: wall.max(prev + 1), node: self.node }
     }
 
-    /// The highest clock value issued or observed so far (persist.rs keeps it across restarts).
+    /// The highest clock value issued or observed so far (persist/ keeps it across restarts).
     pub fn high_water(&self) -> u64 {
         self.last.load(Ordering::Acquire)
     }

@@ -1,5 +1,5 @@
 "use strict";
-// A node with no member to hear it sends no writes (src/outbox.rs, "audience"): whoever joins
+// A node with no member to hear it sends no writes (src/driver/outbox.rs, "audience"): whoever joins
 // later gets them by its state transfer. Stores of one process on a loopback cluster.
 const assert = require("node:assert/strict");
 const { createStore, closeStores, sessionData, uniqueCluster } = require("./helpers");

@@ -1,5 +1,5 @@
 "use strict";
-// A get that finds nothing asks the cluster (src/miss.rs; docs/how-it-works.md "Reading a session that has not
+// A get that finds nothing asks the cluster (src/core/miss.rs; docs/how-it-works.md "Reading a session that has not
 // arrived yet"). Stores of one cluster in this process, on loopback (ipv4 127.0.0.1, multicastTTL
 // 0). A write leaves its node at the end of the event-loop turn that made it, so a get made on
 // another store in that same turn truly finds nothing there: the session exists on its writer

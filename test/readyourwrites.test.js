@@ -9,7 +9,7 @@
 // exceptions, an ackTimeout or a member no longer alive, are visible: A's ackTimeouts is checked).
 // Without it B can read before the login arrives; the counts are printed, not asserted (they
 // depend on timing), but a logout for good must not happen: a get that finds nothing asks the
-// other nodes (the miss path, src/miss.rs).
+// other nodes (the miss path, src/core/miss.rs).
 // RYW_ITERATIONS=5000 for a longer run (default 400 per variant and mode).
 const assert = require("node:assert/strict");
 const crypto = require("node:crypto");

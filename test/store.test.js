@@ -526,7 +526,7 @@ describe("writes to the network", () => {
     const { a, b } = await pair();
     const before = a.stats();
     const count = 2_000;
-    // One turn: one flush at its end, plus the engine's hand-overs every 256 writes or 256 KB (src/outbox.rs).
+    // One turn: one flush at its end, plus the engine's hand-overs every 256 writes or 256 KB (src/driver/outbox.rs).
     const written = [];
     for (let i = 0; i < count; i++) written.push(callbackValue((cb) => a.set(`s${i}`, sessionData({ i, pad: KB }), cb)));
     await Promise.all(written);
