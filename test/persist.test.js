@@ -15,7 +15,7 @@ const { spawnSync, spawn } = require("node:child_process");
 const { setTimeout: sleep } = require("node:timers/promises");
 const { createStore, closeStores, makeLogger, sessionData } = require("./helpers");
 const { startApp, sidOfCookie } = require("./fixtures/session-app");
-const { startNode, stopAll, waitUntil } = require("./cluster/harness");
+const { clusterOptions, startNode, stopAll, waitUntil } = require("./cluster/harness");
 
 const HOUR = 3_600_000;
 
@@ -112,6 +112,34 @@ describe("persist", function () {
         assert.equal((await status(again)).snapshotLoadedSessions, 30);
       } finally {
         await stop(again, "SIGKILL");
+      }
+    });
+  });
+
+  describe("several processes on one file (the workers of one host)", () => {
+    it("the first to start writes it, the other does not; it takes over when the first is killed, and its snapshot loads", async () => {
+      const file = path.join(dir, "app.snap");
+      const options = clusterOptions({ secret: "one file key", persist: { path: file, interval: 1 } });
+      const a = await startApp("A", options);
+      const b = await startApp("B", options);
+      try {
+        await waitUntil(async () => (await status(a)).members === 2 && (await status(b)).members === 2, 10_000, { what: "A and B see each other" });
+        const first = await login(a, "first", 20);
+        await waitUntil(async () => (await status(a)).snapshotsWritten > 0 && (await status(b)).sessions === 20, 10_000, { what: "A's snapshot" });
+        await sleep(2_500); // two more intervals: B's table changed too, and B writes nothing
+        assert.equal((await status(b)).snapshotsWritten, 0, "B does not write the file A holds");
+        assert.equal((await stop(a, "SIGKILL")).signal, "SIGKILL");
+        const second = await login(b, "second", 10);
+        await waitUntil(async () => (await status(b)).lastSnapshotSessions === 30, 10_000, { what: "B's snapshot after A died" });
+        await stop(b, "SIGKILL");
+        const again = await startApp("C", { ...options, multicast: false });
+        try {
+          for (const u of [...first, ...second]) assert.equal((await again.request("GET", "/me", u.cookie)).body.user, u.user, u.user);
+        } finally {
+          await stop(again, "SIGKILL");
+        }
+      } finally {
+        for (const app of [a, b]) if (app.child.exitCode === null && app.child.signalCode === null) await stop(app, "SIGKILL");
       }
     });
   });

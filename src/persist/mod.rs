@@ -6,9 +6,11 @@
 //! - format.rs: the file format (pure).
 //! - writer.rs: writing a snapshot crash-safely (temporary file, fsync, rename, fsync of the dir).
 //! - loader.rs: reading one back, and setting a bad file aside.
+//! - lock.rs: one writing process per file.
 
 pub mod format;
 pub mod loader;
+pub mod lock;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use parking_lot::Mutex;
 
 use self::format::{Header, Keys};
 use self::loader::Loaded;
+use self::lock::FileLock;
 use self::writer::{WriteError, Written};
 use crate::clock::{now_ms, Clock};
 use crate::events::{Event, EventSink, Level};
@@ -69,6 +72,10 @@ pub struct Persist {
     /// `Table::changes()` when the last snapshot written began (or the load ended).
     saved_changes: Mutex<Option<u64>>,
     last_error_report: Mutex<Option<Instant>>,
+    /// The file's lock, once this process holds it: only its holder writes (lock.rs).
+    lock: Mutex<Option<FileLock>>,
+    /// Another process held the lock when this one last tried (logged once per change).
+    locked_out: AtomicBool,
 }
 
 impl Persist {
@@ -85,6 +92,8 @@ impl Persist {
             closing: AtomicBool::new(false),
             saved_changes: Mutex::new(None),
             last_error_report: Mutex::new(None),
+            lock: Mutex::new(None),
+            locked_out: AtomicBool::new(false),
         }
     }
 
@@ -96,9 +105,44 @@ impl Persist {
         (self.events)(Event::Log { level, message: format!("persist: {message}") });
     }
 
+    /// Whether this process may write the file: it holds the file's lock, or takes it now (the
+    /// process that held it stopped). A lock that cannot be made lets the write go on, to fail
+    /// and be reported as such.
+    fn may_write(&self) -> bool {
+        let mut lock = self.lock.lock();
+        if lock.is_some() {
+            return true;
+        }
+        let path = self.config.path.display();
+        match FileLock::try_acquire(&self.config.path) {
+            Ok(None) => {
+                if !self.locked_out.swap(true, Ordering::Relaxed) {
+                    self.log(
+                        Level::Warn,
+                        format!(
+                            "another process writes {path} (it holds {}): this one loaded it but does not write it, and takes over when that process stops",
+                            lock::lock_path(&self.config.path).display()
+                        ),
+                    );
+                }
+                false
+            }
+            Ok(Some(held)) => {
+                *lock = Some(held);
+                if self.locked_out.swap(false, Ordering::Relaxed) {
+                    self.log(Level::Info, format!("the process that wrote {path} stopped: this one writes it now"));
+                }
+                true
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Loads the snapshot, if there is a good one: the table to start with (empty otherwise).
     /// The clock is moved past every version the snapshot names.
     pub fn load(&self, clock: &Clock) -> Table {
+        // The first process to start on a file writes it; the others learn so now.
+        self.may_write();
         let path = self.config.path.display();
         if !self.keys.is_sealed() {
             self.log(
@@ -165,7 +209,7 @@ impl Persist {
     ) -> Option<Result<Written, WriteError>> {
         let _writing = self.writing.lock();
         let changes = table.changes();
-        if cancel.load(Ordering::Relaxed) || *self.saved_changes.lock() == Some(changes) {
+        if cancel.load(Ordering::Relaxed) || *self.saved_changes.lock() == Some(changes) || !self.may_write() {
             return None;
         }
         let started_at = now_ms();
@@ -241,6 +285,8 @@ impl Persist {
     pub fn close(&self, table: &Table, clock: &Clock) -> Option<Result<Written, WriteError>> {
         self.closing.store(true, Ordering::Relaxed);
         let result = self.snapshot(table, clock, &AtomicBool::new(false), false);
+        // Another process on the same file takes over from its next interval.
+        *self.lock.lock() = None;
         if let Some(Ok(w)) = &result {
             self.log(
                 Level::Info,
@@ -294,9 +340,11 @@ mod tests {
         fn file(&self) -> PathBuf {
             self.0.join("sessions.snap")
         }
+        /// The directory's files but the lock's (lock.rs), which stays.
         fn names(&self) -> Vec<String> {
-            let mut names: Vec<String> =
-                std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+            let files =
+                std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+            let mut names: Vec<String> = files.filter(|name| !name.ends_with(".lock")).collect();
             names.sort();
             names
         }
@@ -325,6 +373,14 @@ mod tests {
         let sink = events.clone();
         let engine = Engine::start(config, Arc::new(move |e| sink.lock().push(e))).unwrap();
         (engine, events)
+    }
+
+    /// The engine stops without `close()`, as if killed: the kernel releases its file's lock.
+    fn killed(engine: Engine) {
+        if let Some(persist) = &engine.persist {
+            *persist.lock.lock() = None;
+        }
+        std::mem::forget(engine);
     }
 
     fn errors(events: &Events) -> Vec<(&'static str, String)> {
@@ -363,6 +419,28 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         true
+    }
+
+    /// Two engines on one file (the workers of one host): the first to start writes it, the
+    /// other does not, and takes over once the first stopped.
+    #[test]
+    fn one_engine_writes_a_file_the_other_takes_over_when_it_stops() {
+        let dir = Dir::new();
+        let (a, _) = start(config(&dir.file(), 60_000, &[]));
+        let (b, b_events) = start(config(&dir.file(), 60_000, &[]));
+        let written = |engine: &Engine| engine.stats()["snapshotsWritten"].as_u64().unwrap();
+        assert!(logs(&b_events).iter().any(|l| l.contains("another process writes")), "{:?}", logs(&b_events));
+        b.set("from-b", "{}".into(), None).unwrap();
+        b.close();
+        assert_eq!(written(&b), 0, "b does not write a file a holds");
+        a.set("from-a", "{}".into(), None).unwrap();
+        a.close();
+        assert_eq!(written(&a), 1);
+        let (c, _) = start(config(&dir.file(), 60_000, &[]));
+        assert!(c.get("from-a").is_some() && c.get("from-b").is_none(), "a's snapshot, whole");
+        c.set("from-c", "{}".into(), None).unwrap();
+        c.close();
+        assert_eq!(written(&c), 1, "a stopped: c writes");
     }
 
     /// Sessions, their expiries, tombstones, touches and a clear survive close() and a new start;
@@ -467,7 +545,7 @@ mod tests {
             writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), true, &crash);
         assert!(matches!(result, Err(WriteError::Io { stage: "before the rename", .. })), "{result:?}");
         std::fs::rename(&left, writer::temp_path(p.path())).unwrap(); // as a crash leaves it
-        std::mem::forget(b); // no close(): as if killed
+        killed(b); // no close(): as if killed
 
         let (c, events) = start(config(&dir.file(), 60_000, &[]));
         assert_eq!((c.get("first").is_some(), c.get("second").is_some()), (true, false));
@@ -544,14 +622,14 @@ mod tests {
             assert!(!dir.file().exists());
             node.set("serves", "{}".into(), None).unwrap();
             assert!(node.get("serves").is_some());
-            std::mem::forget(node); // not closed: its snapshot must not replace the next case's file
+            killed(node); // not closed: its snapshot must not replace the next case's file
         }
         // An unreadable path (a directory): the same.
         std::fs::create_dir(dir.file()).unwrap();
         let (node, events) = start(config(&dir.file(), 60_000, &["key-1"]));
         assert!(errors(&events)[0].1.contains("(unreadable)"), "{:?}", errors(&events));
         assert_eq!(node.stats()["snapshotsRejected"], 1);
-        std::mem::forget(node);
+        killed(node);
         // The key ring opens the old key's snapshot, and the next snapshot is sealed with the new key.
         std::fs::write(dir.file(), &good).unwrap();
         let (rotated, events) = start(config(&dir.file(), 60_000, &["key-2", "key-1"]));
