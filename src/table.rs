@@ -328,6 +328,21 @@ impl Table {
         }
     }
 
+    /// Room for about `entries` entries, before a table is filled (persist/loader.rs): a shard that
+    /// grows rehashes every key it holds, each a read of the key's own allocation. A hint: a
+    /// shard that gets more grows as usual, and a reservation refused is no error.
+    pub fn reserve(&mut self, entries: usize) {
+        let per_shard = entries / SHARDS;
+        // Shards fill unevenly (about ±√n): room for four standard deviations more.
+        let _ = self.entries.try_reserve(per_shard + 4 * per_shard.isqrt() + 1);
+    }
+
+    /// The shard that holds (or would hold) `sid`: a loader that merges many entries at once
+    /// merges them shard by shard, each shard's memory in cache (persist/loader.rs).
+    pub fn shard_of(&self, sid: &str) -> usize {
+        self.entries.determine_map(sid)
+    }
+
     /// `touchAfter`: when a touch would move a live session's replicated expiry forward by less
     /// than `threshold_ms`, and that expiry is still more than `threshold_ms` away, the new expiry
     /// is kept on this node only (no new version, so digests and peers are unaffected) and this
