@@ -149,7 +149,7 @@ impl Table {
     }
 
     fn shard(&self, sid: &str) -> &RwLock<Shard> {
-        &self.shards[self.router.hash_one(sid) as usize % SHARDS]
+        &self.shards[self.shard_of(sid)]
     }
 
     /// The session JSON if it exists and has not expired at `now`.
@@ -257,6 +257,23 @@ impl Table {
     fn changed(&self) -> bool {
         self.changes.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// Room for about `entries` sessions, before a table is filled (persist/loader.rs): a shard
+    /// that grows rehashes every key it holds, each a read of the key's own allocation. A hint: a
+    /// shard that gets more grows as usual, and a reservation refused is no error.
+    pub fn reserve(&mut self, entries: usize) {
+        let per_shard = entries / SHARDS;
+        // Shards fill unevenly (about ±√n): room for four standard deviations more.
+        for shard in self.shards.iter_mut() {
+            let _ = shard.get_mut().entries.try_reserve(per_shard + 4 * per_shard.isqrt() + 1);
+        }
+    }
+
+    /// The shard that holds (or would hold) `sid`: a loader that merges many entries at once
+    /// merges them shard by shard, each shard's memory in cache (persist/loader.rs).
+    pub fn shard_of(&self, sid: &str) -> usize {
+        self.router.hash_one(sid) as usize % SHARDS
     }
 
     /// `touchAfter`: when a touch would move a live session's replicated expiry forward by less

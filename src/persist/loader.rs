@@ -5,14 +5,13 @@
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::format::{self, DecodeError, End, FormatError, Header, Keys, KIND_END, KIND_ENTRIES};
-use crate::table::Table;
+use super::format::{self, DecodeError, End, FormatError, Header, Keys, Opener, KIND_END, KIND_ENTRIES};
+use crate::table::{Entry, Table};
 
 /// What the load found.
 pub enum Loaded {
@@ -79,17 +78,17 @@ pub fn load(path: &Path, cluster: &str, keys: &Keys, now: u64) -> Loaded {
         Ok(meta) => meta.len(),
         Err(e) => return reject(path, Rejection::Unreadable(e)),
     };
-    let table = Table::new();
-    match read_into(&table, file, len, cluster, keys, now) {
-        Ok((header, end, figures)) => {
+    let mut table = Table::new();
+    match read_into(&mut table, file, len, cluster, keys, now) {
+        Ok((header, end, counts)) => {
             table.merge_clear_mark(end.clear_mark);
             Loaded::Loaded(Summary {
                 table,
                 header,
                 entries: end.entries,
-                kept: figures.kept.load(Ordering::Relaxed),
-                sessions: figures.sessions.load(Ordering::Relaxed),
-                clock: figures.clock.load(Ordering::Relaxed).max(end.clock).max(end.clear_mark.hlc),
+                kept: counts.kept,
+                sessions: counts.sessions,
+                clock: counts.clock.max(end.clock).max(end.clear_mark.hlc),
                 bytes: len,
                 ms: started.elapsed().as_secs_f64() * 1000.0,
             })
@@ -99,93 +98,154 @@ pub fn load(path: &Path, cluster: &str, keys: &Keys, now: u64) -> Loaded {
     }
 }
 
-/// What the loading threads counted.
+/// Records handed to a merging thread at once, at most: enough for several per shard of the table
+/// (`table::SHARDS`), so that merging them shard by shard finds each shard's memory in cache. A
+/// batch is a sixteenth of the file's records, at least `MERGE_BATCH_MIN`: merging starts sooner.
+const MERGE_BATCH: usize = 1 << 16;
+const MERGE_BATCH_MIN: usize = 1 << 12;
+
+/// What the decoding counted.
 #[derive(Default)]
-struct Figures {
-    entries: AtomicU64,
-    kept: AtomicU64,
-    sessions: AtomicU64,
-    clock: AtomicU64,
+struct Counts {
+    entries: u64,
+    kept: u64,
+    sessions: u64,
+    clock: u64,
 }
 
-/// Reads the file into `table`: this thread reads the frames, and one thread per core checks,
-/// decodes and merges them (the bulk of the work), so a large snapshot loads in parallel.
+/// The records of one frame that are kept, decoded, on their way to a thread that merges them.
+#[derive(Default)]
+struct Batch {
+    sids: String,
+    ends: Vec<usize>,
+    entries: Vec<Entry>,
+}
+
+impl Batch {
+    fn push(&mut self, sid: &str, entry: Entry) {
+        self.sids.push_str(sid);
+        self.ends.push(self.sids.len());
+        self.entries.push(entry);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Merges the records into `table` shard by shard, leaving the batch empty.
+    fn merge_into(&mut self, table: &Table, order: &mut Vec<(u32, u32)>) {
+        let sid = |i: usize| &self.sids[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]];
+        order.clear();
+        order.extend((0..self.len()).map(|i| (table.shard_of(sid(i)) as u32, i as u32)));
+        order.sort_unstable();
+        for &(_, i) in order.iter() {
+            let entry = std::mem::replace(&mut self.entries[i as usize], Entry::absent());
+            table.restore(sid(i as usize), entry);
+        }
+        self.sids.clear();
+        self.ends.clear();
+        self.entries.clear();
+    }
+}
+
+/// Checks frame `index` and decodes its records: the kept ones into `batch`.
+fn decode_frame(
+    opener: &Opener,
+    index: u64,
+    body: &mut [u8],
+    now: u64,
+    counts: &mut Counts,
+    batch: &mut Batch,
+) -> Result<(), FormatError> {
+    let (mut clock, mut kept, mut sessions) = (counts.clock, 0, 0);
+    let records = format::decode_entries(opener.open(index, KIND_ENTRIES, body)?, |sid, entry| {
+        clock = entry.newest_version().hlc.max(clock);
+        if entry.is_kept(now) {
+            kept += 1;
+            sessions += u64::from(entry.is_visible(now));
+            batch.push(sid, entry);
+        }
+    })?;
+    counts.entries += records;
+    counts.kept += kept;
+    counts.sessions += sessions;
+    counts.clock = clock;
+    Ok(())
+}
+
+/// Reads the file into `table`. This thread reads, checks and decodes the frames: the sessions'
+/// memory is allocated here (in Node, the JS thread, whose allocator arena grows in large steps,
+/// where a new thread's grows one page per system call). Other threads merge the decoded records
+/// into the table (hashing, the table's memory), so the two halves run on two cores at once. The
+/// table is sized from the first frame beforehand.
 fn read_into(
-    table: &Table,
+    table: &mut Table,
     file: File,
     len: u64,
     cluster: &str,
     keys: &Keys,
     now: u64,
-) -> Result<(Header, End, Figures), DecodeError> {
+) -> Result<(Header, End, Counts), DecodeError> {
     let (header, opener, mut frames) = format::open(BufReader::with_capacity(1 << 20, file), len, cluster, keys)?;
-    let figures = Figures::default();
-    let failed: Mutex<Option<FormatError>> = Mutex::new(None);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
-    let (work, jobs) = mpsc::sync_channel::<(u64, Vec<u8>)>(workers * 2);
-    let jobs = Mutex::new(jobs);
-    let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+    let mut counts = Counts::default();
+    let mut body = Vec::new();
+    let mut first = Batch::default();
+    let mut frame = frames.next(&mut body)?;
+    let mut batch_len = MERGE_BATCH;
+    if let (index, KIND_ENTRIES) = frame {
+        decode_frame(&opener, index, &mut body, now, &mut counts, &mut first)?;
+        // The first frame's records per byte, over the whole file.
+        let estimate = u128::from(counts.entries) * u128::from(len) / (body.len().max(1) as u128);
+        let estimate = usize::try_from(estimate).unwrap_or(usize::MAX);
+        table.reserve(estimate);
+        batch_len = (estimate / 16).clamp(MERGE_BATCH_MIN, MERGE_BATCH);
+        frame = frames.next(&mut body)?;
+    }
+    let table = &*table;
+    let mergers = std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_sub(1).clamp(1, 3);
+    let (work, batches) = mpsc::sync_channel::<Batch>(mergers * 2);
+    let batches = Mutex::new(batches);
+    let (give_back, spare) = mpsc::channel::<Batch>();
     let end = std::thread::scope(|scope| {
-        for _ in 0..workers {
-            let give_back = give_back.clone();
-            let (jobs, opener, figures, failed) = (&jobs, &opener, &figures, &failed);
-            scope.spawn(move || loop {
-                let job = jobs.lock().recv();
-                let Ok((index, mut body)) = job else { return };
-                if failed.lock().is_none() {
-                    let (mut clock, mut kept, mut sessions) = (0, 0, 0);
-                    let merged = opener.open(index, KIND_ENTRIES, &mut body).and_then(|payload| {
-                        format::decode_entries(payload, |sid, entry| {
-                            clock = entry.newest_version().hlc.max(clock);
-                            if entry.is_kept(now) {
-                                kept += 1;
-                                sessions += u64::from(entry.is_visible(now));
-                                table.restore(sid, entry);
-                            }
-                        })
-                    });
-                    match merged {
-                        Ok(n) => {
-                            figures.entries.fetch_add(n, Ordering::Relaxed);
-                            figures.kept.fetch_add(kept, Ordering::Relaxed);
-                            figures.sessions.fetch_add(sessions, Ordering::Relaxed);
-                            figures.clock.fetch_max(clock, Ordering::Relaxed);
-                        }
-                        Err(e) => drop(failed.lock().get_or_insert(e)),
-                    }
+        for _ in 0..mergers {
+            let (batches, give_back) = (&batches, give_back.clone());
+            scope.spawn(move || {
+                let mut order = Vec::new();
+                while let Ok(mut batch) = batches.lock().recv() {
+                    batch.merge_into(table, &mut order);
+                    let _ = give_back.send(batch);
                 }
-                let _ = give_back.send(body);
             });
         }
-        drop(give_back);
-        let mut body = Vec::new();
-        let end = loop {
-            if let Some(e) = failed.lock().clone() {
-                break Err(e.into());
-            }
-            match frames.next(&mut body) {
-                Ok((index, KIND_ENTRIES)) => {
-                    let full = std::mem::replace(&mut body, spare.try_recv().unwrap_or_default());
-                    if work.send((index, full)).is_err() {
-                        break Err(FormatError::Corrupted("loading stopped").into());
+        let decode = || -> Result<End, DecodeError> {
+            let stopped = || DecodeError::from(FormatError::Corrupted("loading stopped"));
+            let mut batch = first;
+            loop {
+                match frame {
+                    (index, KIND_ENTRIES) => {
+                        decode_frame(&opener, index, &mut body, now, &mut counts, &mut batch)?;
+                        if batch.len() >= batch_len {
+                            let next = spare.try_recv().unwrap_or_default();
+                            work.send(std::mem::replace(&mut batch, next)).map_err(|_| stopped())?;
+                        }
                     }
+                    (index, KIND_END) => {
+                        work.send(batch).map_err(|_| stopped())?;
+                        return Ok(frames.end(&opener, index, &mut body)?);
+                    }
+                    _ => return Err(FormatError::Corrupted("frame kind").into()),
                 }
-                Ok((index, KIND_END)) => break frames.end(&opener, index, &mut body).map_err(DecodeError::from),
-                Ok(_) => break Err(FormatError::Corrupted("frame kind").into()),
-                Err(e) => break Err(e),
+                frame = frames.next(&mut body)?;
             }
         };
-        drop(work); // the workers finish what was sent, then stop
+        let end = decode();
+        drop(work); // the mergers finish what was sent, then stop
         end
-    });
-    if let Some(e) = failed.into_inner() {
-        return Err(e.into());
-    }
-    let end = end?;
-    if end.entries != figures.entries.load(Ordering::Relaxed) {
+    })?;
+    if end.entries != counts.entries {
         return Err(FormatError::Corrupted("entry count").into());
     }
-    Ok((header, end, figures))
+    Ok((header, end, counts))
 }
 
 /// Moves a rejected file aside, to `<path>.rejected-<epoch ms>`.

@@ -322,6 +322,7 @@ mod tests {
     use super::*;
     use crate::engine::Engine;
     use crate::options::Secret;
+    use crate::table::Op;
     use std::sync::atomic::AtomicU32;
 
     static DIRS: AtomicU32 = AtomicU32::new(0);
@@ -554,6 +555,54 @@ mod tests {
         c.set("third", "{}".into(), None).unwrap();
         c.close();
         assert_eq!(dir.names(), ["sessions.snap"]);
+    }
+
+    /// A snapshot of many frames, of more records than a batch of the loader
+    /// (`loader::MERGE_BATCH_MIN`), loads whole, plaintext and sealed: every kept entry as it was,
+    /// nothing else.
+    #[test]
+    fn a_large_snapshot_loads_whole() {
+        let table = Table::new();
+        let clock = Clock::new(1);
+        let now = now_ms();
+        let doc = |i: usize| format!(r#"{{"cookie":{{"n":{i}}},"pad":"{}"}}"#, "é".repeat(i % 800));
+        for i in 0..90_000 {
+            let sid: Arc<str> = format!("s{i}").into();
+            let expires_at = if i % 97 == 0 { now - 1 } else { now + 600_000 };
+            table.apply(&Op::Set { sid: sid.clone(), doc: doc(i).into(), expires_at, version: clock.tick() });
+            if i % 5 == 0 {
+                let cookie = Some(format!(r#"{{"t":{i}}}"#).into());
+                table.apply(&Op::Touch { sid: sid.clone(), cookie, expires_at: now + 700_000, version: clock.tick() });
+            }
+            if i % 11 == 0 {
+                table.apply(&Op::Destroy { sid, version: clock.tick() });
+            }
+        }
+        for secrets in [&[][..], &["a key"][..]] {
+            let dir = Dir::new();
+            let config = config(&dir.file(), 60_000, secrets);
+            let keys = Keys::new(&config.cluster, &config.secrets);
+            let header = Header { cluster: config.cluster.clone(), ..test_header() };
+            let written =
+                writer::write(&dir.file(), header, &keys, &table, &clock, &AtomicBool::new(false), true, &|_| Ok(()))
+                    .unwrap();
+            assert!(written.bytes > 64 * format::FRAME_BYTES as u64, "{written:?}");
+            // Loaded later: the sessions not touched have expired meanwhile, the rest are kept.
+            let later = now + 650_000;
+            let Loaded::Loaded(loaded) = loader::load(&dir.file(), &config.cluster, &keys, later) else {
+                panic!("not loaded")
+            };
+            let (mut written, mut kept) = (0, 0);
+            for i in 0..90_000 {
+                let sid = format!("s{i}");
+                let entry = table.entry(&sid).unwrap();
+                written += u64::from(entry.is_kept(now));
+                kept += u64::from(entry.is_kept(later));
+                assert_eq!(loaded.table.entry(&sid), Some(entry).filter(|e| e.is_kept(later)), "{sid}");
+            }
+            assert_eq!((loaded.entries, loaded.kept), (written, kept));
+            assert!(kept < written && written < 90_000);
+        }
     }
 
     /// A cancelled snapshot (the engine closing) leaves the previous one as it was.
