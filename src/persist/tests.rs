@@ -1,0 +1,446 @@
+use super::*;
+use crate::engine::Engine;
+use crate::options::Secret;
+use crate::table::Op;
+use std::sync::atomic::AtomicU32;
+
+static DIRS: AtomicU32 = AtomicU32::new(0);
+
+/// A directory of this test's own, removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        let n = DIRS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("esm-persist-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+    fn file(&self) -> PathBuf {
+        self.0.join("sessions.snap")
+    }
+    /// The directory's files but the lock's (lock.rs), which stays.
+    fn names(&self) -> Vec<String> {
+        let files = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+        let mut names: Vec<String> = files.filter(|name| !name.ends_with(".lock")).collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+type Events = Arc<Mutex<Vec<Event>>>;
+
+fn config(path: &Path, interval_ms: u64, secrets: &[&str]) -> Config {
+    Config {
+        multicast: None,
+        cluster: "persist-test".into(),
+        secrets: secrets.iter().map(|s| Secret::Passphrase(s.to_string())).collect(),
+        persist: Some(PersistConfig { path: path.to_owned(), interval_ms }),
+        ..Config::default()
+    }
+}
+
+fn start(config: Config) -> (Engine, Events) {
+    let events = Events::default();
+    let sink = events.clone();
+    let engine = Engine::start(config, Arc::new(move |e| sink.lock().push(e))).unwrap();
+    (engine, events)
+}
+
+/// The engine stops without `close()`, as if killed: the kernel releases its file's lock.
+fn killed(engine: Engine) {
+    if let Some(persist) = &engine.persist {
+        *persist.lock.lock() = None;
+    }
+    std::mem::forget(engine);
+}
+
+fn errors(events: &Events) -> Vec<(&'static str, String)> {
+    events
+        .lock()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Error { code, message } => Some((*code, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The header of a snapshot a test writes with `writer::write` directly.
+fn test_header() -> Header {
+    Header { cluster: "persist-test".into(), node: 1, incarnation: 1, written_at: 1, key_id: 0, nonce: [0; 16] }
+}
+
+fn logs(events: &Events) -> Vec<String> {
+    events
+        .lock()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Log { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Two engines on one file (the workers of one host): the first to start writes it, the
+/// other does not, and takes over once the first stopped.
+#[test]
+fn one_engine_writes_a_file_the_other_takes_over_when_it_stops() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 60_000, &[]));
+    let (b, b_events) = start(config(&dir.file(), 60_000, &[]));
+    let written = |engine: &Engine| engine.stats()["snapshotsWritten"].as_u64().unwrap();
+    assert!(logs(&b_events).iter().any(|l| l.contains("another process writes")), "{:?}", logs(&b_events));
+    b.set("from-b", "{}".into(), None).unwrap();
+    b.close();
+    assert_eq!(written(&b), 0, "b does not write a file a holds");
+    a.set("from-a", "{}".into(), None).unwrap();
+    a.close();
+    assert_eq!(written(&a), 1);
+    let (c, _) = start(config(&dir.file(), 60_000, &[]));
+    assert!(c.get("from-a").is_some() && c.get("from-b").is_none(), "a's snapshot, whole");
+    c.set("from-c", "{}".into(), None).unwrap();
+    c.close();
+    assert_eq!(written(&c), 1, "a stopped: c writes");
+}
+
+/// Sessions, their expiries, tombstones, touches and a clear survive close() and a new start;
+/// what expired meanwhile does not; the clock starts above everything written before.
+#[test]
+fn everything_written_before_close_is_back_after_a_restart() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 60_000, &[]));
+    let now = crate::clock::now_ms();
+    a.set("old", "{}".into(), Some(now + 600_000)).unwrap();
+    a.clear();
+    for i in 0..1_000 {
+        a.set(&format!("s{i}"), format!(r#"{{"cookie":{{"n":{i}}},"i":{i}}}"#), Some(now + 600_000 + i)).unwrap();
+    }
+    a.touch("s1", Some(r#"{"n":"touched"}"#.into()), Some(now + 900_000)).unwrap();
+    a.destroy("s2");
+    a.set("short", "{}".into(), Some(now + 300)).unwrap();
+    let before = a.table.entry("s3").unwrap();
+    let high = a.clock.high_water();
+    a.close();
+    assert_eq!(a.stats()["snapshotsWritten"], 1);
+    assert_eq!(dir.names(), ["sessions.snap"], "no temporary file left");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.file()).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    std::thread::sleep(Duration::from_millis(350));
+
+    let (b, events) = start(config(&dir.file(), 60_000, &[]));
+    assert_eq!(b.length(), 999, "{:?}", logs(&events));
+    assert_eq!(b.table.entry("s3").unwrap(), before, "versions and expiry as they were");
+    assert_eq!(b.get("s1").as_deref(), Some(r#"{"cookie":{"n":"touched"},"i":1}"#));
+    assert_eq!(b.table.entry("s1").unwrap().expires_at, now + 900_000);
+    assert_eq!(b.get("s2"), None);
+    assert_eq!(b.table.entry("s2").unwrap().data, crate::table::Data::Deleted, "the tombstone is back");
+    assert_eq!((b.get("old"), b.get("short")), (None, None), "cleared, expired");
+    assert!(b.table.clear_mark() > crate::clock::Version::ZERO);
+    assert!(b.clock.tick().hlc > high, "new versions are above every one written before");
+    assert_eq!(b.stats()["snapshotLoadedSessions"], 999);
+    assert_eq!(b.stats()["snapshotsRejected"], 0);
+    assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+    assert!(logs(&events).iter().any(|l| l.contains("plaintext")), "the start log says the snapshot is plaintext");
+    // Nothing changed since: close() writes nothing.
+    b.close();
+    assert_eq!(b.stats()["snapshotsWritten"], 0);
+}
+
+/// The clock's high-water mark is persisted even when no entry carries it any more.
+#[test]
+fn the_clock_high_water_mark_survives_without_the_entries() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 60_000, &[]));
+    a.set("s", "{}".into(), None).unwrap();
+    // Then a version seen from a node whose clock is an hour ahead (its entry since gone):
+    // no entry of the snapshot carries it, only the clock's high-water mark.
+    let future = crate::clock::Version { hlc: (crate::clock::now_ms() + 3_600_000) << 16, node: 3 };
+    a.clock.observe(future);
+    a.close();
+    assert!(a.table.entry("s").unwrap().newest_version() < future);
+    let (b, _) = start(config(&dir.file(), 60_000, &[]));
+    assert!(b.clock.tick() > future);
+}
+
+/// Periodic snapshots: one per interval while something changed, none while nothing did.
+#[test]
+fn interval_snapshots_only_while_something_changed() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 300, &[]));
+    a.set("a", "{}".into(), None).unwrap();
+    assert!(wait_until(|| a.stats()["snapshotsWritten"] == 1));
+    let at = a.stats()["lastSnapshotAt"].as_u64().unwrap();
+    assert!(at.abs_diff(crate::clock::now_ms()) < 5_000);
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(a.stats()["snapshotsWritten"], 1, "nothing changed: no snapshot");
+    a.set("b", "{}".into(), None).unwrap();
+    assert!(wait_until(|| a.stats()["snapshotsWritten"] == 2));
+    let stats = a.stats();
+    assert_eq!(stats["lastSnapshotSessions"], 2);
+    assert_eq!(stats["lastSnapshotBytes"], std::fs::metadata(dir.file()).unwrap().len());
+    assert!(stats["lastSnapshotMs"].as_f64().unwrap() > 0.0, "{stats}");
+    // A SIGKILL now: what the last snapshot held comes back.
+    let (b, _) = start(config(&dir.file(), 300, &[]));
+    assert_eq!(b.length(), 2);
+    a.close();
+}
+
+/// A crash after the temporary file is complete and before the rename: the previous
+/// snapshot loads, the leftover is ignored, and the next snapshot replaces it.
+#[test]
+fn a_crash_before_the_rename_leaves_the_previous_snapshot() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 60_000, &[]));
+    a.set("first", "{}".into(), None).unwrap();
+    a.close();
+    let (b, _) = start(config(&dir.file(), 60_000, &[]));
+    b.set("second", "{}".into(), None).unwrap();
+    let p = b.persist.clone().unwrap();
+    let left = dir.0.join("left-by-the-crash");
+    let crash = |tmp: &Path| {
+        std::fs::copy(tmp, &left)?;
+        Err(std::io::Error::other("crash"))
+    };
+    let result =
+        writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), true, &crash);
+    assert!(matches!(result, Err(WriteError::Io { stage: "before the rename", .. })), "{result:?}");
+    std::fs::rename(&left, writer::temp_path(p.path())).unwrap(); // as a crash leaves it
+    killed(b); // no close(): as if killed
+
+    let (c, events) = start(config(&dir.file(), 60_000, &[]));
+    assert_eq!((c.get("first").is_some(), c.get("second").is_some()), (true, false));
+    assert!(logs(&events).iter().any(|l| l.contains("incomplete snapshot")), "{:?}", logs(&events));
+    assert!(errors(&events).is_empty());
+    c.set("third", "{}".into(), None).unwrap();
+    c.close();
+    assert_eq!(dir.names(), ["sessions.snap"]);
+}
+
+/// A snapshot of many frames, of more records than a batch of the loader
+/// (`loader::MERGE_BATCH_MIN`), loads whole, plaintext and sealed: every kept entry as it was,
+/// nothing else.
+#[test]
+fn a_large_snapshot_loads_whole() {
+    let table = Table::new();
+    let clock = Clock::new(1);
+    let now = now_ms();
+    let doc = |i: usize| format!(r#"{{"cookie":{{"n":{i}}},"pad":"{}"}}"#, "é".repeat(i % 800));
+    for i in 0..90_000 {
+        let sid: Arc<str> = format!("s{i}").into();
+        let expires_at = if i % 97 == 0 { now - 1 } else { now + 600_000 };
+        table.apply(&Op::Set { sid: sid.clone(), doc: doc(i).into(), expires_at, version: clock.tick() });
+        if i % 5 == 0 {
+            let cookie = Some(format!(r#"{{"t":{i}}}"#).into());
+            table.apply(&Op::Touch { sid: sid.clone(), cookie, expires_at: now + 700_000, version: clock.tick() });
+        }
+        if i % 11 == 0 {
+            table.apply(&Op::Destroy { sid, version: clock.tick() });
+        }
+    }
+    for secrets in [&[][..], &["a key"][..]] {
+        let dir = Dir::new();
+        let config = config(&dir.file(), 60_000, secrets);
+        let keys = Keys::new(&config.cluster, &config.secrets);
+        let header = Header { cluster: config.cluster.clone(), ..test_header() };
+        let written =
+            writer::write(&dir.file(), header, &keys, &table, &clock, &AtomicBool::new(false), true, &|_| Ok(()))
+                .unwrap();
+        assert!(written.bytes > 64 * format::FRAME_BYTES as u64, "{written:?}");
+        // Loaded later: the sessions not touched have expired meanwhile, the rest are kept.
+        let later = now + 650_000;
+        let Loaded::Loaded(loaded) = loader::load(&dir.file(), &config.cluster, &keys, later) else {
+            panic!("not loaded")
+        };
+        let (mut written, mut kept) = (0, 0);
+        for i in 0..90_000 {
+            let sid = format!("s{i}");
+            let entry = table.entry(&sid).unwrap();
+            written += u64::from(entry.is_kept(now));
+            kept += u64::from(entry.is_kept(later));
+            assert_eq!(loaded.table.entry(&sid), Some(entry).filter(|e| e.is_kept(later)), "{sid}");
+        }
+        assert_eq!((loaded.entries, loaded.kept), (written, kept));
+        assert!(kept < written && written < 90_000);
+    }
+}
+
+/// A cancelled snapshot (the engine closing) leaves the previous one as it was.
+#[test]
+fn a_cancelled_snapshot_changes_nothing() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 60_000, &[]));
+    for i in 0..10_000 {
+        a.set(&format!("s{i}"), "{}".into(), None).unwrap();
+    }
+    let p = a.persist.clone().unwrap();
+    let cancelled =
+        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), true, &|_| Ok(()));
+    assert!(matches!(cancelled, Err(WriteError::Cancelled)));
+    assert_eq!(dir.names(), Vec::<String>::new());
+    a.close();
+}
+
+/// Every kind of bad file: an `error` event with its reason, counted, moved aside with its
+/// bytes, and the node starts empty and serves.
+#[test]
+fn bad_files_are_set_aside_and_the_node_starts_without_them() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 60_000, &["key-1"]));
+    for i in 0..3_000 {
+        a.set(&format!("s{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(500)), None).unwrap();
+    }
+    a.close();
+    let good = std::fs::read(dir.file()).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x10;
+    let mut future = good.clone();
+    future[8..10].copy_from_slice(&7u16.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, Config, &str)> = vec![
+        ("truncated", good[..good.len() - 100].to_vec(), config(&dir.file(), 60_000, &["key-1"]), "truncated"),
+        ("cut in its header", good[..20].to_vec(), config(&dir.file(), 60_000, &["key-1"]), "truncated"),
+        ("corrupted", flipped, config(&dir.file(), 60_000, &["key-1"]), "corrupted"),
+        ("future format", future, config(&dir.file(), 60_000, &["key-1"]), "futureFormat"),
+        ("not a snapshot", b"{\"sessions\":{}}".to_vec(), config(&dir.file(), 60_000, &["key-1"]), "notASnapshot"),
+        (
+            "foreign cluster",
+            good.clone(),
+            Config { cluster: "other".into(), ..config(&dir.file(), 60_000, &["key-1"]) },
+            "foreignCluster",
+        ),
+        ("wrong key", good.clone(), config(&dir.file(), 60_000, &["key-2"]), "unknownKey"),
+        ("rotated-out key", good.clone(), config(&dir.file(), 60_000, &["key-3", "key-2"]), "unknownKey"),
+        ("sealed, no secret", good.clone(), config(&dir.file(), 60_000, &[]), "sealed"),
+    ];
+    for (what, bytes, config, kind) in cases {
+        std::fs::write(dir.file(), &bytes).unwrap();
+        let (node, events) = start(config);
+        let errors = errors(&events);
+        assert_eq!(errors.len(), 1, "{what}: {errors:?}");
+        assert_eq!(errors[0].0, "ERR_SNAPSHOT_REJECTED", "{what}");
+        assert!(errors[0].1.contains(&format!("({kind})")), "{what}: {}", errors[0].1);
+        assert_eq!(node.stats()["snapshotsRejected"], 1, "{what}");
+        assert_eq!(node.length(), 0, "{what}: nothing of a bad file is kept");
+        let aside: Vec<String> = dir.names().into_iter().filter(|n| n.contains(".rejected-")).collect();
+        assert_eq!(aside.len(), 1, "{what}: {:?}", dir.names());
+        assert!(errors[0].1.contains(&aside[0]), "{what}: the message says where it went");
+        assert_eq!(std::fs::read(dir.0.join(&aside[0])).unwrap(), bytes, "{what}: moved, not changed");
+        std::fs::remove_file(dir.0.join(&aside[0])).unwrap();
+        assert!(!dir.file().exists());
+        node.set("serves", "{}".into(), None).unwrap();
+        assert!(node.get("serves").is_some());
+        killed(node); // not closed: its snapshot must not replace the next case's file
+    }
+    // An unreadable path (a directory): the same.
+    std::fs::create_dir(dir.file()).unwrap();
+    let (node, events) = start(config(&dir.file(), 60_000, &["key-1"]));
+    assert!(errors(&events)[0].1.contains("(unreadable)"), "{:?}", errors(&events));
+    assert_eq!(node.stats()["snapshotsRejected"], 1);
+    killed(node);
+    // The key ring opens the old key's snapshot, and the next snapshot is sealed with the new key.
+    std::fs::write(dir.file(), &good).unwrap();
+    let (rotated, events) = start(config(&dir.file(), 60_000, &["key-2", "key-1"]));
+    assert_eq!(rotated.length(), 3_000, "{:?}", errors(&events));
+    rotated.set("new", "{}".into(), None).unwrap();
+    rotated.close();
+    let (new_key_only, events) = start(config(&dir.file(), 60_000, &["key-2"]));
+    assert_eq!(new_key_only.length(), 3_001, "{:?}", errors(&events));
+    assert!(!logs(&events).iter().any(|l| l.contains("plaintext")));
+    new_key_only.close();
+}
+
+/// A snapshot that cannot be written (here: its directory is gone) fails with a coded error,
+/// counted; the store serves on, and the next interval tries again.
+#[test]
+fn a_failing_snapshot_is_reported_and_the_store_serves_on() {
+    let dir = Dir::new();
+    let path = dir.0.join("missing-dir").join("s.snap");
+    let (a, events) = start(config(&path, 200, &[]));
+    a.set("a", "{}".into(), None).unwrap();
+    assert!(wait_until(|| a.stats()["snapshotFailures"].as_u64() >= Some(1)));
+    a.set("b", "{}".into(), None).unwrap();
+    assert!(wait_until(|| a.stats()["snapshotFailures"].as_u64() >= Some(2)));
+    let errors = errors(&events);
+    assert_eq!(errors.len(), 1, "reported once a minute at most: {errors:?}");
+    assert_eq!(errors[0].0, "ERR_SNAPSHOT_FAILED");
+    assert!(errors[0].1.contains("creating the temporary file") && errors[0].1.contains("s.snap"), "{}", errors[0].1);
+    assert_eq!(a.length(), 2);
+    assert_eq!(a.stats()["snapshotsWritten"], 0);
+    a.close();
+}
+
+/// `cargo test --release --no-default-features persist::tests::timing -- --ignored --nocapture`:
+/// what a snapshot of N ≈1 KB sessions costs here (bench/persist.js measures it from JS).
+mod timing {
+    use super::*;
+    use crate::table::Op;
+
+    #[test]
+    #[ignore]
+    fn timing() {
+        let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+        let dir = std::env::temp_dir().join(format!("esm-timing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.snap");
+        let config =
+            Config { persist: Some(PersistConfig { path: path.clone(), interval_ms: 60_000 }), ..Config::default() };
+        if let Some(file) = std::env::var_os("LOAD_ONLY") {
+            let config = Config { persist: Some(PersistConfig { path: file.into(), interval_ms: 60_000 }), ..config };
+            let persist = Persist::new(&config, config.persist.as_ref().unwrap(), 1, 1, crate::events::discard());
+            let t = Instant::now();
+            let loaded = persist.load(&Clock::new(2));
+            println!("load: {} entries in {:?}", loaded.length(now_ms()), t.elapsed());
+            return;
+        }
+        let clock = Clock::new(1);
+        let table = Table::new();
+        let now = now_ms();
+        let doc = format!(r#"{{"cookie":{{"expires":"2030-01-01T00:00:00.000Z"}},"pad":"{}"}}"#, "x".repeat(940));
+        for i in 0..n {
+            let op = Op::Set {
+                sid: format!("{i:032}").into(),
+                doc: doc.clone().into(),
+                expires_at: now + 3_600_000,
+                version: clock.tick(),
+            };
+            table.apply(&op);
+        }
+        let persist = Persist::new(&config, config.persist.as_ref().unwrap(), 1, 1, crate::events::discard());
+        let repeat: usize = std::env::var("REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        for _ in 0..repeat {
+            let t = Instant::now();
+            table.apply(&Op::Destroy { sid: "x".into(), version: clock.tick() });
+            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false), true).unwrap().unwrap();
+            println!("write {n}: {w:?} ({:?})", t.elapsed());
+        }
+        drop(table);
+        if std::env::var_os("SKIP_LOAD").is_some() {
+            return;
+        }
+        let t = Instant::now();
+        let loaded = persist.load(&Clock::new(2));
+        println!("load {n}: {} entries in {:?}", loaded.length(now), t.elapsed());
+        if std::env::var_os("KEEP").is_some() {
+            return println!("kept {}", path.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
