@@ -580,9 +580,11 @@ describe("writes to the network", () => {
     const { a, b } = await pair(5_000);
     const before = a.stats().writeBatches;
     for (let i = 0; i < 1_000; i++) a.set(`sync${i}`, sessionData({ i, pad: KB }), () => {});
-    // Still inside the turn: the engine hands over every 256 writes by itself (3 batches by
-    // now), where a tick would make one batch at most in this time.
-    const deadline = Date.now() + 90;
+    // Still inside the turn (the JS thread blocks below, so the turn's flush cannot come): the
+    // engine hands over every 256 writes by itself (3 batches at least), where the ticks alone
+    // make two at most, however long it waits (a tick takes every write queued since the tick
+    // before it). The wait is long so that a slow machine cannot fail the test.
+    const deadline = Date.now() + 3_000;
     while (a.stats().writeBatches - before < 3 && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
     assert.ok(a.stats().writeBatches - before >= 3, `batches before the turn ended: ${JSON.stringify(a.stats())}`);
     await waitUntil(async () => (await b.length()) === 1_000, 10_000);
