@@ -156,8 +156,8 @@ describe("persist", function () {
       const crashing = await startApp("A2", single(file, 1), { env: { EXPRESS_SESSION_MULTICAST_TEST_PAUSE_BEFORE_RENAME: marker } });
       const during = await login(crashing, "during", 20);
       await waitUntil(() => fs.existsSync(marker), 10_000, { what: "the snapshot paused before its rename" });
-      const tmp = `${file}.tmp`;
-      assert.ok(fs.statSync(tmp).size > previous.length, "the new snapshot is complete in the temporary file");
+      const spare = `${file}.prev`;
+      assert.ok(fs.statSync(spare).size > previous.length, "the new snapshot is complete in the spare file (<path>.prev)");
       assert.deepEqual(fs.readFileSync(file), previous, "the previous snapshot is untouched until the rename");
       await stop(crashing, "SIGKILL");
 
@@ -180,21 +180,21 @@ describe("persist", function () {
       await waitUntil(async () => (await node.call("stats")).lastSnapshotSessions === 1_000, 10_000, { what: "a snapshot of the first 1,000" });
       // 150,000 sessions of 1 KB more: the next snapshot takes a while to write.
       for (let i = 0; i < 3; i++) await node.call("bulkSet", `bulk${i}-`, 50_000, 1_000);
-      const tmp = `${file}.tmp`;
+      const spare = `${file}.prev`;
       let last = null;
       await waitUntil(async () => {
-        if (fs.existsSync(tmp) && last) return true;
+        if (fs.existsSync(spare) && last) return true;
         last = await node.call("stats");
         return false;
       }, 15_000, { intervalMs: 1, what: "a snapshot in progress" });
-      const tmpSize = fs.statSync(tmp).size;
+      const spareSize = fs.statSync(spare).size;
       await node.kill("SIGKILL");
-      assert.ok(fs.existsSync(tmp), "killed while the temporary file was being written");
+      assert.ok(fs.existsSync(spare), "killed while the spare file was being written");
 
       node = await startNode(options, { name: "big2" });
       const stats = await node.call("stats");
       assert.equal(stats.snapshotsRejected, 0);
-      assert.equal(stats.snapshotLoadedSessions, last.lastSnapshotSessions, `the last complete snapshot (the unfinished one had ${tmpSize} bytes)`);
+      assert.equal(stats.snapshotLoadedSessions, last.lastSnapshotSessions, `the last complete snapshot (the unfinished one had ${spareSize} bytes)`);
       assert.equal(await node.call("length"), last.lastSnapshotSessions);
       assert.ok(await node.call("get", "first-999"));
     });
@@ -336,7 +336,7 @@ describe("persist", function () {
       assert.ok(r.full.stats.snapshotFailures >= 1 && r.full.stats.snapshotsWritten === 1, JSON.stringify(r.full.stats));
       assert.ok(r.full.served, "the store serves while its snapshots fail");
       assert.equal(r.full.previous, 20, "the previous snapshot is whole: it loads with its 20 sessions");
-      assert.equal(r.full.tmpLeft, false, "the unfinished temporary file is removed");
+      assert.equal(r.full.tmpLeft, false, "the unfinished spare file is removed");
       assert.equal(r.readOnly.error.code, "ERR_SNAPSHOT_FAILED");
       assert.match(r.readOnly.error.message, /Read-only file system/);
       assert.ok(r.readOnly.served);

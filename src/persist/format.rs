@@ -387,7 +387,7 @@ pub fn decode_entries(payload: &[u8], mut visit: impl FnMut(&str, Entry)) -> Res
     let mut count = 0;
     let malformed = |_| FormatError::Corrupted("malformed entry");
     while !r.0.is_empty() {
-        let sid = std::str::from_utf8(r.bytes32().map_err(malformed)?)
+        let sid = simdutf8::basic::from_utf8(r.bytes32().map_err(malformed)?)
             .map_err(|_| FormatError::Corrupted("malformed entry"))?;
         let data = match r.u8().map_err(malformed)? {
             0 => Data::Absent,
@@ -458,10 +458,10 @@ impl<'a> Encoder<'a> {
         (self.open.is_none() && !self.out.is_empty()).then_some(&self.out[..])
     }
 
-    /// Marks what `take` returned as written.
-    pub fn taken(&mut self) {
+    /// Marks the first `n` bytes of what `take` returned as written.
+    pub fn taken(&mut self, n: usize) {
         if self.open.is_none() {
-            self.out.clear();
+            self.out.drain(..n);
         }
     }
 

@@ -4,7 +4,7 @@
 //! runtime, and `Persist::close` in `Engine::close`; stats.rs reads `PersistStats`.
 //!
 //! - format.rs: the file format (pure).
-//! - writer.rs: writing a snapshot crash-safely (temporary file, fsync, rename, fsync of the dir).
+//! - writer.rs: writing a snapshot crash-safely (spare file, fsync, rename, fsync of the dir).
 //! - loader.rs: reading one back, and setting a bad file aside.
 //! - lock.rs: one writing process per file.
 
@@ -152,12 +152,6 @@ impl Persist {
                 ),
             );
         }
-        if writer::temp_path(&self.config.path).exists() {
-            self.log(
-                Level::Info,
-                format!("{} is an incomplete snapshot (the process stopped while writing it): ignored, and overwritten by the next one", writer::temp_path(&self.config.path).display()),
-            );
-        }
         let table = match loader::load(&self.config.path, &self.cluster, &self.keys, now_ms()) {
             Loaded::Missing => {
                 self.log(Level::Info, format!("no snapshot at {path}: starting empty"));
@@ -198,15 +192,8 @@ impl Persist {
     }
 
     /// Writes a snapshot now, unless nothing changed since the last one (`None` then). Blocks:
-    /// call it from an engine thread. `cancel` stops it; `background`: written at a lower
-    /// priority (the periodic ones; not the last one, at close).
-    pub fn snapshot(
-        &self,
-        table: &Table,
-        clock: &Clock,
-        cancel: &AtomicBool,
-        background: bool,
-    ) -> Option<Result<Written, WriteError>> {
+    /// call it from an engine thread (the periodic ones lower its priority). `cancel` stops it.
+    pub fn snapshot(&self, table: &Table, clock: &Clock, cancel: &AtomicBool) -> Option<Result<Written, WriteError>> {
         let _writing = self.writing.lock();
         let changes = table.changes();
         if cancel.load(Ordering::Relaxed) || *self.saved_changes.lock() == Some(changes) || !self.may_write() {
@@ -221,8 +208,7 @@ impl Persist {
             key_id: 0,
             nonce: rand::random(),
         };
-        let result =
-            writer::write(&self.config.path, header, &self.keys, table, clock, cancel, background, &before_rename_hook);
+        let result = writer::write(&self.config.path, header, &self.keys, table, clock, cancel, &before_rename_hook);
         let path = self.config.path.display();
         match &result {
             Ok(w) => {
@@ -237,8 +223,9 @@ impl Persist {
                 self.log(
                     Level::Debug,
                     format!(
-                        "snapshot written to {path}: {} sessions ({} entries), {} bytes in {:.1} ms (cpu {:.1} ms, fsync {:.1} ms, longest hold of a shard {:.1} µs)",
-                        w.sessions, w.entries, w.bytes, w.ms, w.cpu_ms, w.sync_ms, w.longest_hold_us
+                        "snapshot written to {path}: {} sessions ({} entries), {} bytes in {:.1} ms (cpu {:.1} ms, fsync {:.1} ms, longest hold of a shard {:.1} µs), {}",
+                        w.sessions, w.entries, w.bytes, w.ms, w.cpu_ms, w.sync_ms, w.longest_hold_us,
+                        if w.in_place { "over the previous snapshot's file" } else { "a new file" }
                     ),
                 );
             }
@@ -270,7 +257,10 @@ impl Persist {
             let (persist, table, clock) = (self.clone(), table.clone(), clock.clone());
             let (done, finished) = tokio::sync::oneshot::channel();
             let spawned = std::thread::Builder::new().name("session-multicast-snapshot".into()).spawn(move || {
-                let _ = done.send(persist.snapshot(&table, &clock, &persist.closing, true).map(|r| r.is_ok()));
+                // It copies the table shard by shard: a JS thread that wants a core comes first
+                // (one that waits for a shard this thread holds yields its core to it).
+                writer::lower_priority();
+                let _ = done.send(persist.snapshot(&table, &clock, &persist.closing).map(|r| r.is_ok()));
             });
             // A panic would be a bug: it ends this snapshot (counted as a failure), not the loop.
             if spawned.is_err() || finished.await.is_err() {
@@ -284,7 +274,7 @@ impl Persist {
     /// (if anything changed since the last one). Blocks: call it from an engine thread.
     pub fn close(&self, table: &Table, clock: &Clock) -> Option<Result<Written, WriteError>> {
         self.closing.store(true, Ordering::Relaxed);
-        let result = self.snapshot(table, clock, &AtomicBool::new(false), false);
+        let result = self.snapshot(table, clock, &AtomicBool::new(false));
         // Another process on the same file takes over from its next interval.
         *self.lock.lock() = None;
         if let Some(Ok(w)) = &result {
@@ -305,9 +295,9 @@ impl Persist {
 
 /// For tests of a crash between the write and the rename: with the environment variable
 /// `EXPRESS_SESSION_MULTICAST_TEST_PAUSE_BEFORE_RENAME` set to a path, a snapshot whose
-/// temporary file is complete and fsynced creates that file and stops there for good (the test
+/// spare file is complete and fsynced creates that file and stops there for good (the test
 /// then kills the process). Read only at that point; not an option.
-fn before_rename_hook(_tmp: &Path) -> std::io::Result<()> {
+fn before_rename_hook(_spare: &Path) -> std::io::Result<()> {
     if let Some(marker) = std::env::var_os("EXPRESS_SESSION_MULTICAST_TEST_PAUSE_BEFORE_RENAME") {
         std::fs::write(marker, b"paused")?;
         loop {

@@ -204,8 +204,8 @@ fn interval_snapshots_only_while_something_changed() {
     a.close();
 }
 
-/// A crash after the temporary file is complete and before the rename: the previous
-/// snapshot loads, the leftover is ignored, and the next snapshot replaces it.
+/// A crash after the spare file is complete and before the rename: the previous snapshot
+/// loads, and the next snapshot is written over the leftover.
 #[test]
 fn a_crash_before_the_rename_leaves_the_previous_snapshot() {
     let dir = Dir::new();
@@ -220,23 +220,77 @@ fn a_crash_before_the_rename_leaves_the_previous_snapshot() {
         std::fs::copy(tmp, &left)?;
         Err(std::io::Error::other("crash"))
     };
-    let result =
-        writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), true, &crash);
+    let result = writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), &crash);
     assert!(matches!(result, Err(WriteError::Io { stage: "before the rename", .. })), "{result:?}");
-    std::fs::rename(&left, writer::temp_path(p.path())).unwrap(); // as a crash leaves it
+    std::fs::rename(&left, writer::spare_path(p.path())).unwrap(); // as a crash leaves it
     killed(b); // no close(): as if killed
 
     let (c, events) = start(config(&dir.file(), 60_000, &[]));
     assert_eq!((c.get("first").is_some(), c.get("second").is_some()), (true, false));
-    assert!(logs(&events).iter().any(|l| l.contains("incomplete snapshot")), "{:?}", logs(&events));
     assert!(errors(&events).is_empty());
     c.set("third", "{}".into(), None).unwrap();
     c.close();
+    assert_eq!(dir.names(), ["sessions.snap", "sessions.snap.prev"]);
+    let (d, _) = start(config(&dir.file(), 60_000, &[]));
+    assert_eq!([d.get("first").is_some(), d.get("second").is_some(), d.get("third").is_some()], [true, false, true]);
+    d.close();
+}
+
+/// From the third snapshot on, each is written over the file of the one before the last (in
+/// place, then the two files swap), and cut to its own length: a shorter snapshot over a longer
+/// one loads whole, and so does the previous one, kept at `<path>.prev` until the next.
+#[test]
+fn snapshots_are_written_over_the_previous_ones_file() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 60_000, &[]));
+    let p = a.persist.clone().unwrap();
+    let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
+    let snapshot = || {
+        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(false), &|_| Ok(()))
+            .unwrap()
+    };
+    for i in 0..2_000 {
+        a.set(&format!("s{i}"), format!(r#"{{"pad":"{}"}}"#, "x".repeat(200)), None).unwrap();
+    }
+    let first = snapshot();
+    let first_inode = inode(&dir.file());
     assert_eq!(dir.names(), ["sessions.snap"]);
+    a.clear();
+    a.set("after-the-clear", "{}".into(), None).unwrap();
+    let second = snapshot();
+    assert_eq!(dir.names(), ["sessions.snap", "sessions.snap.prev"]);
+    assert_eq!(inode(&writer::spare_path(&dir.file())), first_inode, "the first snapshot's file is the spare");
+    let third = snapshot();
+    assert_eq!([first.in_place, second.in_place, third.in_place], [false, false, true]);
+    assert_eq!(inode(&dir.file()), first_inode, "written over the first snapshot's file");
+    assert!(third.bytes < first.bytes / 10, "{third:?}");
+    assert_eq!(std::fs::metadata(dir.file()).unwrap().len(), third.bytes, "cut to its length");
+    // A backup made by a hard link, or a spare that is a symbolic link, is never written through.
+    let backup = dir.0.join("backup");
+    std::fs::hard_link(writer::spare_path(&dir.file()), &backup).unwrap();
+    let kept = std::fs::read(&backup).unwrap();
+    let fourth = snapshot();
+    assert!(!fourth.in_place);
+    assert_eq!(std::fs::read(&backup).unwrap(), kept, "the hard-linked backup is untouched");
+    std::fs::remove_file(writer::spare_path(&dir.file())).unwrap();
+    std::os::unix::fs::symlink(&backup, writer::spare_path(&dir.file())).unwrap();
+    let fifth = snapshot();
+    assert!(!fifth.in_place);
+    assert_eq!(std::fs::read(&backup).unwrap(), kept, "the file a symbolic link points to is untouched");
+    std::fs::remove_file(&backup).unwrap();
+    a.close();
+
+    let (b, _) = start(config(&dir.file(), 60_000, &[]));
+    assert_eq!((b.length(), b.get("after-the-clear").is_some()), (1, true));
+    b.close();
+    std::fs::rename(writer::spare_path(&dir.file()), dir.file()).unwrap();
+    let (c, events) = start(config(&dir.file(), 60_000, &[]));
+    assert_eq!((c.length(), c.get("after-the-clear").is_some(), errors(&events).len()), (1, true, 0), "the one before");
+    c.close();
 }
 
 /// A snapshot of many frames, of more records than a batch of the loader
-/// (`loader::MERGE_BATCH_MIN`), loads whole, plaintext and sealed: every kept entry as it was,
+/// (`loader::MERGE_BATCH`), loads whole, plaintext and sealed: every kept entry as it was,
 /// nothing else.
 #[test]
 fn a_large_snapshot_loads_whole() {
@@ -262,8 +316,7 @@ fn a_large_snapshot_loads_whole() {
         let keys = Keys::new(&config.cluster, &config.secrets);
         let header = Header { cluster: config.cluster.clone(), ..test_header() };
         let written =
-            writer::write(&dir.file(), header, &keys, &table, &clock, &AtomicBool::new(false), true, &|_| Ok(()))
-                .unwrap();
+            writer::write(&dir.file(), header, &keys, &table, &clock, &AtomicBool::new(false), &|_| Ok(())).unwrap();
         assert!(written.bytes > 64 * format::FRAME_BYTES as u64, "{written:?}");
         // Loaded later: the sessions not touched have expired meanwhile, the rest are kept.
         let later = now + 650_000;
@@ -293,7 +346,7 @@ fn a_cancelled_snapshot_changes_nothing() {
     }
     let p = a.persist.clone().unwrap();
     let cancelled =
-        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), true, &|_| Ok(()));
+        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), &|_| Ok(()));
     assert!(matches!(cancelled, Err(WriteError::Cancelled)));
     assert_eq!(dir.names(), Vec::<String>::new());
     a.close();
@@ -381,7 +434,7 @@ fn a_failing_snapshot_is_reported_and_the_store_serves_on() {
     let errors = errors(&events);
     assert_eq!(errors.len(), 1, "reported once a minute at most: {errors:?}");
     assert_eq!(errors[0].0, "ERR_SNAPSHOT_FAILED");
-    assert!(errors[0].1.contains("creating the temporary file") && errors[0].1.contains("s.snap"), "{}", errors[0].1);
+    assert!(errors[0].1.contains("opening the spare file") && errors[0].1.contains("s.snap"), "{}", errors[0].1);
     assert_eq!(a.length(), 2);
     assert_eq!(a.stats()["snapshotsWritten"], 0);
     a.close();
@@ -401,7 +454,8 @@ mod timing {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.snap");
         let config =
-            Config { persist: Some(PersistConfig { path: path.clone(), interval_ms: 60_000 }), ..Config::default() };
+            // Cluster "default", as the JS options default to: a node can load the file kept (KEEP).
+            Config { persist: Some(PersistConfig { path: path.clone(), interval_ms: 60_000 }), cluster: "default".into(), ..Config::default() };
         if let Some(file) = std::env::var_os("LOAD_ONLY") {
             let config = Config { persist: Some(PersistConfig { path: file.into(), interval_ms: 60_000 }), ..config };
             let persist = Persist::new(&config, config.persist.as_ref().unwrap(), 1, 1, crate::events::discard());
@@ -428,7 +482,7 @@ mod timing {
         for _ in 0..repeat {
             let t = Instant::now();
             table.apply(&Op::Destroy { sid: "x".into(), version: clock.tick() });
-            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false), true).unwrap().unwrap();
+            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false)).unwrap().unwrap();
             println!("write {n}: {w:?} ({:?})", t.elapsed());
         }
         drop(table);

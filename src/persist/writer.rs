@@ -1,19 +1,21 @@
-//! Writing a snapshot, crash-safe: the table is streamed into `<path>.tmp` (mode 0600), which is
-//! fsynced, renamed over `<path>`, and the directory fsynced. Until the rename, the previous
-//! snapshot at `<path>` is untouched; after it, the new one is complete and durable. Runs on an
-//! engine thread (never the JS thread); the table is held one shard at a time (`Table::export`).
+//! Writing a snapshot, crash-safe: the table is streamed into the spare file `<path>.prev` (mode
+//! 0600), which is fsynced, swapped with `<path>` in one rename, and the directory fsynced. Until
+//! the rename, the snapshot at `<path>` is untouched; after it, the new one is complete and
+//! durable, and `<path>.prev` holds the one before. The next snapshot overwrites that file in
+//! place: its pages are in the page cache and its blocks allocated, which halves the kernel's
+//! work of writing a large snapshot (docs/persistence.md "Writing a snapshot"). Runs on an engine
+//! thread (never the JS thread); the table is held one shard at a time (`Table::export`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::Instant;
 
 use super::format::{Encoder, Header, Keys};
 use crate::clock::{now_ms, Clock};
-use crate::table::{ShardCopy, Table};
+use crate::table::Table;
 
 /// What a written snapshot holds, and what it cost.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -25,10 +27,12 @@ pub struct Written {
     pub ms: f64,
     /// Of that, the fsyncs (file and directory).
     pub sync_ms: f64,
-    /// CPU time of the threads that wrote it (Linux; 0 where unknown).
+    /// CPU time of the thread that wrote it, fsyncs included (Linux; 0 where unknown).
     pub cpu_ms: f64,
     /// The longest the table's lock of one shard was held (see `Table::export`), in µs.
     pub longest_hold_us: f64,
+    /// Written over the previous snapshot's file, rather than into a new one.
+    pub in_place: bool,
 }
 
 /// Why a snapshot was not written. The previous snapshot is still in place.
@@ -49,16 +53,17 @@ impl std::fmt::Display for WriteError {
     }
 }
 
-pub fn temp_path(path: &Path) -> PathBuf {
+/// The file a snapshot is written into before it replaces `path`; between snapshots, the
+/// previous snapshot (never loaded: only `path` is).
+pub fn spare_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
+    name.push(".prev");
     PathBuf::from(name)
 }
 
-/// Writes a snapshot of `table` to `path`. `cancel` stops it (the temporary file is removed);
-/// `before_rename` runs once the temporary file is complete and fsynced (tests stop there to
-/// play a crash). `background`: the encoding and writing run at a lower priority.
-#[allow(clippy::too_many_arguments)]
+/// Writes a snapshot of `table` to `path`, on the calling thread. `cancel` stops it (the spare
+/// file is removed); `before_rename` runs once the spare file is complete and fsynced (tests
+/// stop there to play a crash).
 pub fn write(
     path: &Path,
     header: Header,
@@ -66,15 +71,14 @@ pub fn write(
     table: &Table,
     clock: &Clock,
     cancel: &AtomicBool,
-    background: bool,
     before_rename: &dyn Fn(&Path) -> io::Result<()>,
 ) -> Result<Written, WriteError> {
     let started = Instant::now();
-    let tmp = temp_path(path);
+    let spare = spare_path(path);
     let cpu_before = thread_cpu_ms();
-    let result = write_temp(&tmp, header, keys, table, clock, cancel, background).and_then(|mut written| {
-        before_rename(&tmp).map_err(|error| WriteError::Io { stage: "before the rename", error })?;
-        std::fs::rename(&tmp, path).map_err(|error| WriteError::Io { stage: "renaming the temporary file", error })?;
+    let result = write_spare(&spare, header, keys, table, clock, cancel).and_then(|mut written| {
+        before_rename(&spare).map_err(|error| WriteError::Io { stage: "before the rename", error })?;
+        swap(&spare, path).map_err(|error| WriteError::Io { stage: "renaming the new snapshot", error })?;
         let dir_sync = Instant::now();
         sync_dir(path).map_err(|error| WriteError::Io { stage: "syncing the directory", error })?;
         written.sync_ms += dir_sync.elapsed().as_secs_f64() * 1000.0;
@@ -83,105 +87,72 @@ pub fn write(
     match result {
         Ok(written) => Ok(Written {
             ms: started.elapsed().as_secs_f64() * 1000.0,
-            cpu_ms: written.cpu_ms + thread_cpu_ms().zip(cpu_before).map_or(0.0, |(after, before)| after - before),
+            cpu_ms: thread_cpu_ms().zip(cpu_before).map_or(0.0, |(after, before)| after - before),
             ..written
         }),
         Err(e) => {
             // Whatever is left of it is not a snapshot; the previous one stays.
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&spare);
             Err(e)
         }
     }
 }
 
-/// Streams the table into the temporary file and fsyncs it (`ms` left at 0). This thread copies
-/// the table's shards (holding each one's lock: it must not wait behind other threads then);
-/// another encodes and writes them, at a lower priority when `background`.
-fn write_temp(
-    tmp: &Path,
+/// Streams the table into the spare file and fsyncs it (`ms` left at 0). One thread copies a
+/// shard of the table (holding its lock for that copy only), encodes the copy and writes it,
+/// shard after shard: on a machine of two cores, the other core stays free for the JS thread.
+fn write_spare(
+    spare: &Path,
     header: Header,
     keys: &Keys,
     table: &Table,
     clock: &Clock,
     cancel: &AtomicBool,
-    background: bool,
 ) -> Result<Written, WriteError> {
     let io = |stage: &'static str| move |error| WriteError::Io { stage, error };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(io("creating the temporary file"))?;
-    // An older temporary file keeps its mode: the snapshot is never readable by others.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io("creating the temporary file"))?;
+    let (file, in_place) = open_spare(spare).map_err(io("opening the spare file"))?;
     let now = now_ms();
     let mut cancelled = false;
-    let (to_encoder, copies) = mpsc::sync_channel::<ShardCopy>(4);
-    let (give_back, spare) = mpsc::channel::<ShardCopy>();
-    let (longest, encoded) = std::thread::scope(|scope| {
-        let encoding = std::thread::Builder::new().name("session-multicast-snapshot-writer".into()).spawn_scoped(
-            scope,
-            move || {
-                if background {
-                    lower_priority();
-                }
-                let cpu_before = thread_cpu_ms();
-                let mut encoder = Encoder::new(header, keys);
-                let mut sink = Sink { file, bytes: 0, error: None };
-                for copy in copies {
-                    for (sid, entry) in copy.iter() {
-                        encoder.push(sid, entry);
-                    }
-                    if !sink.drain(&mut encoder) {
-                        break; // dropping `copies` stops the export
-                    }
-                    let _ = give_back.send(copy);
-                }
-                let cpu = thread_cpu_ms().zip(cpu_before).map_or(0.0, |(after, before)| after - before);
-                (encoder, sink, cpu)
-            },
-        );
-        let Ok(encoding) = encoding else { return (std::time::Duration::ZERO, None) };
-        let longest = table.export(now, |copy| {
-            cancelled = cancel.load(Ordering::Relaxed);
-            if cancelled || to_encoder.send(copy).is_err() {
-                return None;
-            }
-            Some(spare.try_recv().unwrap_or_default())
-        });
-        drop(to_encoder);
-        (longest, encoding.join().ok())
+    let mut encoder = Encoder::new(header, keys);
+    let mut sink = Sink { file, bytes: 0, error: None };
+    let longest = table.export(now, |copy| {
+        cancelled = cancel.load(Ordering::Relaxed);
+        if cancelled {
+            return None;
+        }
+        for (sid, entry) in copy.iter() {
+            encoder.push(sid, entry);
+        }
+        sink.drain(&mut encoder).then_some(copy)
     });
     if cancelled {
         return Err(WriteError::Cancelled);
     }
-    let Some((mut encoder, mut sink, encode_cpu_ms)) = encoded else {
-        return Err(WriteError::Io { stage: "writing", error: io::Error::other("the writing thread could not run") });
-    };
     encoder.finish(table.clear_mark(), clock.high_water(), now_ms());
-    sink.drain(&mut encoder);
+    sink.finish(&mut encoder);
     if let Some(error) = sink.error.take() {
         return Err(WriteError::Io { stage: "writing", error });
     }
+    // What is left of the older, longer snapshot goes.
+    sink.file.set_len(sink.bytes).map_err(io("writing"))?;
     let sync = Instant::now();
-    sink.file.sync_all().map_err(io("syncing the temporary file"))?;
+    sink.file.sync_all().map_err(io("syncing the new snapshot"))?;
     Ok(Written {
         entries: encoder.entries(),
         sessions: encoder.sessions(),
         bytes: sink.bytes,
         ms: 0.0,
         sync_ms: sync.elapsed().as_secs_f64() * 1000.0,
-        cpu_ms: encode_cpu_ms,
+        cpu_ms: 0.0,
         longest_hold_us: longest.as_secs_f64() * 1e6,
+        in_place,
     })
 }
 
 /// Lowers the calling thread's scheduling priority (nice 10; Linux, where a nice value is per
 /// thread): when the JS thread or the network thread compete with it for a core, they come
 /// first. Best effort: nothing changes where it is refused.
-fn lower_priority() {
+pub(super) fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls about the calling thread's own id, with no memory passed.
     unsafe {
@@ -190,7 +161,38 @@ fn lower_priority() {
     }
 }
 
-/// The temporary file, and what was written to it.
+/// Opens the spare file to be overwritten in place (true), or a new one when there is none. A
+/// spare that another name also holds (a hard link: someone's backup of a snapshot), or that is
+/// a symbolic link, is never written through: it is removed, and a new file made.
+fn open_spare(spare: &Path) -> io::Result<(File, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    // Not truncated: overwritten in place, and cut to the new length at the end.
+    let open = |new: bool| {
+        let mut options = OpenOptions::new();
+        options.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        if new { options.create_new(true) } else { options.create(true).truncate(false) }.open(spare)
+    };
+    match open(false) {
+        Ok(file) => {
+            let meta = file.metadata()?;
+            if meta.is_file() && meta.nlink() == 1 {
+                // A file made by someone else keeps its mode: a snapshot is never readable by others.
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                return Ok((file, meta.len() > 0));
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::remove_file(spare)?;
+    Ok((open(true)?, false))
+}
+
+/// Writes are of whole pages but the last: over a file that is not in the page cache, writing
+/// part of a page would read the page back first.
+const PAGE: usize = 4096;
+
+/// The spare file, and what was written to it.
 struct Sink {
     file: File,
     bytes: u64,
@@ -199,21 +201,61 @@ struct Sink {
 }
 
 impl Sink {
-    /// Writes what the encoder has ready; false once a write failed.
+    /// Writes the whole pages the encoder has ready; false once a write failed.
     fn drain(&mut self, encoder: &mut Encoder) -> bool {
+        self.write(encoder, PAGE)
+    }
+
+    /// Writes all the encoder has left.
+    fn finish(&mut self, encoder: &mut Encoder) {
+        self.write(encoder, 1);
+    }
+
+    /// Writes what the encoder has ready, in a multiple of `unit` bytes.
+    fn write(&mut self, encoder: &mut Encoder, unit: usize) -> bool {
         if self.error.is_some() {
             return false;
         }
         if let Some(out) = encoder.take() {
-            if let Err(e) = self.file.write_all(out) {
+            let len = out.len() / unit * unit;
+            if let Err(e) = self.file.write_all(&out[..len]) {
                 self.error = Some(e);
                 return false;
             }
-            self.bytes += out.len() as u64;
-            encoder.taken();
+            self.bytes += len as u64;
+            encoder.taken(len);
         }
         true
     }
+}
+
+/// Puts the new snapshot `spare` at `path` in one atomic rename. On Linux the two files swap
+/// (`renameat2` with `RENAME_EXCHANGE`), so the previous snapshot's file is the next spare; a
+/// first snapshot, or a file system that cannot swap, is a plain rename.
+fn swap(spare: &Path, path: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let from = CString::new(spare.as_os_str().as_bytes())?;
+        let to = CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: two NUL-terminated paths that outlive the call; the raw system call, as the
+        // glibc wrapper is newer than the glibc the engine is built for.
+        let swapped = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if swapped == 0 {
+            return Ok(());
+        }
+    }
+    std::fs::rename(spare, path)
 }
 
 /// Makes the rename durable: fsync of the directory that holds `path`.

@@ -33,7 +33,7 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
     pub(crate) fn str32(&mut self) -> Result<Arc<str>, DecodeError> {
-        std::str::from_utf8(self.bytes32()?).map(Arc::from).map_err(|_| DecodeError::Malformed)
+        simdutf8::basic::from_utf8(self.bytes32()?).map(Arc::from).map_err(|_| DecodeError::Malformed)
     }
     pub(crate) fn version(&mut self) -> Result<Version, DecodeError> {
         Ok(Version { hlc: self.u64()?, node: self.u64()? })

@@ -36,8 +36,9 @@ fn encode(entries: &[(String, Entry)], keys: &Keys) -> Vec<u8> {
     for (sid, e) in entries {
         encoder.push(sid, e);
         if let Some(bytes) = encoder.take() {
+            let n = bytes.len();
             out.extend_from_slice(bytes);
-            encoder.taken();
+            encoder.taken(n);
         }
     }
     encoder.finish(Version { hlc: 77, node: 1 }, 99 << 16, 1_700_000_000_500);
