@@ -95,6 +95,23 @@ impl Shard {
         }
     }
 
+    /// `Table::merge` of one entry, the shard locked and the clear mark read.
+    fn merge(&mut self, sid: &str, incoming: &Entry, mark: Version) -> bool {
+        if let Some(entry) = self.entries.get_mut(sid) {
+            let changed = entry.merge(incoming, mark);
+            if let Some(tomb) = Tomb::of(sid, entry) {
+                self.entries.remove(sid);
+                self.tombs.replace(tomb);
+            }
+            changed
+        } else {
+            let mut entry = self.tombs.get(sid.as_bytes()).map_or_else(Entry::absent, Tomb::entry);
+            let changed = entry.merge(incoming, mark);
+            self.put(sid, entry);
+            changed
+        }
+    }
+
     fn len(&self) -> usize {
         self.entries.len() + self.tombs.len()
     }
@@ -214,36 +231,33 @@ impl Table {
         if incoming.data_version <= mark && incoming.cookie_version <= mark {
             return false;
         }
-        let mut shard = self.shard(sid).write();
-        let changed = if let Some(entry) = shard.entries.get_mut(sid) {
-            let changed = entry.merge(incoming, mark);
-            if let Some(tomb) = Tomb::of(sid, entry) {
-                shard.entries.remove(sid);
-                shard.tombs.replace(tomb);
-            }
-            changed
-        } else {
-            let mut entry = shard.tombs.get(sid.as_bytes()).map_or_else(Entry::absent, Tomb::entry);
-            let changed = entry.merge(incoming, mark);
-            shard.put(sid, entry);
-            changed
-        };
+        let changed = self.shard(sid).write().merge(sid, incoming, mark);
         changed && self.changed()
     }
 
-    /// `merge` for a table being filled from a snapshot (persist/loader.rs): an entry for a sid
+    /// `merge` for a table being filled from a snapshot (persist/loader.rs), for entries of the
+    /// one shard `shard` (see `shard_of`) at once: one lock of the shard, one reading of the clear
+    /// mark and one count of the change for them all (threads that fill a table together would
+    /// otherwise pass those shared words between their cores at every entry). An entry for a sid
     /// not held yet is moved in as it is.
-    pub fn restore(&self, sid: &str, entry: Entry) {
+    pub fn restore<'a>(&self, shard: usize, entries: impl IntoIterator<Item = (&'a str, Entry)>) {
         let mark = *self.clear_mark.read();
-        if entry.data_version <= mark && entry.cookie_version <= mark {
-            return;
+        let mut changed = false;
+        let mut locked = self.shards[shard].write();
+        for (sid, entry) in entries {
+            debug_assert_eq!(self.shard_of(sid), shard);
+            if entry.data_version <= mark && entry.cookie_version <= mark {
+                continue;
+            }
+            if locked.entries.contains_key(sid) || locked.tombs.contains(sid.as_bytes()) {
+                changed |= locked.merge(sid, &entry, mark);
+            } else {
+                locked.put(sid, entry);
+                changed = true;
+            }
         }
-        let mut shard = self.shard(sid).write();
-        if shard.entries.contains_key(sid) || shard.tombs.contains(sid.as_bytes()) {
-            drop(shard);
-            self.merge(sid, &entry);
-        } else {
-            shard.put(sid, entry);
+        drop(locked);
+        if changed {
             self.changed();
         }
     }

@@ -138,9 +138,12 @@ impl Batch {
         order.clear();
         order.extend((0..self.len()).map(|i| (table.shard_of(sid(i)) as u32, i as u32)));
         order.sort_unstable();
-        for &(_, i) in order.iter() {
-            let entry = std::mem::replace(&mut self.entries[i as usize], Entry::absent());
-            table.restore(sid(i as usize), entry);
+        let entries = &mut self.entries;
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            let records = run
+                .iter()
+                .map(|&(_, i)| (sid(i as usize), std::mem::replace(&mut entries[i as usize], Entry::absent())));
+            table.restore(run[0].0 as usize, records);
         }
         self.sids.clear();
         self.ends.clear();

@@ -31,7 +31,7 @@ impl Snapshot {
     pub fn load(&self, table: &Table, clock: &Clock, now: u64) -> Vec<Written> {
         let mut restored = Vec::new();
         for (sid, entry) in self.entries.iter().filter(|(_, entry)| entry.is_kept(now)) {
-            table.restore(sid, entry.clone());
+            table.restore(table.shard_of(sid), [(&**sid, entry.clone())]);
             restored.extend(Written::held_in(sid, entry));
         }
         table.merge_clear_mark(self.clear_mark);

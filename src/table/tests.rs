@@ -396,7 +396,7 @@ fn restore_moves_entries_in_and_merges_with_held_ones() {
     source.apply(&destroy("gone", v((NOW << 16) + 1, 1)));
     t.apply(&set("a", r#"{"n":2}"#, NOW + 10, v(6, 2)));
     for sid in ["a", "gone"] {
-        t.restore(sid, source.entry(sid).unwrap());
+        t.restore(t.shard_of(sid), [(sid, source.entry(sid).unwrap())]);
     }
     assert_eq!(t.get("a", NOW).as_deref(), Some(r#"{"n":2}"#), "the newer write held stays");
     assert_eq!(t.lookup("gone", NOW), Lookup::Gone);
