@@ -98,9 +98,10 @@ pub fn write(
     }
 }
 
-/// Streams the table into the spare file and fsyncs it (`ms` left at 0). One thread copies a
-/// shard of the table (holding its lock for that copy only), encodes the copy and writes it,
-/// shard after shard: on a machine of two cores, the other core stays free for the JS thread.
+/// Streams the table into the spare file and fsyncs it (`ms` and `cpu_ms` left at 0: `write`
+/// measures them). One thread copies a shard of the table (holding its lock for that copy only),
+/// encodes the copy and writes it, shard after shard: on a machine of two cores, the other core
+/// stays free for the JS thread.
 fn write_spare(
     spare: &Path,
     header: Header,
