@@ -8,12 +8,12 @@
 //! a `touch` keeps the touched cookie. `clear` is a watermark: every write at or below it is void.
 //! Merging is commutative and idempotent, so replicas that saw the same ops in any order agree.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use parking_lot::RwLock;
 
 use crate::clock::Version;
@@ -71,11 +71,13 @@ pub struct TableCounts {
 pub const SHARDS: usize = 4096;
 
 /// The sessions and tombstones of a shard. A sid is in one of the two maps at most; a tombstone
-/// is kept compact (tomb.rs) unless it cannot be.
+/// is kept compact (tomb.rs) unless it cannot be. The maps hash with foldhash, seeded at random
+/// per process: a quarter of SipHash's cost, and a sid reaches them only from express-session
+/// (which signs its cookies) or from the cluster.
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<Box<str>, Entry>,
-    tombs: HashSet<Tomb>,
+    entries: HashMap<Box<str>, Entry, RandomState>,
+    tombs: HashSet<Tomb, RandomState>,
 }
 
 impl Shard {
@@ -132,8 +134,9 @@ impl Shard {
 
 pub struct Table {
     shards: Box<[RwLock<Shard>]>,
-    /// Picks a sid's shard.
-    router: RandomState,
+    /// Picks a sid's shard: a hasher of its own seed and kind, so that which shard holds a sid says
+    /// nothing about where its shard's map puts it.
+    router: foldhash::quality::RandomState,
     clear_mark: RwLock<Version>,
     /// A tombstone's least retention after its destroy.
     retention_ms: u64,
@@ -145,7 +148,7 @@ impl Default for Table {
     fn default() -> Self {
         Table {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            router: RandomState::new(),
+            router: foldhash::quality::RandomState::default(),
             clear_mark: RwLock::default(),
             retention_ms: TOMBSTONE_MIN_RETENTION_MS,
             changes: AtomicU64::new(0),
