@@ -265,7 +265,8 @@ impl Table {
         }
     }
 
-    /// A number that moves whenever a write changed the table (not for purges or local touches):
+    /// A number that moves whenever a write changed the table, or `touchAfter` an expiry kept on
+    /// this node (not for purges):
     /// equal readings mean nothing was written in between (persist/mod.rs snapshots only then).
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::Relaxed)
@@ -306,7 +307,11 @@ impl Table {
         if !(matches!(entry.data, Data::Live(_)) && small_step && far_from_expiry) {
             return false;
         }
-        entry.local_expires_at = entry.local_expires_at.max(expires_at);
+        if expires_at > entry.local_expires_at {
+            entry.local_expires_at = expires_at;
+            // Not replicated, but in the next snapshot.
+            self.changed();
+        }
         true
     }
 

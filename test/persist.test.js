@@ -116,6 +116,26 @@ describe("persist", function () {
     });
   });
 
+  describe("touchAfter", () => {
+    it("an expiry a touch extended on this node only is in the snapshot: after a restart the session lives until then", async () => {
+      const file = path.join(dir, "touch.snap");
+      const options = single(file, 60, { touchAfter: 2 });
+      const t0 = Date.now();
+      const a = createStore(options);
+      await a.set("sid", sessionData({ user: "alice" }, { expiresAt: t0 + 4_000, maxAge: 4_000 }));
+      // Moves the expiry 1 s on: less than touchAfter, so it is kept on this node only.
+      await a.touch("sid", sessionData({ user: "alice" }, { expiresAt: t0 + 5_000, maxAge: 4_000 }));
+      assert.equal(a.stats().localTouches, 1);
+      await a.close();
+      const b = createStore(options);
+      assert.equal(b.stats().snapshotLoadedSessions, 1);
+      await sleep(Math.max(0, t0 + 4_400 - Date.now()));
+      if (Date.now() < t0 + 4_900) assert.equal((await b.get("sid"))?.user, "alice", "the restarted node dropped the session at its replicated expiry");
+      await sleep(Math.max(0, t0 + 5_100 - Date.now()));
+      assert.equal(await b.get("sid"), null, "expired at the extended expiry");
+    });
+  });
+
   describe("several processes on one file (the workers of one host)", () => {
     it("the first to start writes it, the other does not; it takes over when the first is killed, and its snapshot loads", async () => {
       const file = path.join(dir, "app.snap");

@@ -32,6 +32,7 @@
 //! 2 × u64      cookie version (hlc, node)
 //! u8           cookie: 0 none, 1 present (then u32 + bytes: the cookie JSON)
 //! u64          expires at, epoch ms
+//! u64          local expiry, epoch ms: a later one that `touchAfter` kept on this node (0: none)
 //! ```
 //!
 //! The end payload: u64 entries (the records of the file), u64 sessions (live ones among them),
@@ -77,7 +78,7 @@ pub const FRAME_BYTES: usize = 1 << 20;
 pub const MAX_FRAME: usize = FRAME_BYTES + (129 << 20);
 const END_PAYLOAD: usize = 6 * 8 + 8;
 /// Bytes of a record besides its sid, session and cookie.
-pub const RECORD_OVERHEAD: usize = 4 + 1 + 4 + 32 + 1 + 4 + 8;
+pub const RECORD_OVERHEAD: usize = 4 + 1 + 4 + 32 + 1 + 4 + 8 + 8;
 
 /// Why a file is not a snapshot this node can load. `reason()` is what the log says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,6 +384,7 @@ pub fn encode_entry(out: &mut Vec<u8>, sid: &str, e: &Entry) {
         }
     }
     out.extend_from_slice(&e.expires_at.to_be_bytes());
+    out.extend_from_slice(&e.local_expires_at.to_be_bytes());
 }
 
 /// Decodes the records of an entries payload, handing each to `visit`.
@@ -403,7 +405,8 @@ pub fn decode_entries(payload: &[u8], mut visit: impl FnMut(&str, Entry)) -> Res
         let cookie_version = r.version().map_err(malformed)?;
         let cookie = r.optional().map_err(malformed)?;
         let expires_at = r.u64().map_err(malformed)?;
-        visit(sid, Entry { data, data_version, cookie_version, cookie, expires_at, local_expires_at: 0 });
+        let local_expires_at = r.u64().map_err(malformed)?;
+        visit(sid, Entry { data, data_version, cookie_version, cookie, expires_at, local_expires_at });
         count += 1;
     }
     Ok(count)

@@ -165,6 +165,27 @@ fn everything_written_before_close_is_back_after_a_restart() {
     assert_eq!(b.stats()["snapshotsWritten"], 0);
 }
 
+/// A later expiry that `touchAfter` kept on this node only is in the snapshot (and alone makes
+/// one due): after a restart the session lives until then, not just until the replicated expiry.
+#[test]
+fn a_touch_after_extension_survives_a_restart() {
+    let dir = Dir::new();
+    let config = |interval_ms| Config { touch_after_ms: 60_000, ..config(&dir.file(), interval_ms, &[]) };
+    let (a, _) = start(config(300));
+    let now = crate::clock::now_ms();
+    a.set("s", "{}".into(), Some(now + 600_000)).unwrap();
+    assert!(wait_until(|| a.stats()["snapshotsWritten"] == 1));
+    assert_eq!(a.touch("s", None, Some(now + 630_000)).unwrap(), 0, "kept on this node");
+    assert_eq!(a.table.entry("s").unwrap().expires_at, now + 600_000, "not replicated");
+    assert!(wait_until(|| a.stats()["snapshotsWritten"] == 2), "the extension alone makes a snapshot due");
+    killed(a);
+    let (b, _) = start(config(60_000));
+    let entry = b.table.entry("s").unwrap();
+    assert_eq!((entry.expires_at, entry.local_expires_at), (now + 600_000, now + 630_000));
+    assert!(b.table.get("s", now + 615_000).is_some(), "alive past the replicated expiry");
+    b.close();
+}
+
 /// The clock's high-water mark is persisted even when no entry carries it any more.
 #[test]
 fn the_clock_high_water_mark_survives_without_the_entries() {

@@ -405,19 +405,25 @@ fn restore_moves_entries_in_and_merges_with_held_ones() {
 }
 
 #[test]
-fn changes_move_with_writes_only() {
+fn changes_move_with_writes_and_local_extensions_only() {
     let t = Table::new();
     let before = t.changes();
-    t.apply(&set("a", "{}", NOW + 10, v(2, 1)));
+    t.apply(&set("a", "{}", NOW + 1_000, v(2, 1)));
     let after_set = t.changes();
     assert!(after_set > before);
-    t.apply(&set("a", "{}", NOW + 10, v(1, 1)));
+    t.apply(&set("a", "{}", NOW + 1_000, v(1, 1)));
     assert_eq!(t.changes(), after_set, "a write that lost changes nothing");
-    t.extend_locally("a", NOW + 11, NOW, 100);
+    assert!(!t.extend_locally("a", NOW + 2_000, NOW, 100), "a large step is written as usual");
+    assert_eq!(t.changes(), after_set);
+    assert!(t.extend_locally("a", NOW + 1_050, NOW, 100));
+    let after_extension = t.changes();
+    assert!(after_extension > after_set, "an expiry kept on this node goes into the next snapshot");
+    assert!(t.extend_locally("a", NOW + 1_040, NOW, 100));
+    assert_eq!(t.changes(), after_extension, "an extension that extends nothing changes nothing");
     t.sweep(NOW + 20);
-    assert_eq!(t.changes(), after_set, "local touches and purges are not snapshotted");
+    assert_eq!(t.changes(), after_extension, "purges are not snapshotted");
     t.apply(&Op::Clear { version: v(3, 1) });
-    assert!(t.changes() > after_set);
+    assert!(t.changes() > after_extension);
 }
 
 /// get and set cost with `SHARDS` shards:

@@ -13,7 +13,7 @@ fn entry(n: u64, data: Data, cookie: Option<&str>) -> Entry {
         cookie_version: Version { hlc: (n << 16) + 1, node: 6 },
         cookie: cookie.map(Arc::from),
         expires_at: 1_700_000_000_000 + n,
-        local_expires_at: 0,
+        local_expires_at: if n % 4 == 0 { 1_700_000_060_000 + n } else { 0 },
     }
 }
 
@@ -153,10 +153,10 @@ proptest! {
     /// Any table round-trips.
     #[test]
     fn any_entries_round_trip(
-        raw in prop::collection::vec(("[a-z\u{e9}\u{2603}]{0,12}", 0u8..3, ".{0,40}", any::<u64>(), any::<u64>(), any::<u64>(), prop::option::of(".{0,20}")), 0..60),
+        raw in prop::collection::vec(("[a-z\u{e9}\u{2603}]{0,12}", 0u8..3, ".{0,40}", any::<u64>(), any::<u64>(), (any::<u64>(), any::<u64>()), prop::option::of(".{0,20}")), 0..60),
         sealed_file in any::<bool>(),
     ) {
-        let entries: Vec<(String, Entry)> = raw.into_iter().map(|(sid, kind, doc, dv, cv, exp, cookie)| {
+        let entries: Vec<(String, Entry)> = raw.into_iter().map(|(sid, kind, doc, dv, cv, (exp, local_exp), cookie)| {
             let data = match kind { 0 => Data::Absent, 1 => Data::Live(doc.into()), _ => Data::Deleted };
             let e = Entry {
                 data,
@@ -164,7 +164,7 @@ proptest! {
                 cookie_version: Version { hlc: cv, node: dv },
                 cookie: cookie.map(Arc::from),
                 expires_at: exp,
-                local_expires_at: 0,
+                local_expires_at: local_exp,
             };
             (sid, e)
         }).collect();
