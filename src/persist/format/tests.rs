@@ -13,7 +13,7 @@ fn entry(n: u64, data: Data, cookie: Option<&str>) -> Entry {
         cookie_version: Version { hlc: (n << 16) + 1, node: 6 },
         cookie: cookie.map(Arc::from),
         expires_at: 1_700_000_000_000 + n,
-        local_expires_at: if n % 4 == 0 { 1_700_000_060_000 + n } else { 0 },
+        local_expires_at: if n.is_multiple_of(4) { 1_700_000_060_000 + n } else { 0 },
     }
 }
 
