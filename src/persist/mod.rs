@@ -259,7 +259,7 @@ impl Persist {
             let spawned = std::thread::Builder::new().name("session-multicast-snapshot".into()).spawn(move || {
                 // It copies the table shard by shard: a JS thread that wants a core comes first
                 // (one that waits for a shard this thread holds yields its core to it).
-                writer::lower_priority();
+                writer::run_in_background();
                 let _ = done.send(persist.snapshot(&table, &clock, &persist.closing).map(|r| r.is_ok()));
             });
             // A panic would be a bug: it ends this snapshot (counted as a failure), not the loop.

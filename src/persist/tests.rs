@@ -310,6 +310,68 @@ fn snapshots_are_written_over_the_previous_ones_file() {
     c.close();
 }
 
+/// A periodic snapshot runs as `SCHED_IDLE`: it keeps that while it gets a core; starved by
+/// threads that keep every core busy, it goes on at nice 10 after a second, and ends.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_starved_background_snapshot_goes_on_at_nice_10() {
+    use std::sync::mpsc;
+    let table = Arc::new(Table::new());
+    let clock = Arc::new(Clock::new(1));
+    let doc: Arc<str> = "x".repeat(200).into();
+    for i in 0..100_000 {
+        table.apply(&Op::Set {
+            sid: format!("s{i}").into(),
+            doc: doc.clone(),
+            expires_at: now_ms() + 600_000,
+            version: clock.tick(),
+        });
+    }
+    let dir = Dir::new();
+    // In the background, on a thread of its own: (written, how long, still SCHED_IDLE at the end).
+    let snapshot = || {
+        let (table, clock, file) = (table.clone(), clock.clone(), dir.file());
+        let (done, result) = mpsc::channel();
+        std::thread::spawn(move || {
+            writer::run_in_background();
+            let started = Instant::now();
+            let written = writer::write(
+                &file,
+                test_header(),
+                &Keys::new("persist-test", &[]),
+                &table,
+                &clock,
+                &AtomicBool::new(false),
+                &|_| Ok(()),
+            );
+            let _ = done.send((written.is_ok(), started.elapsed(), writer::is_background()));
+        });
+        result
+    };
+    let (written, _, background) = snapshot().recv().unwrap();
+    assert!(written && background, "a snapshot that gets a core stays SCHED_IDLE");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let busy: Vec<_> = (0..=cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop()
+                }
+            })
+        })
+        .collect();
+    // SCHED_IDLE's share of a busy core is 3/1027: the ≈50 ms of this snapshot would take 15 s.
+    let result = snapshot().recv_timeout(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    busy.into_iter().for_each(|t| t.join().unwrap());
+    let (written, took, background) = result.expect("a starved snapshot did not end within 8 s");
+    assert!(written && !background, "{took:?}");
+    assert!(took >= Duration::from_secs(1), "{took:?}: not starved, the test proves nothing");
+}
+
 /// A snapshot of many frames, of more records than a batch of the loader
 /// (`loader::MERGE_BATCH`), loads whole, plaintext and sealed: every kept entry as it was,
 /// nothing else.

@@ -121,6 +121,7 @@ fn write_spare(
         if cancelled {
             return None;
         }
+        keep_going();
         for (sid, entry) in copy.iter() {
             encoder.push(sid, entry);
         }
@@ -150,16 +151,63 @@ fn write_spare(
     })
 }
 
-/// Lowers the calling thread's scheduling priority (nice 10; Linux, where a nice value is per
-/// thread): when the JS thread or the network thread compete with it for a core, they come
-/// first. Best effort: nothing changes where it is refused.
-pub(super) fn lower_priority() {
+/// A periodic snapshot's thread runs as `SCHED_IDLE` (Linux): any other thread that wants a core
+/// (the JS thread, the network thread, the kernel's) takes it from the snapshot at once, where a
+/// nice value only weighs their shares. A snapshot that gets starved that way (less than a quarter
+/// of a core over its first second or more: every core busy) goes on at nice 10, so that it ends
+/// (`keep_going`). Best effort: nothing changes where it is refused, or elsewhere than Linux.
+pub(super) fn run_in_background() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls about the calling thread's own id, with no memory passed.
+    // SAFETY: a system call about the calling thread (pid 0), with a parameter that outlives it.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 {
+            BACKGROUND.set(Some((Instant::now(), thread_cpu())));
+        }
     }
+}
+
+#[cfg(target_os = "linux")]
+thread_local! {
+    /// When this thread became `SCHED_IDLE`, and its CPU time then; `None` once it is not.
+    static BACKGROUND: std::cell::Cell<Option<(Instant, std::time::Duration)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether a background snapshot that ran `wall` and got `cpu` of it is starved.
+fn starved(wall: std::time::Duration, cpu: std::time::Duration) -> bool {
+    wall >= std::time::Duration::from_secs(1) && cpu < wall / 4
+}
+
+/// Called between two shards: moves a starved `SCHED_IDLE` thread to nice 10.
+fn keep_going() {
+    #[cfg(target_os = "linux")]
+    if let Some((since, cpu_then)) = BACKGROUND.get() {
+        if starved(since.elapsed(), thread_cpu().saturating_sub(cpu_then)) {
+            BACKGROUND.set(None);
+            // SAFETY: system calls about the calling thread only, with no memory kept.
+            unsafe {
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+                libc::setpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t, 10);
+            }
+        }
+    }
+}
+
+/// Whether the calling thread runs as `SCHED_IDLE` (tests).
+#[cfg(all(test, target_os = "linux"))]
+pub(super) fn is_background() -> bool {
+    // SAFETY: a query about the calling thread.
+    unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
+}
+
+/// The calling thread's CPU time.
+#[cfg(target_os = "linux")]
+fn thread_cpu() -> std::time::Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes into `t`, which lives through the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Opens the spare file to be overwritten in place (true), or a new one when there is none. A
