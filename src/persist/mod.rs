@@ -193,7 +193,15 @@ impl Persist {
 
     /// Writes a snapshot now, unless nothing changed since the last one (`None` then). Blocks:
     /// call it from an engine thread (the periodic ones lower its priority). `cancel` stops it.
-    pub fn snapshot(&self, table: &Table, clock: &Clock, cancel: &AtomicBool) -> Option<Result<Written, WriteError>> {
+    /// `paced`: a periodic snapshot, whose write-back is spread out (writer.rs `Sink`); the last
+    /// one, at close, is written as fast as the disk goes.
+    pub fn snapshot(
+        &self,
+        table: &Table,
+        clock: &Clock,
+        cancel: &AtomicBool,
+        paced: bool,
+    ) -> Option<Result<Written, WriteError>> {
         let _writing = self.writing.lock();
         let changes = table.changes();
         if cancel.load(Ordering::Relaxed) || *self.saved_changes.lock() == Some(changes) || !self.may_write() {
@@ -208,7 +216,8 @@ impl Persist {
             key_id: 0,
             nonce: rand::random(),
         };
-        let result = writer::write(&self.config.path, header, &self.keys, table, clock, cancel, &before_rename_hook);
+        let result =
+            writer::write(&self.config.path, header, &self.keys, table, clock, cancel, paced, &before_rename_hook);
         let path = self.config.path.display();
         match &result {
             Ok(w) => {
@@ -260,7 +269,7 @@ impl Persist {
                 // It copies the table shard by shard: a JS thread that wants a core comes first
                 // (one that waits for a shard this thread holds yields its core to it).
                 writer::run_in_background();
-                let _ = done.send(persist.snapshot(&table, &clock, &persist.closing).map(|r| r.is_ok()));
+                let _ = done.send(persist.snapshot(&table, &clock, &persist.closing, true).map(|r| r.is_ok()));
             });
             // A panic would be a bug: it ends this snapshot (counted as a failure), not the loop.
             if spawned.is_err() || finished.await.is_err() {
@@ -274,7 +283,7 @@ impl Persist {
     /// (if anything changed since the last one). Blocks: call it from an engine thread.
     pub fn close(&self, table: &Table, clock: &Clock) -> Option<Result<Written, WriteError>> {
         self.closing.store(true, Ordering::Relaxed);
-        let result = self.snapshot(table, clock, &AtomicBool::new(false));
+        let result = self.snapshot(table, clock, &AtomicBool::new(false), false);
         // Another process on the same file takes over from its next interval.
         *self.lock.lock() = None;
         if let Some(Ok(w)) = &result {

@@ -241,7 +241,8 @@ fn a_crash_before_the_rename_leaves_the_previous_snapshot() {
         std::fs::copy(tmp, &left)?;
         Err(std::io::Error::other("crash"))
     };
-    let result = writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), &crash);
+    let result =
+        writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), false, &crash);
     assert!(matches!(result, Err(WriteError::Io { stage: "before the rename", .. })), "{result:?}");
     std::fs::rename(&left, writer::spare_path(p.path())).unwrap(); // as a crash leaves it
     killed(b); // no close(): as if killed
@@ -267,7 +268,7 @@ fn snapshots_are_written_over_the_previous_ones_file() {
     let p = a.persist.clone().unwrap();
     let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
     let snapshot = || {
-        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(false), &|_| Ok(()))
+        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(false), false, &|_| Ok(()))
             .unwrap()
     };
     for i in 0..2_000 {
@@ -354,6 +355,7 @@ fn a_starved_background_snapshot_goes_on_at_nice_10() {
                 &table,
                 &clock,
                 &AtomicBool::new(false),
+                false,
                 &|_| Ok(()),
             );
             let _ = done.send((written.is_ok(), started.elapsed(), writer::is_background()));
@@ -412,7 +414,8 @@ fn a_large_snapshot_loads_whole() {
         let keys = Keys::new(&config.cluster, &config.secrets);
         let header = Header { cluster: config.cluster.clone(), ..test_header() };
         let written =
-            writer::write(&dir.file(), header, &keys, &table, &clock, &AtomicBool::new(false), &|_| Ok(())).unwrap();
+            writer::write(&dir.file(), header, &keys, &table, &clock, &AtomicBool::new(false), true, &|_| Ok(()))
+                .unwrap();
         assert!(written.bytes > 64 * format::FRAME_BYTES as u64, "{written:?}");
         // Loaded later: the sessions not touched have expired meanwhile, the rest are kept.
         let later = now + 650_000;
@@ -442,7 +445,7 @@ fn a_cancelled_snapshot_changes_nothing() {
     }
     let p = a.persist.clone().unwrap();
     let cancelled =
-        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), &|_| Ok(()));
+        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), false, &|_| Ok(()));
     assert!(matches!(cancelled, Err(WriteError::Cancelled)));
     assert_eq!(dir.names(), Vec::<String>::new());
     a.close();
@@ -578,7 +581,7 @@ mod timing {
         for _ in 0..repeat {
             let t = Instant::now();
             table.apply(&Op::Destroy { sid: "x".into(), version: clock.tick() });
-            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false)).unwrap().unwrap();
+            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false), false).unwrap().unwrap();
             println!("write {n}: {w:?} ({:?})", t.elapsed());
         }
         drop(table);

@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::format::{Encoder, Header, Keys};
 use crate::clock::{now_ms, Clock};
@@ -63,7 +63,8 @@ pub fn spare_path(path: &Path) -> PathBuf {
 
 /// Writes a snapshot of `table` to `path`, on the calling thread. `cancel` stops it (the spare
 /// file is removed); `before_rename` runs once the spare file is complete and fsynced (tests
-/// stop there to play a crash).
+/// stop there to play a crash). `paced`: the disk's write-back is spread out (see `Sink`).
+#[allow(clippy::too_many_arguments)]
 pub fn write(
     path: &Path,
     header: Header,
@@ -71,12 +72,13 @@ pub fn write(
     table: &Table,
     clock: &Clock,
     cancel: &AtomicBool,
+    paced: bool,
     before_rename: &dyn Fn(&Path) -> io::Result<()>,
 ) -> Result<Written, WriteError> {
     let started = Instant::now();
     let spare = spare_path(path);
     let cpu_before = thread_cpu_ms();
-    let result = write_spare(&spare, header, keys, table, clock, cancel).and_then(|mut written| {
+    let result = write_spare(&spare, header, keys, table, clock, cancel, paced).and_then(|mut written| {
         before_rename(&spare).map_err(|error| WriteError::Io { stage: "before the rename", error })?;
         swap(&spare, path).map_err(|error| WriteError::Io { stage: "renaming the new snapshot", error })?;
         let dir_sync = Instant::now();
@@ -109,13 +111,14 @@ fn write_spare(
     table: &Table,
     clock: &Clock,
     cancel: &AtomicBool,
+    paced: bool,
 ) -> Result<Written, WriteError> {
     let io = |stage: &'static str| move |error| WriteError::Io { stage, error };
     let (file, in_place) = open_spare(spare).map_err(io("opening the spare file"))?;
     let now = now_ms();
     let mut cancelled = false;
     let mut encoder = Encoder::new(header, keys);
-    let mut sink = Sink { file, bytes: 0, error: None };
+    let mut sink = Sink { file, bytes: 0, error: None, written_back: paced.then_some(0) };
     let longest = table.export(now, |copy| {
         cancelled = cancel.load(Ordering::Relaxed);
         if cancelled {
@@ -162,27 +165,48 @@ pub(super) fn run_in_background() {
     unsafe {
         let param = libc::sched_param { sched_priority: 0 };
         if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 {
-            BACKGROUND.set(Some((Instant::now(), thread_cpu())));
+            BACKGROUND.set(Some(Background { since: Instant::now(), cpu: thread_cpu(), waited: Duration::ZERO }));
         }
     }
 }
 
 #[cfg(target_os = "linux")]
 thread_local! {
-    /// When this thread became `SCHED_IDLE`, and its CPU time then; `None` once it is not.
-    static BACKGROUND: std::cell::Cell<Option<(Instant, std::time::Duration)>> = const { std::cell::Cell::new(None) };
+    /// `None` unless this thread runs as `SCHED_IDLE`.
+    static BACKGROUND: std::cell::Cell<Option<Background>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether a background snapshot that ran `wall` and got `cpu` of it is starved.
-fn starved(wall: std::time::Duration, cpu: std::time::Duration) -> bool {
-    wall >= std::time::Duration::from_secs(1) && cpu < wall / 4
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+struct Background {
+    /// When the thread became `SCHED_IDLE`, and its CPU time then.
+    since: Instant,
+    cpu: Duration,
+    /// Time since spent waiting on purpose (`Sink::pace`): not starvation.
+    waited: Duration,
+}
+
+/// Counts `time` this thread waited on purpose, out of its starvation (`keep_going`).
+fn waited(time: Duration) {
+    #[cfg(target_os = "linux")]
+    if let Some(b) = BACKGROUND.get() {
+        BACKGROUND.set(Some(Background { waited: b.waited + time, ..b }));
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = time;
+}
+
+/// Whether a background snapshot that ran `wall` (its waits on purpose left out) and got `cpu` of
+/// it is starved.
+fn starved(wall: Duration, cpu: Duration) -> bool {
+    wall >= Duration::from_secs(1) && cpu < wall / 4
 }
 
 /// Called between two shards: moves a starved `SCHED_IDLE` thread to nice 10.
 fn keep_going() {
     #[cfg(target_os = "linux")]
-    if let Some((since, cpu_then)) = BACKGROUND.get() {
-        if starved(since.elapsed(), thread_cpu().saturating_sub(cpu_then)) {
+    if let Some(b) = BACKGROUND.get() {
+        if starved(b.since.elapsed().saturating_sub(b.waited), thread_cpu().saturating_sub(b.cpu)) {
             BACKGROUND.set(None);
             // SAFETY: system calls about the calling thread only, with no memory kept.
             unsafe {
@@ -203,11 +227,11 @@ pub(super) fn is_background() -> bool {
 
 /// The calling thread's CPU time.
 #[cfg(target_os = "linux")]
-fn thread_cpu() -> std::time::Duration {
+fn thread_cpu() -> Duration {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: writes into `t`, which lives through the call.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Opens the spare file to be overwritten in place (true), or a new one when there is none. A
@@ -242,12 +266,24 @@ fn open_spare(spare: &Path) -> io::Result<(File, bool)> {
 const PAGE: usize = 4096;
 
 /// The spare file, and what was written to it.
+/// Where the encoded pages go. A paced sink (a periodic snapshot, Linux) writes back every
+/// `WRITEBACK_CHUNK` bytes as it goes, waits for the disk, then pauses `WRITEBACK_PAUSE` times as
+/// long (at most `WRITEBACK_PAUSE_MAX`): the disk is busy with the snapshot an eighth of the time
+/// at most. Left to the final fsync, the write-back of a large snapshot is one burst that slows
+/// every thread of the machine while it lasts (a virtual machine's disk is emulated on the host's
+/// cores): docs/persistence.md "Writing a snapshot".
 struct Sink {
     file: File,
     bytes: u64,
     /// The first write error; nothing is written after it.
     error: Option<io::Error>,
+    /// Paced: the bytes written back so far.
+    written_back: Option<u64>,
 }
+
+const WRITEBACK_CHUNK: u64 = 8 << 20;
+const WRITEBACK_PAUSE: u32 = 7;
+const WRITEBACK_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 impl Sink {
     /// Writes the whole pages the encoder has ready; false once a write failed.
@@ -273,9 +309,45 @@ impl Sink {
             }
             self.bytes += len as u64;
             encoder.taken(len);
+            if let Err(e) = self.pace() {
+                self.error = Some(e);
+                return false;
+            }
         }
         true
     }
+
+    /// Paced: once a chunk more is written, writes it back, waits for it, and pauses.
+    fn pace(&mut self) -> io::Result<()> {
+        let Some(from) = self.written_back else { return Ok(()) };
+        if self.bytes - from < WRITEBACK_CHUNK {
+            return Ok(());
+        }
+        let started = Instant::now();
+        write_back(&self.file, from, self.bytes - from)?;
+        self.written_back = Some(self.bytes);
+        std::thread::sleep((started.elapsed() * WRITEBACK_PAUSE).min(WRITEBACK_PAUSE_MAX));
+        waited(started.elapsed());
+        Ok(())
+    }
+}
+
+/// Writes `len` bytes of `file` from `offset` back to the disk, and waits until they are.
+#[cfg(target_os = "linux")]
+fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a system call on a descriptor `file` owns, with no memory passed.
+    match unsafe { libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, flags) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Elsewhere, the final fsync writes everything back at once.
+#[cfg(not(target_os = "linux"))]
+fn write_back(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Ok(())
 }
 
 /// Puts the new snapshot `spare` at `path` in one atomic rename. On Linux the two files swap
