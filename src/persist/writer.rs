@@ -198,6 +198,7 @@ fn waited(time: Duration) {
 
 /// Whether a background snapshot that ran `wall` (its waits on purpose left out) and got `cpu` of
 /// it is starved.
+#[cfg(target_os = "linux")]
 fn starved(wall: Duration, cpu: Duration) -> bool {
     wall >= Duration::from_secs(1) && cpu < wall / 4
 }
@@ -265,11 +266,10 @@ fn open_spare(spare: &Path) -> io::Result<(File, bool)> {
 /// part of a page would read the page back first.
 const PAGE: usize = 4096;
 
-/// The spare file, and what was written to it.
-/// Where the encoded pages go. A paced sink (a periodic snapshot, Linux) writes back every
-/// `WRITEBACK_CHUNK` bytes as it goes, waits for the disk, then pauses `WRITEBACK_PAUSE` times as
-/// long (at most `WRITEBACK_PAUSE_MAX`): the disk is busy with the snapshot an eighth of the time
-/// at most. Left to the final fsync, the write-back of a large snapshot is one burst that slows
+/// The spare file, and what was written to it. A paced sink (a periodic snapshot, Linux) writes
+/// back every `WRITEBACK_CHUNK` bytes as it goes, waits for the disk, then pauses
+/// `WRITEBACK_PAUSE` times as long (at most `WRITEBACK_PAUSE_MAX`): the disk is busy with the
+/// snapshot an eighth of the time at most. Left to the final fsync, the write-back of a large snapshot is one burst that slows
 /// every thread of the machine while it lasts (a virtual machine's disk is emulated on the host's
 /// cores): docs/persistence.md "Writing a snapshot".
 struct Sink {
