@@ -27,7 +27,7 @@ pub struct Written {
     pub ms: f64,
     /// Of that, the fsyncs (file and directory).
     pub sync_ms: f64,
-    /// CPU time of the thread that wrote it, fsyncs included (Linux; 0 where unknown).
+    /// CPU time of the thread that wrote it, fsyncs included.
     pub cpu_ms: f64,
     /// The longest the table's lock of one shard was held (see `Table::export`), in µs.
     pub longest_hold_us: f64,
@@ -77,7 +77,7 @@ pub fn write(
 ) -> Result<Written, WriteError> {
     let started = Instant::now();
     let spare = spare_path(path);
-    let cpu_before = thread_cpu_ms();
+    let cpu_before = thread_cpu();
     let result = write_spare(&spare, header, keys, table, clock, cancel, paced).and_then(|mut written| {
         before_rename(&spare).map_err(|error| WriteError::Io { stage: "before the rename", error })?;
         swap(&spare, path).map_err(|error| WriteError::Io { stage: "renaming the new snapshot", error })?;
@@ -89,7 +89,7 @@ pub fn write(
     match result {
         Ok(written) => Ok(Written {
             ms: started.elapsed().as_secs_f64() * 1000.0,
-            cpu_ms: thread_cpu_ms().zip(cpu_before).map_or(0.0, |(after, before)| after - before),
+            cpu_ms: thread_cpu().saturating_sub(cpu_before).as_secs_f64() * 1000.0,
             ..written
         }),
         Err(e) => {
@@ -227,7 +227,6 @@ pub(super) fn is_background() -> bool {
 }
 
 /// The calling thread's CPU time.
-#[cfg(target_os = "linux")]
 fn thread_cpu() -> Duration {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: writes into `t`, which lives through the call.
@@ -386,11 +385,4 @@ fn sync_dir(path: &Path) -> io::Result<()> {
         _ => Path::new("."),
     };
     File::open(dir)?.sync_all()
-}
-
-/// CPU time of the calling thread so far, in ms (Linux: /proc/thread-self/schedstat).
-fn thread_cpu_ms() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: f64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(ns / 1e6)
 }
