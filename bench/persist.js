@@ -3,11 +3,12 @@
 // For each count (100,000 and 1,000,000 sessions of ≈1 KB, bench/util.js makeSession):
 //   - this store, one node (multicast: false) in a process of its own (bench/persist-node.js),
 //     persist in a temporary directory: filled, then periodic snapshots of the whole table
-//     (BENCH_PERSIST_SNAPSHOTS, 3 steady-state ones, more until 1,000 set calls fell during them) written while the JS thread runs set/get
+//     (BENCH_PERSIST_SNAPSHOTS, 3 steady-state ones, more until 5,000 set calls fell during them) written while the JS thread runs set/get
 //     (each awaited, 1 ms apart): the median snapshot's wall time (fsyncs included), the writing
 //     thread's CPU time, the fsyncs alone, the longest time it held one shard of the table, the
 //     file's size; set and get p50/p99 during the snapshots next to outside them, pooled over
-//     them, from the same run; close() (the last snapshot); then new processes
+//     them, from the same run, and each latency run's own ratio (during / outside, the same
+//     minute); close() (the last snapshot); then new processes
 //     (BENCH_PERSIST_LOADS, 3) load the file one after the other: the median of the engine's
 //     own load times, and the constructor's.
 //   - redis-server (a server of its own on 127.0.0.1, bench/redis.js's settings), the same
@@ -31,7 +32,7 @@ const BYTES = 1024;
 const TARGETS = { writeCpuMsPer1M: 2000, loadMsPer1M: 1000, p99Ratio: 1.1 };
 const SNAPSHOTS = Number(process.env.BENCH_PERSIST_SNAPSHOTS) || 3;
 const LOADS = Number(process.env.BENCH_PERSIST_LOADS) || 3;
-const MIN_CALLS_DURING = 1000;
+const MIN_CALLS_DURING = 5000;
 
 const pct = (samples, p) => {
   const xs = samples.map(([, us]) => us).sort((a, b) => a - b);
@@ -77,36 +78,61 @@ async function ours(count, dir, log) {
     const firstNewFile = parseSnapshotLogs(await node.call("logs")).find((l) => l.sessions === count && l.newFile) || null;
     // Latency over SNAPSHOTS steady-state snapshots or more, one at a time (from the last one's
     // end to shortly after the next one's end), until MIN_CALLS_DURING calls fell during them:
-    // the pooled p99 rests on ten calls or more, not on the three slowest of one short snapshot.
+    // the pooled p99 rests on fifty calls or more, not on the few slowest of one snapshot.
     const samples = { set: { during: [], outside: [], writing: [], syncing: [] }, get: { during: [], outside: [], writing: [], syncing: [] } };
     const snapshots = [];
+    let dropped = 0;
+    // Each latency run's own ratios (during / outside, the same minute): the machine's speed
+    // drifts over minutes, which pooling across runs mixes in.
+    const runs = [];
     for (let k = 0; k < SNAPSHOTS || (samples.set.during.length < MIN_CALLS_DURING && k < 20); k++) {
+      const period = interval * 1000;
+      // A tick passed since the last snapshot written began: the next one is in progress (a
+      // periodic snapshot spreads itself over up to half the interval). Its end first.
+      stats = await node.call("stats");
+      if (Date.now() >= stats.lastSnapshotAt + period - 50) {
+        const written = stats.snapshotsWritten;
+        stats = await waitFor(node, (s) => s.snapshotsWritten > written, period * 2);
+      }
       const before = stats.snapshotsWritten;
       // Snapshots come on a fixed tick, every `interval` from the first, when something changed:
       // the next tick at least 200 ms away (the latency run writes from its start).
-      const period = interval * 1000;
       const next = stats.lastSnapshotAt + Math.max(1, Math.ceil((Date.now() + 200 - stats.lastSnapshotAt) / period)) * period;
-      const until = next + 2 * stats.lastSnapshotMs + 1500;
+      // Until after its end (a periodic snapshot spreads itself over up to half the interval),
+      // before the next one.
+      const until = next + Math.min(period - 300, 2 * stats.lastSnapshotMs + 1500);
       const { sets, gets } = await node.call("latency", until, BYTES);
       stats = await node.call("stats");
       const snapshot = parseSnapshotLogs(await node.call("logs")).pop();
-      if (stats.snapshotsWritten !== before + 1 || !snapshot) throw new Error(`expected one snapshot during the latency run, got ${stats.snapshotsWritten - before}`);
+      if (stats.snapshotsWritten !== before + 1 || !snapshot) {
+        // Another snapshot than the one planned fell in the run (one in progress that the tick
+        // arithmetic missed): its samples cannot be told apart; the run is dropped.
+        if (++dropped > 3) throw new Error(`expected one snapshot during each latency run, got ${stats.snapshotsWritten - before}: ${JSON.stringify({ next, until, stats })}`);
+        k--;
+        continue;
+      }
       snapshots.push(snapshot);
       const from = stats.lastSnapshotAt;
       const to = from + stats.lastSnapshotMs;
       // The two phases of a snapshot: the engine's thread writing, then the fsyncs (the kernel's
       // write-back; the engine's thread waits).
       const syncFrom = to - snapshot.fsyncMs;
+      const run = {};
       for (const [op, xs] of [["set", sets], ["get", gets]]) {
         const into = samples[op];
+        const [during, outside] = [[], []];
         for (const x of xs) {
           const [at] = x;
           if (at >= from && at <= to) {
-            into.during.push(x);
+            during.push(x);
             (at < syncFrom ? into.writing : into.syncing).push(x);
-          } else if (at < from - 100 || at > to + 100) into.outside.push(x);
+          } else if (at < from - 100 || at > to + 100) outside.push(x);
         }
+        into.during.push(...during);
+        into.outside.push(...outside);
+        run[op] = { p50Ratio: u.ratio(pct(during, 0.5), pct(outside, 0.5)), p99Ratio: u.ratio(pct(during, 0.99), pct(outside, 0.99)) };
       }
+      runs.push(run);
     }
     const latency = {};
     for (const op of ["set", "get"]) {
@@ -115,6 +141,7 @@ async function ours(count, dir, log) {
       latency[op] = { during: phase(x.during), outside: phase(x.outside), writing: phase(x.writing), syncing: phase(x.syncing) };
       latency[op].p99Ratio = u.ratio(latency[op].during.p99, latency[op].outside.p99);
       latency[op].p99RatioInterval = ratioInterval(x.during, x.outside);
+      latency[op].eachRun = runs.map((r) => r[op]);
     }
     const snapshot = median(snapshots, (s) => s.cpuMs);
     const closed = await node.call("close");
@@ -137,12 +164,12 @@ async function ours(count, dir, log) {
       }
     }
     const load = { ...median(loads, (l) => l.engineMs), engineMsEach: loads.map((l) => l.engineMs) };
-    const r = { count, interval, fillMs: Math.round(filled.ms), sessionJsonBytes: filled.sessionBytes, snapshot, snapshots, firstNewFile, fileBytes, closeMs: u.round1(closed.closeMs), latency, load };
+    const r = { count, interval, fillMs: Math.round(filled.ms), sessionJsonBytes: filled.sessionBytes, snapshot, snapshots, firstNewFile, fileBytes, closeMs: u.round1(closed.closeMs), latency, latencyRunsDropped: dropped, load };
     log(
       `  ${u.fmt(count)} × this store: snapshot ${u.fmt(snapshot.ms)} ms (cpu ${u.fmt(snapshot.cpuMs)} ms, fsync ${u.fmt(snapshot.fsyncMs)} ms, longest hold of a shard ${snapshot.longestHoldUs} µs; the median of ${snapshots.length}: cpu ${snapshots.map((s) => u.fmt(s.cpuMs)).join(", ")} ms), ${u.fmt(fileBytes / 1e6)} MB` +
         (firstNewFile ? ` (the first into a new file: ${u.fmt(firstNewFile.ms)} ms, cpu ${u.fmt(firstNewFile.cpuMs)} ms)` : "") +
         "; " +
-        `load ${u.fmt(load.engineMs)} ms (constructor ${u.fmt(load.ctorMs)} ms; the median of ${loads.map((l) => u.fmt(l.engineMs)).join(", ")} ms); set p99 ${latency.set.during.p99} µs during (writing ${latency.set.writing.p99}, fsync ${latency.set.syncing.p99}) / ${latency.set.outside.p99} µs outside (${u.fmtRatio(latency.set.p99Ratio)}), get p99 ${latency.get.during.p99} (writing ${latency.get.writing.p99}, fsync ${latency.get.syncing.p99}) / ${latency.get.outside.p99} µs (${u.fmtRatio(latency.get.p99Ratio)})`
+        `load ${u.fmt(load.engineMs)} ms (constructor ${u.fmt(load.ctorMs)} ms; the median of ${loads.map((l) => u.fmt(l.engineMs)).join(", ")} ms); set p99 ${latency.set.during.p99} µs during (writing ${latency.set.writing.p99}, fsync ${latency.set.syncing.p99}) / ${latency.set.outside.p99} µs outside (${u.fmtRatio(latency.set.p99Ratio)}), get p99 ${latency.get.during.p99} (writing ${latency.get.writing.p99}, fsync ${latency.get.syncing.p99}) / ${latency.get.outside.p99} µs (${u.fmtRatio(latency.get.p99Ratio)}); p99 ratio of each latency run, set ${latency.set.eachRun.map((r) => u.fmtRatio(r.p99Ratio)).join(", ")}, get ${latency.get.eachRun.map((r) => u.fmtRatio(r.p99Ratio)).join(", ")}`
     );
     return r;
   } finally {
@@ -276,7 +303,7 @@ async function run({ log = console.log } = {}) {
   }
   return {
     method:
-      `this store: one node (multicast: false) in a process of its own, persist in a temporary directory of the same disk; the sessions of bench/util.js makeSession (≈1 KB JSON, 32-byte sids); periodic snapshots of the whole table (the median of ${SNAPSHOTS} steady-state ones or more, until ${MIN_CALLS_DURING} set calls fell during them; figures from their log lines: wall time with fsyncs, CPU time of the writing thread, fsyncs, longest hold of one shard of the table), while the JS thread runs an awaited set then get every ~1 ms (p50/p99 during the snapshots and outside them, pooled over them, the same run); load: ${LOADS} new processes one after the other, each a constructor on the file: the median engine load time. redis-server: a server of its own on 127.0.0.1 (no persistence configured), the same sessions as connect-redis writes them; BGSAVE from the command to rdb_bgsave_in_progress:0; restart: a new redis-server on the RDB file until PING answers, less an empty one's start`,
+      `this store: one node (multicast: false) in a process of its own, persist in a temporary directory of the same disk; the sessions of bench/util.js makeSession (≈1 KB JSON, 32-byte sids); periodic snapshots of the whole table (the median of ${SNAPSHOTS} steady-state ones or more, until ${MIN_CALLS_DURING} set calls fell during them; figures from their log lines: wall time with fsyncs, CPU time of the writing thread, fsyncs, longest hold of one shard of the table), while the JS thread runs an awaited set then get every ~1 ms (p50/p99 during the snapshots and outside them, pooled over them, the same run; and each latency run's own ratios); load: ${LOADS} new processes one after the other, each a constructor on the file: the median engine load time. redis-server: a server of its own on 127.0.0.1 (no persistence configured), the same sessions as connect-redis writes them; BGSAVE from the command to rdb_bgsave_in_progress:0; restart: a new redis-server on the RDB file until PING answers, less an empty one's start`,
     targets: TARGETS,
     results,
     verdicts: verdicts(results),

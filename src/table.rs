@@ -459,8 +459,9 @@ impl Table {
     pub fn export(&self, now: u64, mut visit: impl FnMut(ShardCopy) -> Option<ShardCopy>) -> std::time::Duration {
         let mut copy = ShardCopy::default();
         let mut longest = std::time::Duration::ZERO;
-        for shard in self.shards.iter() {
+        for (index, shard) in self.shards.iter().enumerate() {
             copy.clear();
+            copy.shard = index;
             {
                 let shard = shard.read();
                 let held = std::time::Instant::now();
@@ -501,6 +502,8 @@ impl Table {
 /// cloned (their session JSON shared, not copied).
 #[derive(Default)]
 pub struct ShardCopy {
+    /// Which shard, of `SHARDS`.
+    shard: usize,
     sids: String,
     ends: Vec<usize>,
     entries: Vec<Entry>,
@@ -521,6 +524,11 @@ impl ShardCopy {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The share of the table exported once this copy is (0 to 1).
+    pub fn done(&self) -> f64 {
+        (self.shard + 1) as f64 / SHARDS as f64
     }
 
     pub fn is_empty(&self) -> bool {

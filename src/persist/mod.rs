@@ -11,6 +11,7 @@
 pub mod format;
 pub mod loader;
 pub mod lock;
+mod pace;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -193,14 +194,14 @@ impl Persist {
 
     /// Writes a snapshot now, unless nothing changed since the last one (`None` then). Blocks:
     /// call it from an engine thread (the periodic ones lower its priority). `cancel` stops it.
-    /// `paced`: a periodic snapshot, whose write-back is spread out (writer.rs `Sink`); the last
-    /// one, at close, is written as fast as the disk goes.
+    /// `spread`: a periodic snapshot, whose work is spread over up to half the interval
+    /// (pace.rs); the last one, at close, is written as fast as the disk goes.
     pub fn snapshot(
         &self,
         table: &Table,
         clock: &Clock,
         cancel: &AtomicBool,
-        paced: bool,
+        spread: bool,
     ) -> Option<Result<Written, WriteError>> {
         let _writing = self.writing.lock();
         let changes = table.changes();
@@ -216,8 +217,9 @@ impl Persist {
             key_id: 0,
             nonce: rand::random(),
         };
+        let within = spread.then(|| Duration::from_millis(self.config.interval_ms / 2));
         let result =
-            writer::write(&self.config.path, header, &self.keys, table, clock, cancel, paced, &before_rename_hook);
+            writer::write(&self.config.path, header, &self.keys, table, clock, cancel, within, &before_rename_hook);
         let path = self.config.path.display();
         match &result {
             Ok(w) => {

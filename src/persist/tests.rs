@@ -242,7 +242,7 @@ fn a_crash_before_the_rename_leaves_the_previous_snapshot() {
         Err(std::io::Error::other("crash"))
     };
     let result =
-        writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), false, &crash);
+        writer::write(p.path(), test_header(), &p.keys, &b.table, &b.clock, &AtomicBool::new(false), None, &crash);
     assert!(matches!(result, Err(WriteError::Io { stage: "before the rename", .. })), "{result:?}");
     std::fs::rename(&left, writer::spare_path(p.path())).unwrap(); // as a crash leaves it
     killed(b); // no close(): as if killed
@@ -268,7 +268,7 @@ fn snapshots_are_written_over_the_previous_ones_file() {
     let p = a.persist.clone().unwrap();
     let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
     let snapshot = || {
-        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(false), false, &|_| Ok(()))
+        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(false), None, &|_| Ok(()))
             .unwrap()
     };
     for i in 0..2_000 {
@@ -355,7 +355,7 @@ fn a_starved_background_snapshot_goes_on_at_nice_10() {
                 &table,
                 &clock,
                 &AtomicBool::new(false),
-                false,
+                None,
                 &|_| Ok(()),
             );
             let _ = done.send((written.is_ok(), started.elapsed(), writer::is_background()));
@@ -413,9 +413,17 @@ fn a_large_snapshot_loads_whole() {
         let config = config(&dir.file(), 60_000, secrets);
         let keys = Keys::new(&config.cluster, &config.secrets);
         let header = Header { cluster: config.cluster.clone(), ..test_header() };
-        let written =
-            writer::write(&dir.file(), header, &keys, &table, &clock, &AtomicBool::new(false), true, &|_| Ok(()))
-                .unwrap();
+        let written = writer::write(
+            &dir.file(),
+            header,
+            &keys,
+            &table,
+            &clock,
+            &AtomicBool::new(false),
+            Some(Duration::from_millis(200)),
+            &|_| Ok(()),
+        )
+        .unwrap();
         assert!(written.bytes > 64 * format::FRAME_BYTES as u64, "{written:?}");
         // Loaded later: the sessions not touched have expired meanwhile, the rest are kept.
         let later = now + 650_000;
@@ -435,6 +443,57 @@ fn a_large_snapshot_loads_whole() {
     }
 }
 
+/// A close stops a periodic snapshot in the middle of its paced work: the spare file goes, and
+/// the previous snapshot stays as it was.
+#[test]
+fn a_paced_snapshot_stopped_midway_leaves_the_previous_one() {
+    let dir = Dir::new();
+    let (a, _) = start(config(&dir.file(), 60_000, &[]));
+    a.set("before", "{}".into(), None).unwrap();
+    let p = a.persist.clone().unwrap();
+    writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(false), None, &|_| Ok(()))
+        .unwrap();
+    let previous = std::fs::read(p.path()).unwrap();
+    let pad = "x".repeat(1000);
+    for i in 0..50_000 {
+        a.set(&format!("s{i}"), format!(r#"{{"pad":"{pad}"}}"#), None).unwrap();
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let (p, table, clock, cancel) = (p.clone(), a.table.clone(), a.clock.clone(), cancel.clone());
+        std::thread::spawn(move || {
+            let within = Some(Duration::from_secs(60));
+            writer::write(p.path(), test_header(), &p.keys, &table, &clock, &cancel, within, &|_| Ok(()))
+        })
+    };
+    // Midway: a part of it is in the spare file.
+    let spare = writer::spare_path(p.path());
+    assert!(wait_until(|| std::fs::metadata(&spare).is_ok_and(|m| m.len() > 8 << 20)));
+    cancel.store(true, Ordering::Relaxed);
+    let stopped = Instant::now();
+    let result = writing.join().unwrap();
+    assert!(matches!(result, Err(WriteError::Cancelled)), "{result:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(5), "{:?}", stopped.elapsed());
+    assert_eq!(std::fs::read(p.path()).unwrap(), previous);
+    assert!(!spare.exists());
+    a.close();
+}
+
+/// A close does not wait for the end of a periodic snapshot's pause (pace.rs), however long.
+#[test]
+fn a_pause_ends_when_the_snapshot_is_cancelled() {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let pausing = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || writer::pause(Duration::from_secs(60), &cancel))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    cancel.store(true, Ordering::Relaxed);
+    let cancelled = Instant::now();
+    assert!(!pausing.join().unwrap());
+    assert!(cancelled.elapsed() < Duration::from_secs(5), "{:?}", cancelled.elapsed());
+}
+
 /// A cancelled snapshot (the engine closing) leaves the previous one as it was.
 #[test]
 fn a_cancelled_snapshot_changes_nothing() {
@@ -445,7 +504,7 @@ fn a_cancelled_snapshot_changes_nothing() {
     }
     let p = a.persist.clone().unwrap();
     let cancelled =
-        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), false, &|_| Ok(()));
+        writer::write(p.path(), test_header(), &p.keys, &a.table, &a.clock, &AtomicBool::new(true), None, &|_| Ok(()));
     assert!(matches!(cancelled, Err(WriteError::Cancelled)));
     assert_eq!(dir.names(), Vec::<String>::new());
     a.close();
@@ -555,6 +614,9 @@ mod timing {
         let config =
             // Cluster "default", as the JS options default to: a node can load the file kept (KEEP).
             Config { persist: Some(PersistConfig { path: path.clone(), interval_ms: 60_000 }), cluster: "default".into(), ..Config::default() };
+        // SECRET: sealed with it.
+        let config =
+            Config { secrets: std::env::var("SECRET").ok().map(Secret::Passphrase).into_iter().collect(), ..config };
         if let Some(file) = std::env::var_os("LOAD_ONLY") {
             let config = Config { persist: Some(PersistConfig { path: file.into(), interval_ms: 60_000 }), ..config };
             let persist = Persist::new(&config, config.persist.as_ref().unwrap(), 1, 1, crate::events::discard());

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::format::{Encoder, Header, Keys};
+use super::pace::Pacer;
 use crate::clock::{now_ms, Clock};
 use crate::table::Table;
 
@@ -63,7 +64,8 @@ pub fn spare_path(path: &Path) -> PathBuf {
 
 /// Writes a snapshot of `table` to `path`, on the calling thread. `cancel` stops it (the spare
 /// file is removed); `before_rename` runs once the spare file is complete and fsynced (tests
-/// stop there to play a crash). `paced`: the disk's write-back is spread out (see `Sink`).
+/// stop there to play a crash). `within`: a periodic snapshot's work is spread out, to end
+/// within that time when it can (pace.rs), and its disk's write-back too (see `Sink`).
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     path: &Path,
@@ -72,13 +74,13 @@ pub fn write(
     table: &Table,
     clock: &Clock,
     cancel: &AtomicBool,
-    paced: bool,
+    within: Option<Duration>,
     before_rename: &dyn Fn(&Path) -> io::Result<()>,
 ) -> Result<Written, WriteError> {
     let started = Instant::now();
     let spare = spare_path(path);
     let cpu_before = thread_cpu();
-    let result = write_spare(&spare, header, keys, table, clock, cancel, paced).and_then(|mut written| {
+    let result = write_spare(&spare, header, keys, table, clock, cancel, within).and_then(|mut written| {
         before_rename(&spare).map_err(|error| WriteError::Io { stage: "before the rename", error })?;
         swap(&spare, path).map_err(|error| WriteError::Io { stage: "renaming the new snapshot", error })?;
         let dir_sync = Instant::now();
@@ -111,14 +113,15 @@ fn write_spare(
     table: &Table,
     clock: &Clock,
     cancel: &AtomicBool,
-    paced: bool,
+    within: Option<Duration>,
 ) -> Result<Written, WriteError> {
     let io = |stage: &'static str| move |error| WriteError::Io { stage, error };
     let (file, in_place) = open_spare(spare).map_err(io("opening the spare file"))?;
     let now = now_ms();
     let mut cancelled = false;
     let mut encoder = Encoder::new(header, keys);
-    let mut sink = Sink { file, bytes: 0, error: None, written_back: paced.then_some(0) };
+    let mut sink = Sink { file, bytes: 0, error: None, written_back: within.map(|_| 0) };
+    let mut pacer = within.map(|within| Pacer::new(Instant::now(), within));
     let longest = table.export(now, |copy| {
         cancelled = cancel.load(Ordering::Relaxed);
         if cancelled {
@@ -128,7 +131,13 @@ fn write_spare(
         for (sid, entry) in copy.iter() {
             encoder.push(sid, entry);
         }
-        sink.drain(&mut encoder).then_some(copy)
+        if !sink.drain(&mut encoder) {
+            return None;
+        }
+        if let Some(pacer) = &mut pacer {
+            cancelled = !pause(pacer.pause(Instant::now(), copy.done()), cancel);
+        }
+        (!cancelled).then_some(copy)
     });
     if cancelled {
         return Err(WriteError::Cancelled);
@@ -140,6 +149,13 @@ fn write_spare(
     }
     // What is left of the older, longer snapshot goes.
     sink.file.set_len(sink.bytes).map_err(io("writing"))?;
+    if let Some(pacer) = &mut pacer {
+        // The last chunk too, so that the fsync has only the file's metadata left to write.
+        sink.write_back_rest().map_err(io("writing"))?;
+        if !pause(pacer.pause(Instant::now(), 1.0), cancel) {
+            return Err(WriteError::Cancelled);
+        }
+    }
     let sync = Instant::now();
     sink.file.sync_all().map_err(io("syncing the new snapshot"))?;
     Ok(Written {
@@ -201,6 +217,25 @@ fn waited(time: Duration) {
 #[cfg(target_os = "linux")]
 fn starved(wall: Duration, cpu: Duration) -> bool {
     wall >= Duration::from_secs(1) && cpu < wall / 4
+}
+
+/// Pauses the snapshot for `time`, in steps short enough that `cancel` (a close) does not wait
+/// for it: false once cancelled.
+pub(super) fn pause(time: Duration, cancel: &AtomicBool) -> bool {
+    const STEP: Duration = Duration::from_millis(10);
+    let until = Instant::now() + time;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        let slept = Instant::now();
+        std::thread::sleep(left.min(STEP));
+        waited(slept.elapsed());
+    }
 }
 
 /// Called between two shards: moves a starved `SCHED_IDLE` thread to nice 10.
@@ -266,11 +301,10 @@ fn open_spare(spare: &Path) -> io::Result<(File, bool)> {
 const PAGE: usize = 4096;
 
 /// The spare file, and what was written to it. A paced sink (a periodic snapshot, Linux) writes
-/// back every `WRITEBACK_CHUNK` bytes as it goes, waits for the disk, then pauses
-/// `WRITEBACK_PAUSE` times as long (at most `WRITEBACK_PAUSE_MAX`): the disk is busy with the
-/// snapshot an eighth of the time at most. Left to the final fsync, the write-back of a large snapshot is one burst that slows
-/// every thread of the machine while it lasts (a virtual machine's disk is emulated on the host's
-/// cores): docs/persistence.md "Writing a snapshot".
+/// back every `WRITEBACK_CHUNK` bytes as it goes and waits for the disk, a slice of the work
+/// the snapshot then pauses for (pace.rs). Left to the final fsync, the write-back of a large
+/// snapshot is one burst that slows every thread of the machine while it lasts (a virtual
+/// machine's disk is emulated on the host's cores): docs/persistence.md "Writing a snapshot".
 struct Sink {
     file: File,
     bytes: u64,
@@ -281,8 +315,6 @@ struct Sink {
 }
 
 const WRITEBACK_CHUNK: u64 = 8 << 20;
-const WRITEBACK_PAUSE: u32 = 7;
-const WRITEBACK_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 impl Sink {
     /// Writes the whole pages the encoder has ready; false once a write failed.
@@ -316,17 +348,21 @@ impl Sink {
         true
     }
 
-    /// Paced: once a chunk more is written, writes it back, waits for it, and pauses.
+    /// Paced: once a chunk more is written, writes it back and waits for it.
     fn pace(&mut self) -> io::Result<()> {
-        let Some(from) = self.written_back else { return Ok(()) };
-        if self.bytes - from < WRITEBACK_CHUNK {
-            return Ok(());
+        match self.written_back {
+            Some(from) if self.bytes - from >= WRITEBACK_CHUNK => self.write_back_rest(),
+            _ => Ok(()),
         }
-        let started = Instant::now();
-        write_back(&self.file, from, self.bytes - from)?;
+    }
+
+    /// Paced: writes back what is not yet, and waits for it.
+    fn write_back_rest(&mut self) -> io::Result<()> {
+        let Some(from) = self.written_back else { return Ok(()) };
+        if self.bytes > from {
+            write_back(&self.file, from, self.bytes - from)?;
+        }
         self.written_back = Some(self.bytes);
-        std::thread::sleep((started.elapsed() * WRITEBACK_PAUSE).min(WRITEBACK_PAUSE_MAX));
-        waited(started.elapsed());
         Ok(())
     }
 }
