@@ -193,7 +193,8 @@ impl Persist {
     }
 
     /// Writes a snapshot now, unless nothing changed since the last one (`None` then). Blocks:
-    /// call it from an engine thread (the periodic ones lower its priority). `cancel` stops it.
+    /// call it from an engine thread (the periodic ones run it in the background:
+    /// `writer::run_in_background`). `cancel` stops it.
     /// `spread`: a periodic snapshot, whose work is spread over up to half the interval
     /// (pace.rs); the last one, at close, is written as fast as the disk goes.
     pub fn snapshot(

@@ -198,7 +198,7 @@ struct Background {
     /// When the thread became `SCHED_IDLE`, and its CPU time then.
     since: Instant,
     cpu: Duration,
-    /// Time since spent waiting on purpose (`Sink::pace`): not starvation.
+    /// Time since spent waiting on purpose (`pause`): not starvation.
     waited: Duration,
 }
 
