@@ -11,8 +11,8 @@
 //! cluster derives the same key; Buffer keys are used as they are.
 
 use argon2::{Algorithm, Argon2, Params, Version as ArgonVersion};
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use chacha20::cipher::consts::U10;
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use sha2::{Digest, Sha256};
 
 use crate::options::{Secret, KEY_BYTES};
@@ -20,6 +20,53 @@ use crate::wire::{self, DecodeError, Header, Message, HEADER_BYTES, KEY_ID_AT, P
 
 pub const TAG_BYTES: usize = 16;
 pub const CRC_BYTES: usize = 4;
+
+/// XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha): ChaCha20-Poly1305 (RFC 8439) under a subkey
+/// that HChaCha20 derives from the key and the nonce's first 16 bytes, with the nonce's last 8
+/// bytes as its nonce. Built on ring's ChaCha20-Poly1305, whose assembly runs at twice the speed
+/// of a portable implementation (docs/design.md §3.3); the output is byte for byte that of the
+/// RustCrypto `chacha20poly1305` crate, which a test checks.
+pub struct XChaCha20Poly1305 {
+    key: [u8; KEY_BYTES],
+}
+
+/// A tag did not match: the data or its associated data were damaged or altered, or the key is
+/// another.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unauthentic;
+
+pub type XNonce = [u8; 24];
+
+impl XChaCha20Poly1305 {
+    pub fn new(key: &[u8; KEY_BYTES]) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305 { key: *key }
+    }
+
+    fn subkey(&self, nonce: &XNonce) -> (LessSafeKey, Nonce) {
+        let (head, tail) = nonce.split_at(16);
+        let subkey = chacha20::hchacha::<U10>(&self.key.into(), head.into());
+        let mut short = [0u8; 12];
+        short[4..].copy_from_slice(tail);
+        // ChaCha20-Poly1305 takes any 32-byte key, which a subkey is.
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &subkey).map(LessSafeKey::new).expect("a 32-byte key");
+        (key, Nonce::assume_unique_for_key(short))
+    }
+
+    /// Encrypts `data` in place; returns the tag, which covers `data` and `aad`. Data beyond
+    /// 256 GiB, which nothing here comes near, is left as it is, under a tag that never opens.
+    pub fn seal(&self, nonce: &XNonce, aad: &[u8], data: &mut [u8]) -> [u8; TAG_BYTES] {
+        let (key, nonce) = self.subkey(nonce);
+        let tag = key.seal_in_place_separate_tag(nonce, Aad::from(aad), data);
+        tag.ok().and_then(|tag| tag.as_ref().try_into().ok()).unwrap_or([0; TAG_BYTES])
+    }
+
+    /// Checks `tag` against `data` and `aad`, and decrypts `data` in place if it matches.
+    pub fn open(&self, nonce: &XNonce, aad: &[u8], data: &mut [u8], tag: &[u8]) -> Result<(), Unauthentic> {
+        let tag = Tag::try_from(tag).map_err(|_| Unauthentic)?;
+        let (key, nonce) = self.subkey(nonce);
+        key.open_in_place_separate_tag(nonce, Aad::from(aad), tag, data, 0..).map(drop).map_err(|_| Unauthentic)
+    }
+}
 
 struct ClusterKey {
     id: u32,
@@ -59,7 +106,7 @@ pub fn key_id(key: &[u8; KEY_BYTES]) -> u32 {
 
 fn nonce(packet: &[u8]) -> XNonce {
     // node id, incarnation and packet number: bytes 8..16, 16..24 and 24..32 of the header.
-    XNonce::clone_from_slice(&packet[8..32])
+    packet[8..32].try_into().unwrap_or_default()
 }
 
 impl Codec {
@@ -68,7 +115,7 @@ impl Codec {
             .iter()
             .map(|secret| {
                 let key = derive_key(secret, cluster);
-                ClusterKey { id: key_id(&key), cipher: XChaCha20Poly1305::new(Key::from_slice(&key)) }
+                ClusterKey { id: key_id(&key), cipher: XChaCha20Poly1305::new(&key) }
             })
             .collect();
         Codec { cluster_name: cluster.as_bytes().to_vec(), keys }
@@ -107,12 +154,8 @@ impl Codec {
                 let mut aad = packet[..HEADER_BYTES].to_vec();
                 aad.extend_from_slice(&self.cluster_name);
                 let nonce = nonce(&packet);
-                let mut body = packet.split_off(HEADER_BYTES);
-                // Encryption in place fails only for messages beyond 256 GiB.
-                if let Ok(tag) = key.cipher.encrypt_in_place_detached(&nonce, &aad, &mut body) {
-                    packet.extend_from_slice(&body);
-                    packet.extend_from_slice(&tag);
-                }
+                let tag = key.cipher.seal(&nonce, &aad, &mut packet[HEADER_BYTES..]);
+                packet.extend_from_slice(&tag);
             }
         }
         packet
@@ -156,7 +199,7 @@ impl Codec {
                 aad.extend_from_slice(&self.cluster_name);
                 let mut opened = packet.to_vec();
                 key.cipher
-                    .decrypt_in_place_detached(&nonce(packet), &aad, &mut opened[HEADER_BYTES..], tag.into())
+                    .open(&nonce(packet), &aad, &mut opened[HEADER_BYTES..], tag)
                     .map_err(|_| DecodeError::AuthFailed)?;
                 Ok(opened)
             }
@@ -244,6 +287,34 @@ mod tests {
         *forged.last_mut().unwrap() ^= 1;
         assert_eq!(sealed.open_message(&forged, HEADER.cluster), Err(DecodeError::AuthFailed));
         assert_eq!(sealed.open_message(&packet[..20], HEADER.cluster), Err(DecodeError::Truncated));
+    }
+
+    proptest::proptest! {
+        /// Sealed files and packets of earlier versions, sealed with RustCrypto's
+        /// XChaCha20-Poly1305, open, and the other way round: the same bytes, the same tag.
+        #[test]
+        fn xchacha_is_byte_for_byte_rustcrypto_s(
+            key: [u8; 32],
+            nonce: [u8; 24],
+            aad in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        ) {
+            use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+            let reference = chacha20poly1305::XChaCha20Poly1305::new(&key.into());
+            let mut expected = data.clone();
+            let expected_tag = reference.encrypt_in_place_detached(&nonce.into(), &aad, &mut expected).unwrap();
+            let ours = XChaCha20Poly1305::new(&key);
+            let mut sealed = data.clone();
+            let tag = ours.seal(&nonce, &aad, &mut sealed);
+            proptest::prop_assert_eq!(&sealed, &expected);
+            proptest::prop_assert_eq!(&tag[..], &expected_tag[..]);
+            ours.open(&nonce, &aad, &mut sealed, &tag).unwrap();
+            proptest::prop_assert_eq!(&sealed, &data);
+            let mut forged = expected.clone();
+            let mut bad_tag = tag;
+            bad_tag[0] ^= 1;
+            proptest::prop_assert_eq!(ours.open(&nonce, &aad, &mut forged, &bad_tag), Err(Unauthentic));
+        }
     }
 
     #[test]

@@ -43,14 +43,12 @@
 //! is decoded, frame indices and kinds are bound into the check, the end frame is required and
 //! must be the last bytes of the file: a truncated, cut, reordered or corrupted file is detected.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
 use std::hash::Hasher;
 use twox_hash::XxHash3_64;
 
 use crate::clock::Version;
-use crate::crypto::{derive_key, key_id, TAG_BYTES};
+use crate::crypto::{derive_key, key_id, XChaCha20Poly1305, XNonce, TAG_BYTES};
 use crate::options::Secret;
 use crate::table::{Data, Entry};
 use crate::wire::Reader;
@@ -148,7 +146,7 @@ impl Keys {
                 let key = derive_key(secret, cluster);
                 let file_key =
                     Sha256::new().chain_update(b"express-session-multicast snapshot\0").chain_update(key).finalize();
-                (key_id(&key), XChaCha20Poly1305::new(Key::from_slice(&file_key)))
+                (key_id(&key), XChaCha20Poly1305::new(&file_key.into()))
             })
             .collect();
         Keys { ring }
@@ -292,7 +290,7 @@ impl<'a> Frames<'a> {
         let mut nonce = [0u8; 24];
         nonce[..16].copy_from_slice(&self.nonce);
         nonce[16..].copy_from_slice(&index.to_be_bytes());
-        XNonce::from(nonce)
+        nonce
     }
 
     fn aad(&self, index: u64, kind: u8) -> Vec<u8> {
@@ -316,11 +314,7 @@ impl<'a> Frames<'a> {
     fn seal(&self, index: u64, kind: u8, out: &mut Vec<u8>, at: usize) {
         let payload = &mut out[at + FRAME_HEAD..];
         let trailer = match self.key {
-            Some(key) => {
-                // Encryption in place fails only beyond 256 GiB, which no frame comes near.
-                let tag = key.encrypt_in_place_detached(&self.nonce(index), &self.aad(index, kind), payload);
-                tag.map(|t| t.to_vec()).unwrap_or_default()
-            }
+            Some(key) => key.seal(&self.nonce(index), &self.aad(index, kind), payload).to_vec(),
             None => self.check(index, kind, payload).to_be_bytes().to_vec(),
         };
         let body_len = (out.len() - at - FRAME_HEAD + trailer.len()) as u32;
@@ -337,7 +331,7 @@ impl<'a> Frames<'a> {
                     return Err(FormatError::Corrupted("frame shorter than its tag"));
                 }
                 let (payload, tag) = body.split_at_mut(body.len() - TAG_BYTES);
-                key.decrypt_in_place_detached(&self.nonce(index), &self.aad(index, kind), payload, (&*tag).into())
+                key.open(&self.nonce(index), &self.aad(index, kind), payload, tag)
                     .map_err(|_| FormatError::Corrupted("authentication tag (damaged or altered)"))?;
                 Ok(payload)
             }

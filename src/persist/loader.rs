@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::format::{self, DecodeError, End, FormatError, Header, Keys, Opener, KIND_END, KIND_ENTRIES};
+use super::format::{self, DecodeError, End, FormatError, Header, Keys, KIND_END, KIND_ENTRIES};
 use crate::table::{Entry, Table};
 
 /// What the load found.
@@ -151,17 +151,10 @@ impl Batch {
     }
 }
 
-/// Checks frame `index` and decodes its records: the kept ones into `batch`.
-fn decode_frame(
-    opener: &Opener,
-    index: u64,
-    body: &mut [u8],
-    now: u64,
-    counts: &mut Counts,
-    batch: &mut Batch,
-) -> Result<(), FormatError> {
+/// Decodes the records of a checked frame's payload: the kept ones into `batch`.
+fn decode_payload(payload: &[u8], now: u64, counts: &mut Counts, batch: &mut Batch) -> Result<(), FormatError> {
     let (mut clock, mut kept, mut sessions) = (counts.clock, 0, 0);
-    let records = format::decode_entries(opener.open(index, KIND_ENTRIES, body)?, |sid, entry| {
+    let records = format::decode_entries(payload, |sid, entry| {
         clock = entry.newest_version().hlc.max(clock);
         if entry.is_kept(now) {
             kept += 1;
@@ -176,11 +169,26 @@ fn decode_frame(
     Ok(())
 }
 
-/// Reads the file into `table`. This thread reads, checks and decodes the frames: the sessions'
-/// memory is allocated here (in Node, the JS thread, whose allocator arena grows in large steps,
-/// where a new thread's grows one page per system call). Other threads merge the decoded records
-/// into the table (hashing, the table's memory), so the two halves run on two cores at once. The
-/// table is sized from the first frame beforehand.
+/// A frame read and checked (decrypted, when sealed).
+enum Frame {
+    /// An entries frame: its payload is `body[..payload]`.
+    Entries {
+        body: Vec<u8>,
+        payload: usize,
+    },
+    End(End),
+}
+
+/// Frames of a sealed file read and decrypted ahead of the decoding, at most.
+const FRAMES_AHEAD: usize = 2;
+
+/// Reads the file into `table`. The calling thread decodes the frames: the sessions' memory is
+/// allocated there (in Node, the JS thread, whose allocator arena grows in large steps, where a
+/// new thread's grows one page per system call). Other threads merge the decoded records into
+/// the table (hashing, the table's memory), so the two halves run on two cores at once. A
+/// sealed file is read and decrypted by one more thread, ahead of the decoding: decryption is a
+/// third of its load's work (a plaintext file's checksum is too little work for a thread of its
+/// own, which made its load slower). The table is sized from the first frame beforehand.
 fn read_into(
     table: &mut Table,
     file: File,
@@ -195,17 +203,37 @@ fn read_into(
     let mut counts = Counts::default();
     let mut body = Vec::new();
     let mut first = Batch::default();
-    let mut frame = frames.next(&mut body)?;
+    let mut frame = Some(frames.next(&mut body)?);
     let mut batch_len = MERGE_BATCH;
-    if let (index, KIND_ENTRIES) = frame {
-        decode_frame(&opener, index, &mut body, now, &mut counts, &mut first)?;
+    if let Some((index, KIND_ENTRIES)) = frame {
+        decode_payload(opener.open(index, KIND_ENTRIES, &mut body)?, now, &mut counts, &mut first)?;
         // The first frame's records per byte, over the whole file.
         let estimate = u128::from(counts.entries) * u128::from(len) / (body.len().max(1) as u128);
         let estimate = usize::try_from(estimate).unwrap_or(usize::MAX);
         table.reserve(estimate);
         batch_len = (estimate / 16).clamp(MERGE_BATCH_MIN, MERGE_BATCH);
-        frame = frames.next(&mut body)?;
+        frame = None;
     }
+    let sealed = opener.is_sealed();
+    let opener = &opener;
+    // The next frame, read into `spare` (or the one read already, in its own body), checked.
+    let mut read_frame = move |mut spare: Vec<u8>| -> Result<Frame, DecodeError> {
+        let (index, kind) = match frame.take() {
+            Some(read) => {
+                spare = std::mem::take(&mut body);
+                read
+            }
+            None => frames.next(&mut spare)?,
+        };
+        match kind {
+            KIND_ENTRIES => {
+                let payload = opener.open(index, KIND_ENTRIES, &mut spare)?.len();
+                Ok(Frame::Entries { body: spare, payload })
+            }
+            KIND_END => Ok(Frame::End(frames.end(opener, index, &mut spare)?)),
+            _ => Err(FormatError::Corrupted("frame kind").into()),
+        }
+    };
     let table = &*table;
     let mergers = std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_sub(1).clamp(1, 3);
     let (work, batches) = mpsc::sync_channel::<Batch>(mergers * 2);
@@ -222,28 +250,26 @@ fn read_into(
                 }
             });
         }
-        let decode = || -> Result<End, DecodeError> {
-            let stopped = || DecodeError::from(FormatError::Corrupted("loading stopped"));
-            let mut batch = first;
-            loop {
-                match frame {
-                    (index, KIND_ENTRIES) => {
-                        decode_frame(&opener, index, &mut body, now, &mut counts, &mut batch)?;
-                        if batch.len() >= batch_len {
-                            let next = spare.try_recv().unwrap_or_default();
-                            work.send(std::mem::replace(&mut batch, next)).map_err(|_| stopped())?;
-                        }
-                    }
-                    (index, KIND_END) => {
-                        work.send(batch).map_err(|_| stopped())?;
-                        return Ok(frames.end(&opener, index, &mut body)?);
-                    }
-                    _ => return Err(FormatError::Corrupted("frame kind").into()),
+        let end = if sealed {
+            let (read, opened) = mpsc::sync_channel::<Result<Frame, DecodeError>>(FRAMES_AHEAD);
+            let (spent, spare_bodies) = mpsc::channel::<Vec<u8>>();
+            // Stops at the end frame, at its first fault (sent on), or once the decoding stopped
+            // (which drops `opened`).
+            scope.spawn(move || loop {
+                let frame = read_frame(spare_bodies.try_recv().unwrap_or_default());
+                let last = !matches!(frame, Ok(Frame::Entries { .. }));
+                if read.send(frame).is_err() || last {
+                    return;
                 }
-                frame = frames.next(&mut body)?;
-            }
+            });
+            let next_frame = move |body| {
+                let _ = spent.send(body);
+                opened.recv().map_err(|_| stopped())?
+            };
+            decode_frames(next_frame, first, batch_len, now, &mut counts, &work, &spare)
+        } else {
+            decode_frames(read_frame, first, batch_len, now, &mut counts, &work, &spare)
         };
-        let end = decode();
         drop(work); // the mergers finish what was sent, then stop
         end
     })?;
@@ -251,6 +277,41 @@ fn read_into(
         return Err(FormatError::Corrupted("entry count").into());
     }
     Ok((header, end, counts))
+}
+
+fn stopped() -> DecodeError {
+    FormatError::Corrupted("loading stopped").into()
+}
+
+/// Decodes the frames that `next_frame` returns (it takes back each decoded frame's body) into
+/// batches for the mergers, from the batch `first`, up to the end frame.
+fn decode_frames(
+    mut next_frame: impl FnMut(Vec<u8>) -> Result<Frame, DecodeError>,
+    first: Batch,
+    batch_len: usize,
+    now: u64,
+    counts: &mut Counts,
+    work: &mpsc::SyncSender<Batch>,
+    spare: &mpsc::Receiver<Batch>,
+) -> Result<End, DecodeError> {
+    let mut batch = first;
+    let mut body = Vec::new();
+    loop {
+        match next_frame(body)? {
+            Frame::Entries { body: read, payload } => {
+                decode_payload(&read[..payload], now, counts, &mut batch)?;
+                body = read;
+                if batch.len() >= batch_len {
+                    let next = spare.try_recv().unwrap_or_default();
+                    work.send(std::mem::replace(&mut batch, next)).map_err(|_| stopped())?;
+                }
+            }
+            Frame::End(end) => {
+                work.send(batch).map_err(|_| stopped())?;
+                return Ok(end);
+            }
+        }
+    }
 }
 
 /// Moves a rejected file aside, to `<path>.rejected-<epoch ms>`.

@@ -440,6 +440,19 @@ fn a_large_snapshot_loads_whole() {
         }
         assert_eq!((loaded.entries, loaded.kept), (written, kept));
         assert!(kept < written && written < 90_000);
+        // A fault deep in the file, found by the reading thread while the frames before it are
+        // decoded and merged: the whole file is rejected, and set aside.
+        let good = std::fs::read(dir.file()).unwrap();
+        let mut flipped = good.clone();
+        flipped[good.len() * 3 / 4] ^= 0x01;
+        for (bad, kind) in [(flipped, "corrupted"), (good[..good.len() * 3 / 4].to_vec(), "truncated")] {
+            std::fs::write(dir.file(), &bad).unwrap();
+            let Loaded::Rejected { reason, moved } = loader::load(&dir.file(), &config.cluster, &keys, later) else {
+                panic!("{kind}: loaded")
+            };
+            assert_eq!(reason.kind(), kind);
+            std::fs::remove_file(moved.unwrap()).unwrap();
+        }
     }
 }
 

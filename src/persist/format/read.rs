@@ -41,6 +41,10 @@ impl From<FormatError> for DecodeError {
 pub struct Opener<'k>(Frames<'k>);
 
 impl Opener<'_> {
+    pub fn is_sealed(&self) -> bool {
+        self.0.key.is_some()
+    }
+
     /// Checks (and decrypts) the body of frame `index`; returns its payload.
     pub fn open<'b>(&self, index: u64, kind: u8, body: &'b mut [u8]) -> Result<&'b [u8], FormatError> {
         self.0.open(index, kind, body)
