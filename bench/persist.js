@@ -8,7 +8,9 @@
 //     thread's CPU time, the fsyncs alone, the longest time it held one shard of the table, the
 //     file's size; set and get p50/p99 during the snapshots next to outside them, pooled over
 //     them, from the same run, and each latency run's own ratio (during / outside, the same
-//     minute); close() (the last snapshot); then new processes
+//     minute), and a placebo: the same ratio for a window as long as each snapshot just before
+//     it, when nothing is written (what the method reads when nothing happens); close() (the
+//     last snapshot); then new processes
 //     (BENCH_PERSIST_LOADS, 3) load the file one after the other: the median of the engine's
 //     own load times, and the constructor's.
 //   - the same, sealed (`secret` set), in a node of its own: the median CPU time of
@@ -82,7 +84,7 @@ async function ours(count, dir, log) {
     // Latency over SNAPSHOTS steady-state snapshots or more, one at a time (from the last one's
     // end to shortly after the next one's end), until MIN_CALLS_DURING calls fell during them:
     // the pooled p99 rests on fifty calls or more, not on the few slowest of one snapshot.
-    const samples = { set: { during: [], outside: [], writing: [], syncing: [] }, get: { during: [], outside: [], writing: [], syncing: [] } };
+    const samples = { set: { during: [], outside: [], writing: [], syncing: [], placebo: [], placeboRest: [] }, get: { during: [], outside: [], writing: [], syncing: [], placebo: [], placeboRest: [] } };
     const snapshots = [];
     let dropped = 0;
     // Each latency run's own ratios (during / outside, the same minute): the machine's speed
@@ -133,6 +135,11 @@ async function ours(count, dir, log) {
         }
         into.during.push(...during);
         into.outside.push(...outside);
+        // The placebo: the calls of a window as long as the snapshot, just before it (no
+        // snapshot then), next to the other calls outside. Its ratio is what the method reads
+        // when nothing happens: the floor of the same run, to read the ratio above against.
+        const placeboFrom = from - 100 - (to - from);
+        for (const x of outside) (x[0] >= placeboFrom && x[0] < from ? into.placebo : into.placeboRest).push(x);
         run[op] = { p50Ratio: u.ratio(pct(during, 0.5), pct(outside, 0.5)), p99Ratio: u.ratio(pct(during, 0.99), pct(outside, 0.99)) };
       }
       runs.push(run);
@@ -144,6 +151,7 @@ async function ours(count, dir, log) {
       latency[op] = { during: phase(x.during), outside: phase(x.outside), writing: phase(x.writing), syncing: phase(x.syncing) };
       latency[op].p99Ratio = u.ratio(latency[op].during.p99, latency[op].outside.p99);
       latency[op].p99RatioInterval = ratioInterval(x.during, x.outside);
+      latency[op].placebo = { n: x.placebo.length, p99Ratio: u.ratio(pct(x.placebo, 0.99), pct(x.placeboRest, 0.99)), p99RatioInterval: ratioInterval(x.placebo, x.placeboRest) };
       latency[op].eachRun = runs.map((r) => r[op]);
     }
     const snapshot = median(snapshots, (s) => s.cpuMs);
@@ -157,7 +165,7 @@ async function ours(count, dir, log) {
       `  ${u.fmt(count)} × this store: snapshot ${u.fmt(snapshot.ms)} ms (cpu ${u.fmt(snapshot.cpuMs)} ms, fsync ${u.fmt(snapshot.fsyncMs)} ms, longest hold of a shard ${snapshot.longestHoldUs} µs; the median of ${snapshots.length}: cpu ${snapshots.map((s) => u.fmt(s.cpuMs)).join(", ")} ms), ${u.fmt(fileBytes / 1e6)} MB` +
         (firstNewFile ? ` (the first into a new file: ${u.fmt(firstNewFile.ms)} ms, cpu ${u.fmt(firstNewFile.cpuMs)} ms)` : "") +
         "; " +
-        `load ${u.fmt(load.engineMs)} ms (constructor ${u.fmt(load.ctorMs)} ms; the median of ${load.engineMsEach.map(u.fmt).join(", ")} ms); set p99 ${latency.set.during.p99} µs during (writing ${latency.set.writing.p99}, fsync ${latency.set.syncing.p99}) / ${latency.set.outside.p99} µs outside (${u.fmtRatio(latency.set.p99Ratio)}), get p99 ${latency.get.during.p99} (writing ${latency.get.writing.p99}, fsync ${latency.get.syncing.p99}) / ${latency.get.outside.p99} µs (${u.fmtRatio(latency.get.p99Ratio)}); p99 ratio of each latency run, set ${latency.set.eachRun.map((r) => u.fmtRatio(r.p99Ratio)).join(", ")}, get ${latency.get.eachRun.map((r) => u.fmtRatio(r.p99Ratio)).join(", ")}`
+        `load ${u.fmt(load.engineMs)} ms (constructor ${u.fmt(load.ctorMs)} ms; the median of ${load.engineMsEach.map(u.fmt).join(", ")} ms); set p99 ${latency.set.during.p99} µs during (writing ${latency.set.writing.p99}, fsync ${latency.set.syncing.p99}) / ${latency.set.outside.p99} µs outside (${u.fmtRatio(latency.set.p99Ratio)}), get p99 ${latency.get.during.p99} (writing ${latency.get.writing.p99}, fsync ${latency.get.syncing.p99}) / ${latency.get.outside.p99} µs (${u.fmtRatio(latency.get.p99Ratio)}); placebo (a window as long, just before each snapshot) p99 ratio set ${u.fmtRatio(latency.set.placebo.p99Ratio)}, get ${u.fmtRatio(latency.get.placebo.p99Ratio)}; p99 ratio of each latency run, set ${latency.set.eachRun.map((r) => u.fmtRatio(r.p99Ratio)).join(", ")}, get ${latency.get.eachRun.map((r) => u.fmtRatio(r.p99Ratio)).join(", ")}`
     );
     return r;
   } finally {
@@ -361,7 +369,7 @@ async function run({ log = console.log } = {}) {
   }
   return {
     method:
-      `this store: one node (multicast: false) in a process of its own, persist in a temporary directory of the same disk; the sessions of bench/util.js makeSession (≈1 KB JSON, 32-byte sids); periodic snapshots of the whole table (the median of ${SNAPSHOTS} steady-state ones or more, until ${MIN_CALLS_DURING} set calls fell during them; figures from their log lines: wall time with fsyncs, CPU time of the writing thread, fsyncs, longest hold of one shard of the table), while the JS thread runs an awaited set then get every ~1 ms (p50/p99 during the snapshots and outside them, pooled over them, the same run; and each latency run's own ratios); load: ${LOADS} new processes one after the other, each a constructor on the file: the median engine load time. redis-server: a server of its own on 127.0.0.1 (no persistence configured), the same sessions as connect-redis writes them; BGSAVE from the command to rdb_bgsave_in_progress:0; restart: a new redis-server on the RDB file until PING answers, less an empty one's start. Sealed (secret set): the same sessions in a node of its own, the median CPU time of ${SNAPSHOTS} steady-state snapshots and the median of ${LOADS} loads`,
+      `this store: one node (multicast: false) in a process of its own, persist in a temporary directory of the same disk; the sessions of bench/util.js makeSession (≈1 KB JSON, 32-byte sids); periodic snapshots of the whole table (the median of ${SNAPSHOTS} steady-state ones or more, until ${MIN_CALLS_DURING} set calls fell during them; figures from their log lines: wall time with fsyncs, CPU time of the writing thread, fsyncs, longest hold of one shard of the table), while the JS thread runs an awaited set then get every ~1 ms (p50/p99 during the snapshots and outside them, pooled over them, the same run; each latency run's own ratios; and the placebo ratio of a window as long as each snapshot just before it); load: ${LOADS} new processes one after the other, each a constructor on the file: the median engine load time. redis-server: a server of its own on 127.0.0.1 (no persistence configured), the same sessions as connect-redis writes them; BGSAVE from the command to rdb_bgsave_in_progress:0; restart: a new redis-server on the RDB file until PING answers, less an empty one's start. Sealed (secret set): the same sessions in a node of its own, the median CPU time of ${SNAPSHOTS} steady-state snapshots and the median of ${LOADS} loads`,
     targets: TARGETS,
     results,
     verdicts: verdicts(results),
@@ -381,7 +389,8 @@ function verdicts(results) {
     }
     for (const op of ["set", "get"]) {
       const l = r.ours.latency[op];
-      out.push({ target: `${u.fmt(r.count)}: ${op} p99 during a snapshot ≤ ${TARGETS.p99Ratio}× outside`, measured: `${l.during.p99} µs / ${l.outside.p99} µs = ${u.fmtRatio(l.p99Ratio)}${l.p99RatioInterval ? ` (95% bootstrap interval ${l.p99RatioInterval.map(u.fmtRatio).join("–")})` : ""} (n ${l.during.n} / ${l.outside.n})`, pass: l.p99Ratio !== null && l.p99Ratio <= TARGETS.p99Ratio });
+      const placebo = l.placebo ? `; the placebo window before each snapshot: ${u.fmtRatio(l.placebo.p99Ratio)}${l.placebo.p99RatioInterval ? ` (${l.placebo.p99RatioInterval.map(u.fmtRatio).join("–")})` : ""}` : "";
+      out.push({ target: `${u.fmt(r.count)}: ${op} p99 during a snapshot ≤ ${TARGETS.p99Ratio}× outside`, measured: `${l.during.p99} µs / ${l.outside.p99} µs = ${u.fmtRatio(l.p99Ratio)}${l.p99RatioInterval ? ` (95% bootstrap interval ${l.p99RatioInterval.map(u.fmtRatio).join("–")})` : ""} (n ${l.during.n} / ${l.outside.n})${placebo}`, pass: l.p99Ratio !== null && l.p99Ratio <= TARGETS.p99Ratio });
     }
   }
   return out;

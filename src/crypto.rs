@@ -317,6 +317,42 @@ mod tests {
         }
     }
 
+    /// Sealing time per packet and per snapshot frame, next to the RustCrypto implementation
+    /// earlier builds used, in the same run (docs/design.md §3.3):
+    /// `cargo test --release --no-default-features crypto::tests::seal_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn seal_timing() {
+        use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+        use std::time::Instant;
+        let key = [3u8; KEY_BYTES];
+        let (ours, reference) = (XChaCha20Poly1305::new(&key), chacha20poly1305::XChaCha20Poly1305::new(&key.into()));
+        let aad = [1u8; 40];
+        for size in [100, 1024, 1400, 1 << 20] {
+            let mut data = vec![7u8; size];
+            let rounds = (200_000_000 / (size + 2000)).max(1);
+            let mut time = |seal: &mut dyn FnMut(u64, &mut [u8])| {
+                let started = Instant::now();
+                for i in 0..rounds {
+                    seal(i as u64, &mut data);
+                }
+                started.elapsed().as_nanos() as f64 / rounds as f64
+            };
+            let nonce = |i: u64| {
+                let mut nonce = [0u8; 24];
+                nonce[16..].copy_from_slice(&i.to_be_bytes());
+                nonce
+            };
+            let new = time(&mut |i, data| {
+                std::hint::black_box(ours.seal(&nonce(i), &aad, data));
+            });
+            let old = time(&mut |i, data| {
+                std::hint::black_box(reference.encrypt_in_place_detached(&nonce(i).into(), &aad, data).ok());
+            });
+            println!("{size} bytes: {new:.0} ns, RustCrypto {old:.0} ns ({:.2}×)", new / old);
+        }
+    }
+
     #[test]
     fn raw_keys_are_used_as_given() {
         let key = Secret::Key([3; KEY_BYTES]);
