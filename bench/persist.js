@@ -84,7 +84,8 @@ async function ours(count, dir, log) {
     // Latency over SNAPSHOTS steady-state snapshots or more, one at a time (from the last one's
     // end to shortly after the next one's end), until MIN_CALLS_DURING calls fell during them:
     // the pooled p99 rests on fifty calls or more, not on the few slowest of one snapshot.
-    const samples = { set: { during: [], outside: [], writing: [], syncing: [], placebo: [], placeboRest: [] }, get: { during: [], outside: [], writing: [], syncing: [], placebo: [], placeboRest: [] } };
+    const phases = () => ({ during: [], outside: [], writing: [], syncing: [], placebo: [], placeboRest: [] });
+    const samples = { set: phases(), get: phases() };
     const snapshots = [];
     let dropped = 0;
     // Each latency run's own ratios (during / outside, the same minute): the machine's speed
