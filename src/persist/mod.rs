@@ -242,6 +242,12 @@ impl Persist {
                 );
             }
             Err(WriteError::Cancelled) => {}
+            Err(WriteError::Starved) => self.log(
+                Level::Info,
+                format!(
+                    "the snapshot to {path} got too little CPU time (every core busy): it is written again at nice 10"
+                ),
+            ),
             Err(e) => {
                 let failures = self.stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let mut last = self.last_error_report.lock();
@@ -266,18 +272,32 @@ impl Persist {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.closing.load(Ordering::Relaxed) {
             ticker.tick().await;
-            let (persist, table, clock) = (self.clone(), table.clone(), clock.clone());
-            let (done, finished) = tokio::sync::oneshot::channel();
-            let spawned = std::thread::Builder::new().name("session-multicast-snapshot".into()).spawn(move || {
-                // It copies the table shard by shard: a JS thread that wants a core comes first
-                // (one that waits for a shard this thread holds yields its core to it).
-                writer::run_in_background();
-                let _ = done.send(persist.snapshot(&table, &clock, &persist.closing, true).map(|r| r.is_ok()));
-            });
-            // A panic would be a bug: it ends this snapshot (counted as a failure), not the loop.
-            if spawned.is_err() || finished.await.is_err() {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                self.log(Level::Error, "a snapshot could not run or stopped on an internal error".into());
+            // A starved snapshot is written again at once, on a new thread (writer.rs).
+            for after_starving in [false, true] {
+                let (persist, table, clock) = (self.clone(), table.clone(), clock.clone());
+                let (done, finished) = tokio::sync::oneshot::channel();
+                let spawned = std::thread::Builder::new().name("session-multicast-snapshot".into()).spawn(move || {
+                    // It copies the table shard by shard: a JS thread that wants a core comes
+                    // first (one that waits for a shard this thread holds yields its core to it).
+                    if after_starving {
+                        writer::run_after_starving()
+                    } else {
+                        writer::run_in_background()
+                    }
+                    let result = persist.snapshot(&table, &clock, &persist.closing, true);
+                    let _ = done.send(matches!(result, Some(Err(WriteError::Starved))));
+                });
+                match (spawned, finished.await) {
+                    (Ok(_), Ok(true)) => continue,
+                    (Ok(_), Ok(false)) => {}
+                    // A panic would be a bug: it ends this snapshot (counted as a failure), not
+                    // the loop.
+                    _ => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.log(Level::Error, "a snapshot could not run or stopped on an internal error".into());
+                    }
+                }
+                break;
             }
         }
     }

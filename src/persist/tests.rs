@@ -311,23 +311,104 @@ fn snapshots_are_written_over_the_previous_ones_file() {
     c.close();
 }
 
-/// A periodic snapshot runs as `SCHED_IDLE`: it keeps that while it gets a core; starved by
-/// threads that keep its core busy, it goes on at nice 10 after a second, and ends. The threads
-/// are held to one core, so that other tests running meanwhile neither end the starvation nor
-/// suffer from it much.
+/// Held by the tests that keep one core busy: each on its own, or the other would starve it.
 #[cfg(target_os = "linux")]
-#[test]
-fn a_starved_background_snapshot_goes_on_at_nice_10() {
-    use std::sync::mpsc;
+static ONE_CORE: Mutex<()> = Mutex::new(());
+
+/// Holds the calling thread, and the threads it starts from then on, to one core.
+#[cfg(target_os = "linux")]
+fn one_core() {
     // SAFETY: the affinity calls read and write `set`, which lives through them.
-    let one_core = || unsafe {
+    unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
         let first = (0..libc::CPU_SETSIZE as usize).find(|&cpu| libc::CPU_ISSET(cpu, &set)).unwrap_or(0);
         libc::CPU_ZERO(&mut set);
         libc::CPU_SET(first, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    };
+    }
+}
+
+/// Drops `CAP_SYS_NICE` from the calling thread's effective capabilities, and so from the threads
+/// it starts from then on (a no-op where it has none): they may then not raise their priority,
+/// as in a process not run by root.
+#[cfg(target_os = "linux")]
+fn without_cap_sys_nice() {
+    let mut header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this thread
+    let mut data = [[0u32; 3]; 2]; // effective, permitted, inheritable
+                                   // SAFETY: capget and capset with a version 3 header and the two data words they take.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) == 0 {
+            data[0][0] &= !(1 << 23); // CAP_SYS_NICE
+            libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr());
+        }
+    }
+}
+
+/// Two threads that keep the first core of the calling thread busy until `stop`.
+#[cfg(target_os = "linux")]
+fn keep_busy(stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                one_core();
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop()
+                }
+            })
+        })
+        .collect()
+}
+
+/// An engine whose cores other threads keep busy (here one core, that two threads keep busy), in
+/// a process not run by root: its periodic snapshot starves, stops, is written again at nice 10,
+/// and ends.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_engine_on_busy_cores_still_writes_its_snapshots() {
+    let _alone = ONE_CORE.lock();
+    let dir = Dir::new();
+    let file = dir.file();
+    // The engine's threads, and its snapshots' threads, inherit the core and the capabilities.
+    let (written, events) = std::thread::spawn(move || {
+        one_core();
+        without_cap_sys_nice();
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = keep_busy(&stop);
+        let (engine, events) = start(config(&file, 1_000, &[]));
+        for i in 0..300_000 {
+            engine.set(&format!("s{i}"), "x".repeat(200).as_str().into(), None).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.stats()["snapshotsWritten"] == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let written = engine.stats()["snapshotsWritten"].as_u64();
+        stop.store(true, Ordering::Relaxed);
+        busy.into_iter().for_each(|t| t.join().unwrap());
+        engine.close();
+        (written, events)
+    })
+    .join()
+    .unwrap();
+    assert!(
+        logs(&events).iter().any(|m| m.contains("written again at nice 10")),
+        "not starved: the test proves nothing"
+    );
+    assert!(written.unwrap() >= 1, "no snapshot within 30 s");
+}
+
+/// A periodic snapshot runs as `SCHED_IDLE`: it keeps that while it gets a core; starved by
+/// threads that keep its core busy, it stops after a second, and written again on a new thread at
+/// nice 10, it ends. Without `CAP_SYS_NICE`, as a process not run by root: such a thread cannot
+/// leave `SCHED_IDLE`. The threads are held to one core, so that other tests running meanwhile
+/// neither end the starvation nor suffer from it much.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_starved_background_snapshot_is_written_again_at_nice_10() {
+    use std::sync::mpsc;
+    let _alone = ONE_CORE.lock();
     let table = Arc::new(Table::new());
     let clock = Arc::new(Clock::new(1));
     let doc: Arc<str> = "x".repeat(200).into();
@@ -340,13 +421,19 @@ fn a_starved_background_snapshot_goes_on_at_nice_10() {
         });
     }
     let dir = Dir::new();
-    // In the background, on one core: (written, how long, still SCHED_IDLE at the end).
-    let snapshot = || {
+    // On one core, in the background (or after a starved one, at nice 10): (the result, how
+    // long, still SCHED_IDLE at the end).
+    let snapshot = |after_starving: bool| {
         let (table, clock, file) = (table.clone(), clock.clone(), dir.file());
         let (done, result) = mpsc::channel();
         std::thread::spawn(move || {
             one_core();
-            writer::run_in_background();
+            without_cap_sys_nice();
+            if after_starving {
+                writer::run_after_starving()
+            } else {
+                writer::run_in_background()
+            }
             let started = Instant::now();
             let written = writer::write(
                 &file,
@@ -358,33 +445,32 @@ fn a_starved_background_snapshot_goes_on_at_nice_10() {
                 None,
                 &|_| Ok(()),
             );
-            let _ = done.send((written.is_ok(), started.elapsed(), writer::is_background()));
+            let _ = done.send((written.map(|_| ()), started.elapsed(), writer::is_background()));
         });
         result
     };
-    let (written, took, background) = snapshot().recv().unwrap();
-    assert!(written && (background || took >= Duration::from_secs(1)), "a snapshot that gets a core stays SCHED_IDLE");
+    let (written, took, background) = snapshot(false).recv().unwrap();
+    assert!(
+        written.is_ok() && (background || took >= Duration::from_secs(1)),
+        "a snapshot that gets a core stays SCHED_IDLE"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let busy: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                one_core();
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop()
-                }
-            })
-        })
-        .collect();
+    let busy = keep_busy(&stop);
     // SCHED_IDLE's share of a core two threads keep busy is 3/2051: the ≈150 ms of this snapshot
-    // would take 100 s.
-    let result = snapshot().recv_timeout(Duration::from_secs(20));
+    // would take 100 s. Starved, it stops after a second.
+    let first = snapshot(false).recv_timeout(Duration::from_secs(20));
+    // At nice 10, its share is 110/2158: about 3 s.
+    let again = snapshot(true).recv_timeout(Duration::from_secs(20));
     stop.store(true, Ordering::Relaxed);
     busy.into_iter().for_each(|t| t.join().unwrap());
-    let (written, took, background) = result.expect("a starved snapshot did not end within 20 s");
-    assert!(took >= Duration::from_secs(1), "{took:?}: not starved, the test proves nothing");
-    assert!(written && !background, "{took:?}");
+    let (written, took, _) = first.expect("a starved snapshot did not stop within 20 s");
+    assert!(
+        matches!(written, Err(WriteError::Starved)) && took >= Duration::from_secs(1),
+        "{written:?} after {took:?}"
+    );
+    let (written, took, background) = again.expect("a snapshot written again at nice 10 did not end within 20 s");
+    assert!(written.is_ok() && !background, "{written:?} after {took:?}");
 }
 
 /// A snapshot of many frames, of more records than a batch of the loader

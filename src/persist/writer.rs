@@ -43,6 +43,8 @@ pub enum WriteError {
     Io { stage: &'static str, error: io::Error },
     /// Stopped on purpose (the engine closes and writes its final snapshot instead).
     Cancelled,
+    /// A background snapshot starved (`keep_going`): stopped, to be written again at nice 10.
+    Starved,
 }
 
 impl std::fmt::Display for WriteError {
@@ -50,6 +52,7 @@ impl std::fmt::Display for WriteError {
         match self {
             WriteError::Io { stage, error } => write!(f, "{stage}: {error}"),
             WriteError::Cancelled => f.write_str("cancelled"),
+            WriteError::Starved => f.write_str("starved of CPU time"),
         }
     }
 }
@@ -118,7 +121,7 @@ fn write_spare(
     let io = |stage: &'static str| move |error| WriteError::Io { stage, error };
     let (file, in_place) = open_spare(spare).map_err(io("opening the spare file"))?;
     let now = now_ms();
-    let mut cancelled = false;
+    let (mut cancelled, mut starved) = (false, false);
     let mut encoder = Encoder::new(header, keys);
     let mut sink = Sink { file, bytes: 0, error: None, written_back: within.map(|_| 0) };
     let mut pacer = within.map(|within| Pacer::new(Instant::now(), within));
@@ -127,7 +130,10 @@ fn write_spare(
         if cancelled {
             return None;
         }
-        keep_going();
+        starved = !keep_going();
+        if starved {
+            return None;
+        }
         for (sid, entry) in copy.iter() {
             encoder.push(sid, entry);
         }
@@ -141,6 +147,9 @@ fn write_spare(
     });
     if cancelled {
         return Err(WriteError::Cancelled);
+    }
+    if starved {
+        return Err(WriteError::Starved);
     }
     encoder.finish(table.clear_mark(), clock.high_water(), now_ms());
     sink.finish(&mut encoder);
@@ -173,8 +182,10 @@ fn write_spare(
 /// A periodic snapshot's thread runs as `SCHED_IDLE` (Linux): any other thread that wants a core
 /// (the JS thread, the network thread, the kernel's) takes it from the snapshot at once, where a
 /// nice value only weighs their shares. A snapshot that gets starved that way (less than a quarter
-/// of a core over its first second or more: every core busy) goes on at nice 10, so that it ends
-/// (`keep_going`). Best effort: nothing changes where it is refused, or elsewhere than Linux.
+/// of a core over its first second or more: every core busy) stops (`keep_going`), and is written
+/// again on a new thread at nice 10 (`run_after_starving`), so that it ends: a thread cannot
+/// leave `SCHED_IDLE` without `CAP_SYS_NICE` (or an `RLIMIT_NICE` of 20), which a process not run
+/// by root seldom has. Best effort: nothing changes where it is refused, or elsewhere than Linux.
 pub(super) fn run_in_background() {
     #[cfg(target_os = "linux")]
     // SAFETY: a system call about the calling thread (pid 0), with a parameter that outlives it.
@@ -238,20 +249,24 @@ pub(super) fn pause(time: Duration, cancel: &AtomicBool) -> bool {
     }
 }
 
-/// Called between two shards: moves a starved `SCHED_IDLE` thread to nice 10.
-fn keep_going() {
+/// A snapshot written again after a starved one (`WriteError::Starved`), on a new thread: at
+/// nice 10, its share of a busy core is weighed against the others' (110/1134 next to one thread
+/// at nice 0), where `SCHED_IDLE`'s is next to nothing (3/1027).
+pub(super) fn run_after_starving() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a system call about the calling thread only, with no memory passed.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t, 10);
+    }
+}
+
+/// Called between two shards: false once a `SCHED_IDLE` thread is starved.
+fn keep_going() -> bool {
     #[cfg(target_os = "linux")]
     if let Some(b) = BACKGROUND.get() {
-        if starved(b.since.elapsed().saturating_sub(b.waited), thread_cpu().saturating_sub(b.cpu)) {
-            BACKGROUND.set(None);
-            // SAFETY: system calls about the calling thread only, with no memory kept.
-            unsafe {
-                let param = libc::sched_param { sched_priority: 0 };
-                libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
-                libc::setpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t, 10);
-            }
-        }
+        return !starved(b.since.elapsed().saturating_sub(b.waited), thread_cpu().saturating_sub(b.cpu));
     }
+    true
 }
 
 /// Whether the calling thread runs as `SCHED_IDLE` (tests).
