@@ -334,9 +334,11 @@ fn one_core() {
 /// as in a process not run by root.
 #[cfg(target_os = "linux")]
 fn without_cap_sys_nice() {
-    let mut header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this thread
-    let mut data = [[0u32; 3]; 2]; // effective, permitted, inheritable
-                                   // SAFETY: capget and capset with a version 3 header and the two data words they take.
+    // _LINUX_CAPABILITY_VERSION_3, this thread; then two words of effective, permitted and
+    // inheritable capabilities.
+    let mut header = [0x2008_0522u32, 0];
+    let mut data = [[0u32; 3]; 2];
+    // SAFETY: capget and capset with a version 3 header and the two data words they take.
     unsafe {
         if libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) == 0 {
             data[0][0] &= !(1 << 23); // CAP_SYS_NICE
