@@ -7,10 +7,13 @@
 //! - writer.rs: writing a snapshot crash-safely (spare file, fsync, rename, fsync of the dir).
 //! - loader.rs: reading one back, and setting a bad file aside.
 //! - lock.rs: one writing process per file.
+//! - pace.rs: how a periodic snapshot spreads its work over time (pure).
+//! - off_core.rs: a periodic snapshot keeps off the JS thread's core.
 
 pub mod format;
 pub mod loader;
 pub mod lock;
+mod off_core;
 mod pace;
 pub mod writer;
 
@@ -77,6 +80,8 @@ pub struct Persist {
     lock: Mutex<Option<FileLock>>,
     /// Another process held the lock when this one last tried (logged once per change).
     locked_out: AtomicBool,
+    /// The thread that made the store (the JS thread): periodic snapshots keep off its core.
+    home: off_core::Thread,
 }
 
 impl Persist {
@@ -95,6 +100,7 @@ impl Persist {
             last_error_report: Mutex::new(None),
             lock: Mutex::new(None),
             locked_out: AtomicBool::new(false),
+            home: off_core::Thread::current(),
         }
     }
 
@@ -284,6 +290,7 @@ impl Persist {
                     } else {
                         writer::run_in_background()
                     }
+                    off_core::keep_off(persist.home);
                     let result = persist.snapshot(&table, &clock, &persist.closing, true);
                     let _ = done.send(matches!(result, Some(Err(WriteError::Starved))));
                 });

@@ -262,6 +262,7 @@ pub(super) fn run_after_starving() {
 
 /// Called between two shards: false once a `SCHED_IDLE` thread is starved.
 fn keep_going() -> bool {
+    super::off_core::check();
     #[cfg(target_os = "linux")]
     if let Some(b) = BACKGROUND.get() {
         return !starved(b.since.elapsed().saturating_sub(b.waited), thread_cpu().saturating_sub(b.cpu));
@@ -356,6 +357,7 @@ impl Sink {
         if let Some(out) = encoder.take() {
             let len = out.len() / unit * unit;
             for piece in out[..len].chunks(WRITE_PIECE) {
+                super::off_core::check();
                 if let Err(e) = self.file.write_all(piece) {
                     self.error = Some(e);
                     return false;
