@@ -5,7 +5,8 @@
 // a crash between the write and the rename (a test hook) and a SIGKILL during a large snapshot;
 // every kind of bad file, and a key rotated out; a full disk and a read-only directory (in a
 // mount namespace of the test's own, with a tmpfs: skipped with the reason where that cannot be
-// made). Files live in a temporary directory per test. Loopback only.
+// made); a node run as another user than root, every core busy (skipped where that cannot be
+// done). Files live in a temporary directory per test. Loopback only.
 const assert = require("node:assert/strict");
 const crypto = require("node:crypto");
 const fs = require("node:fs");
@@ -48,6 +49,22 @@ async function login(app, prefix, n) {
 
 const stored = async (app, sid) => (await app.request("GET", `/stored?sid=${encodeURIComponent(sid)}`)).body.session;
 const status = async (app) => (await app.request("GET", "/status")).body.stats;
+
+/** Runs a fixture process to its end (skipped with the printed reason `why`, when set): its last JSON line. */
+async function fixtureResult(test, why, command, args, options = {}) {
+  if (why) {
+    console.log(`      skipped: ${why}`);
+    test.skip();
+  }
+  const child = spawn(command, args, { ...options, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => (err += d));
+  const code = await new Promise((resolve) => child.once("exit", resolve));
+  assert.equal(code, 0, `child: ${err}`);
+  return JSON.parse(out.trim().split("\n").pop());
+}
 
 async function stop(app, signal) {
   app.agent.destroy();
@@ -335,22 +352,9 @@ describe("persist", function () {
     }
 
     it("full disk, then a read-only directory: a logged, coded error, counted; the store serves on, the previous snapshot stays", async function () {
-      const why = canMount();
-      if (why) {
-        console.log(`      skipped: ${why}`);
-        this.skip();
-      }
       const script = path.join(__dirname, "fixtures", "persist-disk.js");
-      const child = spawn("unshare", ["--mount", "--propagation", "private", "sh", "-c", `mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" "$3" "$1"`, "sh", dir, process.execPath, script], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let out = "";
-      let err = "";
-      child.stdout.on("data", (d) => (out += d));
-      child.stderr.on("data", (d) => (err += d));
-      const code = await new Promise((resolve) => child.once("exit", resolve));
-      assert.equal(code, 0, `child: ${err}`);
-      const r = JSON.parse(out.trim().split("\n").pop());
+      const mountThenRun = ["--mount", "--propagation", "private", "sh", "-c", `mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" "$3" "$1"`, "sh", dir, process.execPath, script];
+      const r = await fixtureResult(this, canMount(), "unshare", mountThenRun);
       assert.equal(r.full.error.code, "ERR_SNAPSHOT_FAILED");
       assert.match(r.full.error.message, /No space left on device/);
       assert.ok(r.full.stats.snapshotFailures >= 1 && r.full.stats.snapshotsWritten === 1, JSON.stringify(r.full.stats));
@@ -361,6 +365,40 @@ describe("persist", function () {
       assert.match(r.readOnly.error.message, /Read-only file system/);
       assert.ok(r.readOnly.served);
       assert.equal(r.readOnly.previous, 20);
+    });
+  });
+
+  describe("every core busy, in a process not run by root", () => {
+    // A periodic snapshot runs as SCHED_IDLE (3/1027 of a busy core): starved, it is written
+    // again at nice 10 (docs/persistence.md "Writing a snapshot"), as a process not run by root
+    // cannot leave SCHED_IDLE. Here the node runs as the user nobody, next to one spinning
+    // process per core. Needs root, to start a process as another user.
+    const NOBODY = 65534;
+    const SESSIONS = 200_000; // about 0.25 s of a snapshot's CPU: over a minute at SCHED_IDLE's share
+
+    function canRunAsNobody() {
+      if (process.getuid && process.getuid() !== 0) return "not root: cannot start a process as another user";
+      const probe = spawnSync(process.execPath, ["-e", `require(${JSON.stringify(path.join(__dirname, ".."))})`], { uid: NOBODY, gid: NOBODY, encoding: "utf8" });
+      if (probe.error) return `cannot start a process as uid ${NOBODY}: ${probe.error.message}`;
+      if (probe.status !== 0) return `uid ${NOBODY} cannot load the package from here: ${probe.stderr.trim().split("\n")[0]}`;
+      return null;
+    }
+
+    it("a periodic snapshot is still written: the starved attempt is written again at nice 10", async function () {
+      const why = canRunAsNobody();
+      if (!why) fs.chownSync(dir, NOBODY, NOBODY);
+      const file = path.join(dir, "busy.snap");
+      const spinners = why ? [] : Array.from({ length: os.availableParallelism() }, () => spawn(process.execPath, ["-e", "for (;;) {}"], { stdio: "ignore" }));
+      try {
+        const script = path.join(__dirname, "fixtures", "persist-busy.js");
+        const r = await fixtureResult(this, why, process.execPath, [script, file, String(SESSIONS)], { uid: NOBODY, gid: NOBODY, env: { ...process.env, WAIT_MS: "60000" } });
+        assert.equal(r.uid, NOBODY);
+        const starved = r.logs.filter((l) => /got too little CPU time .* written again at nice 10/.test(l));
+        assert.equal(r.lastSnapshotSessions, SESSIONS, `a snapshot of every session within 60 s of the writes (${r.ms} ms): ${JSON.stringify(r.logs)}`);
+        assert.ok(starved.length > 0, `the cores were busy enough to starve a snapshot: ${JSON.stringify(r.logs)}`);
+      } finally {
+        for (const spinner of spinners) spinner.kill("SIGKILL");
+      }
     });
   });
 });
