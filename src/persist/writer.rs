@@ -260,7 +260,8 @@ pub(super) fn run_after_starving() {
     }
 }
 
-/// Called between two shards: false once a `SCHED_IDLE` thread is starved.
+/// Called between two shards: false once a `SCHED_IDLE` thread is starved. Also keeps a periodic
+/// snapshot off the JS thread's core (off_core.rs), as each `write` does.
 fn keep_going() -> bool {
     super::off_core::check();
     #[cfg(target_os = "linux")]
