@@ -49,6 +49,10 @@ pub(super) fn check() {
 #[cfg(target_os = "linux")]
 const CHECK_EVERY: std::time::Duration = std::time::Duration::from_micros(250);
 
+/// For tests that pin threads (persist/tests.rs).
+#[cfg(all(test, target_os = "linux"))]
+pub(super) use linux::{allowed_cores, run_on};
+
 #[cfg(target_os = "linux")]
 thread_local! {
     static OFF_CORE: std::cell::RefCell<Option<linux::OffCore>> = const { std::cell::RefCell::new(None) };
@@ -96,7 +100,7 @@ mod linux {
     }
 
     /// The cores the calling thread may run on.
-    pub(super) fn allowed_cores() -> Option<Vec<usize>> {
+    pub(in crate::persist) fn allowed_cores() -> Option<Vec<usize>> {
         // SAFETY: an all-zero cpu_set_t is the empty set; `sched_getaffinity` writes into it,
         // of the size passed; `CPU_ISSET` reads it at indexes below its size.
         unsafe {
@@ -109,7 +113,7 @@ mod linux {
     }
 
     /// Moves the calling thread to `cores` (not to none): whether it was moved.
-    pub(super) fn run_on(cores: impl Iterator<Item = usize>) -> bool {
+    pub(in crate::persist) fn run_on(cores: impl Iterator<Item = usize>) -> bool {
         // SAFETY: as in `allowed_cores`; `CPU_SET` writes only below the set's size.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -147,11 +151,11 @@ mod tests {
     }
 
     fn pin_to(cpu: usize) {
-        assert!(linux::run_on(std::iter::once(cpu)));
+        assert!(run_on(std::iter::once(cpu)));
     }
 
     fn allowed() -> Vec<usize> {
-        linux::allowed_cores().unwrap()
+        allowed_cores().unwrap()
     }
 
     /// A thread standing for the JS thread runs on one core, then on another: the snapshot's

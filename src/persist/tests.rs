@@ -318,15 +318,8 @@ static ONE_CORE: Mutex<()> = Mutex::new(());
 /// Holds the calling thread, and the threads it starts from then on, to one core.
 #[cfg(target_os = "linux")]
 fn one_core() {
-    // SAFETY: the affinity calls read and write `set`, which lives through them.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        let first = (0..libc::CPU_SETSIZE as usize).find(|&cpu| libc::CPU_ISSET(cpu, &set)).unwrap_or(0);
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(first, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    let first = super::off_core::allowed_cores().and_then(|cores| cores.first().copied()).unwrap_or(0);
+    super::off_core::run_on(std::iter::once(first));
 }
 
 /// Drops `CAP_SYS_NICE` from the calling thread's effective capabilities, and so from the threads
