@@ -69,7 +69,7 @@ async function ours(count, dir, log) {
   const file = path.join(dir, `ours-${count}.snap`);
   const interval = Number(process.env.BENCH_PERSIST_INTERVAL_S) || Math.max(3, Math.ceil((count / 100_000) * 5));
   const options = { multicast: false, cluster: "bench-persist", persist: { path: file, interval } };
-  const node = u.spawnNode(`persist-${count}`, path.join(__dirname, "persist-node.js"), { execArgv: ["--max-old-space-size=8192"] });
+  const node = u.spawnNode(`persist-${count}`, path.join(__dirname, "persist-node.js"), { execArgv: ["--max-old-space-size=8192", "--expose-gc"] });
   try {
     await node.call("open", options);
     const filled = await node.call("fill", count, BYTES);
@@ -110,7 +110,7 @@ async function ours(count, dir, log) {
       // Until after its end (a periodic snapshot spreads itself over up to half the interval),
       // before the next one.
       const until = next + Math.min(period - 300, 2 * stats.lastSnapshotMs + 1500);
-      const { sets, gets } = await node.call("latency", until, BYTES);
+      const { sets, gets } = pairs(await node.call("latency", until, BYTES));
       stats = await node.call("stats");
       const snapshot = parseSnapshotLogs(await node.call("logs")).pop();
       if (stats.snapshotsWritten !== before + 1 || !snapshot) {
@@ -175,6 +175,12 @@ async function ours(count, dir, log) {
   } finally {
     await u.stop(node);
   }
+}
+
+/** The latency samples as [[epoch ms, µs], …] (bench/persist-node.js sends them flat). */
+function pairs({ sets, gets }) {
+  const of = (flat) => Array.from({ length: flat.length / 2 }, (_, k) => [flat[2 * k], flat[2 * k + 1]]);
+  return { sets: of(sets), gets: of(gets) };
 }
 
 /**
