@@ -133,66 +133,22 @@ impl Batch {
     }
 
     /// Merges the records into `table` shard by shard, leaving the batch empty.
-    fn merge_into(&mut self, table: &Table, order: &mut Vec<Placed>) {
+    fn merge_into(&mut self, table: &Table, order: &mut Vec<(u32, u32)>) {
+        let sid = |i: usize| &self.sids[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]];
         order.clear();
-        let mut start = 0;
-        for (index, &end) in self.ends.iter().enumerate() {
-            let shard = table.shard_of(&self.sids[start..end]) as u32;
-            order.push(Placed { shard, index: index as u32, start, end });
-            start = end;
-        }
-        order.sort_unstable_by_key(|placed| (placed.shard, placed.index));
-        let (sids, entries) = (&self.sids, &mut self.entries);
-        let mut from = 0;
-        while from < order.len() {
-            let shard = order[from].shard;
-            let to = from + order[from..].iter().take_while(|placed| placed.shard == shard).count();
-            let records = (from..to).map(|k| {
-                // In shard order, each record is a read from anywhere in the batch, which
-                // another core wrote: brought in ahead, the reads overlap.
-                if let Some(ahead) = order.get(k + PREFETCH_AHEAD) {
-                    prefetch(sids.as_ptr().wrapping_add(ahead.start));
-                    let entry = entries.as_ptr().wrapping_add(ahead.index as usize).cast::<u8>();
-                    prefetch(entry);
-                    prefetch(entry.wrapping_add(std::mem::size_of::<Entry>() - 1));
-                }
-                let placed = &order[k];
-                let entry = std::mem::replace(&mut entries[placed.index as usize], Entry::absent());
-                (&sids[placed.start..placed.end], entry)
-            });
-            table.restore(shard as usize, records);
-            from = to;
+        order.extend((0..self.len()).map(|i| (table.shard_of(sid(i)) as u32, i as u32)));
+        order.sort_unstable();
+        let entries = &mut self.entries;
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            let records = run
+                .iter()
+                .map(|&(_, i)| (sid(i as usize), std::mem::replace(&mut entries[i as usize], Entry::absent())));
+            table.restore(run[0].0 as usize, records);
         }
         self.sids.clear();
         self.ends.clear();
         self.entries.clear();
     }
-}
-
-/// A record of a batch, where merging it puts it.
-struct Placed {
-    shard: u32,
-    index: u32,
-    /// Its sid: `sids[start..end]`.
-    start: usize,
-    end: usize,
-}
-
-/// How many records ahead of the one merged `merge_into` asks for: enough to cover a read from
-/// the other core's cache, with a few hundred nanoseconds of merging each.
-const PREFETCH_AHEAD: usize = 8;
-
-/// Asks the CPU for the cache line of `at`, without waiting for it.
-#[inline(always)]
-fn prefetch<T>(at: *const T) {
-    // SAFETY: a prefetch is a hint: it reads no memory that the program sees and cannot fault,
-    // whatever the address.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = at;
 }
 
 /// Decodes the records of a checked frame's payload: the kept ones into `batch`.
@@ -232,10 +188,7 @@ const FRAMES_AHEAD: usize = 2;
 /// the table (hashing, the table's memory), so the two halves run on two cores at once. A
 /// sealed file is read and decrypted by one more thread, ahead of the decoding: decryption is a
 /// third of its load's work (a plaintext file's checksum is too little work for a thread of its
-/// own, which made its load slower). The table is sized from the first frame beforehand. The
-/// mergers run at nice 10: on two cores, a sealed load's three threads shared them evenly, and
-/// the reading, the longest of the three, got two thirds of a core; behind the other two, the
-/// merging fills the time they wait (docs/persistence.md "Figures", sealed).
+/// own, which made its load slower). The table is sized from the first frame beforehand.
 fn read_into(
     table: &mut Table,
     file: File,
@@ -290,9 +243,6 @@ fn read_into(
         for _ in 0..mergers {
             let (batches, give_back) = (&batches, give_back.clone());
             scope.spawn(move || {
-                // Behind the reading and the decoding (a sealed load runs three threads, on two
-                // cores often): it merges while one of them waits.
-                super::writer::at_nice_10();
                 let mut order = Vec::new();
                 while let Ok(mut batch) = batches.lock().recv() {
                     batch.merge_into(table, &mut order);

@@ -253,12 +253,6 @@ pub(super) fn pause(time: Duration, cancel: &AtomicBool) -> bool {
 /// nice 10, its share of a busy core is weighed against the others' (110/1134 next to one thread
 /// at nice 0), where `SCHED_IDLE`'s is next to nothing (3/1027).
 pub(super) fn run_after_starving() {
-    at_nice_10();
-}
-
-/// Lowers the calling thread to nice 10 (Linux, where nice is per thread; elsewhere it would be
-/// the whole process's).
-pub(super) fn at_nice_10() {
     #[cfg(target_os = "linux")]
     // SAFETY: a system call about the calling thread only, with no memory passed.
     unsafe {
