@@ -3,16 +3,16 @@
 // For each count (100,000 and 1,000,000 sessions of ≈1 KB, bench/util.js makeSession):
 //   - this store, one node (multicast: false) in a process of its own (bench/persist-node.js),
 //     persist in a temporary directory: filled, then periodic snapshots of the whole table
-//     (BENCH_PERSIST_SNAPSHOTS, 6 steady-state ones, more until 20,000 set calls fell during them) written while the JS thread runs set/get
-//     (each awaited, 1 ms apart): the median snapshot's wall time (fsyncs included), the writing
-//     thread's CPU time, the fsyncs alone, the longest time it held one shard of the table, the
-//     file's size; set and get p50/p99 during the snapshots next to outside them, pooled over
-//     them, from the same run, and each latency run's own ratio (during / outside, the same
-//     minute; their median, and the median of each run's placebo), and a placebo: the same ratio for a window as long as each snapshot just before
-//     it, when nothing is written (what the method reads when nothing happens); close() (the
-//     last snapshot); then new processes
-//     (BENCH_PERSIST_LOADS, 3) load the file one after the other: the median of the engine's
-//     own load times, and the constructor's.
+//     (BENCH_PERSIST_SNAPSHOTS, 6 steady-state ones, more until 20,000 set calls fell during them)
+//     written while the JS thread runs set/get (each awaited, 1 ms apart): the median snapshot's
+//     wall time (fsyncs included), the writing thread's CPU time, the fsyncs alone, the longest
+//     time it held one shard of the table, the file's size; set and get p50/p99 during the
+//     snapshots next to outside them, pooled over them, from the same run, and each latency run's
+//     own ratio (during / outside, the same minute; their median, and the median of each run's
+//     placebo), and a placebo: the same ratio for a window as long as each snapshot just before
+//     it, when nothing is written (what the method reads when nothing happens); close() (the last
+//     snapshot); then new processes (BENCH_PERSIST_LOADS, 3) load the file one after the other:
+//     the median of the engine's own load times, and the constructor's.
 //   - the same, sealed (`secret` set), in a node of its own: the median CPU time of
 //     BENCH_PERSIST_SNAPSHOTS steady-state snapshots (an interval of 1 s per 100,000 sessions,
 //     at least 3; no latency measured) and of BENCH_PERSIST_LOADS loads.
@@ -169,7 +169,10 @@ async function ours(count, dir, log) {
       // Each latency run compares a snapshot with the calls around it, the same minute: their
       // median resists the slow minutes that move the pooled ratio (and its placebo) from run
       // to run; the median of the runs' placebos is what it reads when nothing happens.
-      const middle = (key) => median(runs.filter((r) => r[op][key] !== null), (r) => r[op][key])?.[op][key] ?? null;
+      const middle = (key) => {
+        const ratios = runs.map((r) => r[op][key]).filter((x) => x !== null);
+        return ratios.length ? median(ratios, (x) => x) : null;
+      };
       latency[op].medianOfRuns = { p99Ratio: middle("p99Ratio"), placeboP99Ratio: middle("placeboP99Ratio") };
     }
     const snapshot = median(snapshots, (s) => s.cpuMs);
