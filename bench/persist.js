@@ -70,6 +70,7 @@ function parseSnapshotLogs(lines) {
         fsyncMs: num(/fsync ([\d.]+) ms/),
         longestHoldUs: num(/longest hold of a shard ([\d.]+) µs/),
         newFile: / a new file/.test(line),
+        direct: /O_DIRECT/.test(line),
       };
     });
 }
@@ -93,8 +94,8 @@ async function ours(count, dir, log) {
       stats = await waitFor(node, (s) => s.snapshotsWritten >= 2, (interval + 60) * 1000);
     }
     const firstNewFile = parseSnapshotLogs(await node.call("logs")).find((l) => l.sessions === count && l.newFile) || null;
-    // Latency over SNAPSHOTS steady-state snapshots or more, one at a time (from the last one's
-    // end to shortly after the next one's end), until MIN_CALLS_DURING calls fell during them:
+    // Latency over SNAPSHOTS steady-state snapshots or more, one at a time (each run from just after
+    // a tick that found nothing to write to shortly after the next one's snapshot), until MIN_CALLS_DURING calls fell during them:
     // the pooled p99 rests on two hundred calls or more, not on the few slowest of one snapshot.
     const phases = () => ({ during: [], outside: [], writing: [], syncing: [], placebo: [], placeboRest: [] });
     const samples = { set: phases(), get: phases() };
@@ -103,29 +104,22 @@ async function ours(count, dir, log) {
     // Each latency run's own ratios (during / outside, the same minute): the machine's speed
     // drifts over minutes, which pooling across runs mixes in.
     const runs = [];
+    const period = interval * 1000;
     for (let k = 0; k < SNAPSHOTS || (samples.set.during.length < MIN_CALLS_DURING && k < 40); k++) {
-      const period = interval * 1000;
-      // A tick passed since the last snapshot written began: the next one is in progress (a
-      // periodic snapshot spreads itself over up to half the interval). Its end first.
+      // Here no snapshot is in progress, and nothing is left to write (each pass ends after the
+      // snapshot of its run's last calls). Snapshots come on a fixed tick, every `interval` from
+      // the first, when something changed (the latency run writes from its start). The run
+      // begins after the last tick that finds nothing changed before the one it measures, early
+      // enough for its warm-up and a placebo window as long as a snapshot, and ends soon after
+      // that snapshot.
       stats = await node.call("stats");
-      if (Date.now() >= stats.lastSnapshotAt + period - 50) {
-        const written = stats.snapshotsWritten;
-        stats = await waitFor(node, (s) => s.snapshotsWritten > written, period * 2);
-      }
       const before = stats.snapshotsWritten;
-      // Snapshots come on a fixed tick, every `interval` from the first, when something changed
-      // (the latency run writes from its start). The run begins early enough before the tick for
-      // its warm-up and a placebo window as long as a snapshot, and ends soon after the snapshot.
-      // A tick nearer than that is skipped: the previous run's writes make it snapshot, outside
-      // any run; the next pass waits for that snapshot's end.
       const lead = WARMUP_MS + stats.lastSnapshotMs + 300;
-      const next = stats.lastSnapshotAt + Math.max(1, Math.ceil((Date.now() + lead - stats.lastSnapshotAt) / period)) * period;
-      if (next - period > Date.now()) {
-        await node.call("latency", Date.now() + 20, BYTES); // a change, should the last run's not count
-        await u.sleep(next - period - Date.now() + 50);
-        k--;
-        continue;
+      if (lead > period - 300) {
+        throw new Error(`a snapshot of ${stats.lastSnapshotMs} ms leaves no room for a latency run's lead of ${lead} ms within an interval of ${interval} s: raise BENCH_PERSIST_INTERVAL_S`);
       }
+      const next = stats.lastSnapshotAt + Math.ceil((Date.now() + lead + 150 - stats.lastSnapshotAt) / period) * period;
+      await u.sleep(next - period + 150 - Date.now());
       const until = next + Math.min(period - 300, 1.5 * stats.lastSnapshotMs + 500);
       const runStart = Date.now();
       const { sets: allSets, gets: allGets } = pairs(await node.call("latency", until, BYTES));
@@ -133,6 +127,8 @@ async function ours(count, dir, log) {
       const [sets, gets] = [warm(allSets), warm(allGets)];
       stats = await node.call("stats");
       const snapshot = parseSnapshotLogs(await node.call("logs")).pop();
+      // The run's calls after its snapshot began: the next tick writes them. Its end first.
+      await waitFor(node, (s) => s.lastSnapshotAt >= next + period - 100, period * 3);
       if (stats.snapshotsWritten !== before + 1 || !snapshot) {
         // Another snapshot than the one planned fell in the run (one in progress that the tick
         // arithmetic missed): its samples cannot be told apart; the run is dropped.
@@ -201,8 +197,8 @@ async function ours(count, dir, log) {
     const load = await loadTimes(count, options);
     const r = { count, interval, fillMs: Math.round(filled.ms), sessionJsonBytes: filled.sessionBytes, snapshot, snapshots, firstNewFile, fileBytes, closeMs: u.round1(closed.closeMs), latency, latencyRunsDropped: dropped, load };
     log(
-      `  ${u.fmt(count)} × this store: snapshot ${u.fmt(snapshot.ms)} ms (cpu ${u.fmt(snapshot.cpuMs)} ms, fsync ${u.fmt(snapshot.fsyncMs)} ms, longest hold of a shard ${snapshot.longestHoldUs} µs; the median of ${snapshots.length}: cpu ${snapshots.map((s) => u.fmt(s.cpuMs)).join(", ")} ms), ${u.fmt(fileBytes / 1e6)} MB` +
-        (firstNewFile ? ` (the first into a new file: ${u.fmt(firstNewFile.ms)} ms, cpu ${u.fmt(firstNewFile.cpuMs)} ms)` : "") +
+      `  ${u.fmt(count)} × this store: snapshot ${u.fmt(snapshot.ms)} ms (cpu ${u.fmt(snapshot.cpuMs)} ms, fsync ${u.fmt(snapshot.fsyncMs)} ms, longest hold of a shard ${snapshot.longestHoldUs} µs; the median of ${snapshots.length}: cpu ${snapshots.map((s) => u.fmt(s.cpuMs)).join(", ")} ms; ${snapshots.filter((s) => s.direct).length} of them with O_DIRECT), ${u.fmt(fileBytes / 1e6)} MB` +
+        (firstNewFile ? ` (the first into a new file: ${u.fmt(firstNewFile.ms)} ms, cpu ${u.fmt(firstNewFile.cpuMs)} ms${firstNewFile.direct ? ", O_DIRECT" : ""})` : "") +
         "; " +
         `load ${u.fmt(load.engineMs)} ms (constructor ${u.fmt(load.ctorMs)} ms; the median of ${load.engineMsEach.map(u.fmt).join(", ")} ms); set p99 ${latency.set.during.p99} µs during (writing ${latency.set.writing.p99}, fsync ${latency.set.syncing.p99}) / ${latency.set.outside.p99} µs outside (${u.fmtRatio(latency.set.p99Ratio)}), get p99 ${latency.get.during.p99} (writing ${latency.get.writing.p99}, fsync ${latency.get.syncing.p99}) / ${latency.get.outside.p99} µs (${u.fmtRatio(latency.get.p99Ratio)}); placebo (a window as long, just before each snapshot) p99 ratio set ${u.fmtRatio(latency.set.placebo.p99Ratio)}, get ${u.fmtRatio(latency.get.placebo.p99Ratio)}; p99 ratio of each latency run, set ${latency.set.eachRun.map((r) => u.fmtRatio(r.p99Ratio)).join(", ")}, get ${latency.get.eachRun.map((r) => u.fmtRatio(r.p99Ratio)).join(", ")}; their median, set ${u.fmtRatio(latency.set.medianOfRuns.p99Ratio)} (placebo ${u.fmtRatio(latency.set.medianOfRuns.placeboP99Ratio)}), get ${u.fmtRatio(latency.get.medianOfRuns.p99Ratio)} (placebo ${u.fmtRatio(latency.get.medianOfRuns.placeboP99Ratio)})`
     );

@@ -241,9 +241,10 @@ impl Persist {
                 self.log(
                     Level::Debug,
                     format!(
-                        "snapshot written to {path}: {} sessions ({} entries), {} bytes in {:.1} ms (cpu {:.1} ms, fsync {:.1} ms, longest hold of a shard {:.1} µs), {}",
+                        "snapshot written to {path}: {} sessions ({} entries), {} bytes in {:.1} ms (cpu {:.1} ms, fsync {:.1} ms, longest hold of a shard {:.1} µs), {}, {}",
                         w.sessions, w.entries, w.bytes, w.ms, w.cpu_ms, w.sync_ms, w.longest_hold_us,
-                        if w.in_place { "over the previous snapshot's file" } else { "a new file" }
+                        if w.in_place { "over the previous snapshot's file" } else { "a new file" },
+                        if w.direct { "O_DIRECT" } else { "through the page cache" }
                     ),
                 );
             }

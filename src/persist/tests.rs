@@ -311,6 +311,61 @@ fn snapshots_are_written_over_the_previous_ones_file() {
     c.close();
 }
 
+/// A periodic snapshot is written with `O_DIRECT` into a new file and in place over a longer one,
+/// its last block padded and cut off; where the file system refuses `O_DIRECT` at open or at a
+/// write, through the page cache. Every way, the snapshot loads whole.
+#[test]
+fn periodic_snapshots_skip_the_page_cache_where_the_file_system_lets_them() {
+    let clock = Clock::new(1);
+    let now = now_ms();
+    let set = |table: &Table, i: usize, len: usize| {
+        let doc = format!(r#"{{"n":{i},"pad":"{}"}}"#, "y".repeat(len));
+        table.apply(&Op::Set {
+            sid: format!("s{i}").into(),
+            doc: doc.into(),
+            expires_at: now + 600_000,
+            version: clock.tick(),
+        });
+    };
+    for refuse in [None, Some(writer::RefuseDirect::Open), Some(writer::RefuseDirect::Write)] {
+        writer::REFUSE_DIRECT.set(refuse);
+        let dir = Dir::new();
+        let keys = Keys::new("persist-test", &[]);
+        let mut sizes = vec![];
+        // Into new files (the first two), then in place with fewer sessions: the file's tail goes.
+        for (round, sessions) in [(0, 12_000), (1, 12_000), (2, 7_001)] {
+            let table = Table::new();
+            (0..sessions).for_each(|i| set(&table, i, 300 + (i + round) % 700));
+            let within = Some(Duration::from_millis(1));
+            let written = writer::write(
+                &dir.file(),
+                test_header(),
+                &keys,
+                &table,
+                &clock,
+                &AtomicBool::new(false),
+                within,
+                &|_| Ok(()),
+            )
+            .unwrap();
+            assert_eq!((written.direct, written.in_place), (refuse.is_none(), round == 2), "{refuse:?} {written:?}");
+            assert!(written.bytes > 3 << 20 && !written.bytes.is_multiple_of(4096), "{written:?}");
+            assert_eq!(std::fs::metadata(dir.file()).unwrap().len(), written.bytes);
+            let Loaded::Loaded(loaded) = loader::load(&dir.file(), "persist-test", &keys, now) else {
+                panic!("{refuse:?}: not loaded")
+            };
+            assert_eq!(loaded.kept, sessions as u64);
+            for i in 0..sessions {
+                let sid = format!("s{i}");
+                assert_eq!(loaded.table.entry(&sid), table.entry(&sid), "{refuse:?} {sid}");
+            }
+            sizes.push(written.bytes);
+        }
+        assert!(sizes[2] < sizes[1]);
+    }
+    writer::REFUSE_DIRECT.set(None);
+}
+
 /// Held by the tests that keep one core busy: each on its own, or the other would starve it.
 #[cfg(target_os = "linux")]
 static ONE_CORE: Mutex<()> = Mutex::new(());
@@ -354,6 +409,20 @@ fn keep_busy(stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
             })
         })
         .collect()
+}
+
+/// A background snapshot's thread that is blocked (as on its disk, here asleep) for over a second
+/// is not starved: it did not want a core meanwhile.
+#[cfg(target_os = "linux")]
+#[test]
+fn time_blocked_is_not_starvation() {
+    let going = std::thread::spawn(|| {
+        writer::run_in_background();
+        assert!(writer::is_background());
+        std::thread::sleep(Duration::from_millis(1_300));
+        writer::keep_going()
+    });
+    assert!(going.join().unwrap(), "taken for starved");
 }
 
 /// An engine whose cores other threads keep busy (here one core, that two threads keep busy), in
@@ -694,6 +763,7 @@ fn a_failing_snapshot_is_reported_and_the_store_serves_on() {
 
 /// `cargo test --release --no-default-features persist::tests::timing -- --ignored --nocapture`:
 /// what a snapshot of N ≈1 KB sessions costs here (bench/persist.js measures it from JS).
+/// `PERIODIC=1`: written as a periodic snapshot is (`O_DIRECT`), but without pauses.
 mod timing {
     use super::*;
     use crate::table::Op;
@@ -702,12 +772,14 @@ mod timing {
     #[ignore]
     fn timing() {
         let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+        // Spread within 1 ms: behind its schedule from the start, it never pauses.
+        let periodic = std::env::var_os("PERIODIC").is_some();
         let dir = std::env::temp_dir().join(format!("esm-timing-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.snap");
         let config =
             // Cluster "default", as the JS options default to: a node can load the file kept (KEEP).
-            Config { persist: Some(PersistConfig { path: path.clone(), interval_ms: 60_000 }), cluster: "default".into(), ..Config::default() };
+            Config { persist: Some(PersistConfig { path: path.clone(), interval_ms: if periodic { 2 } else { 60_000 } }), cluster: "default".into(), ..Config::default() };
         // SECRET: sealed with it.
         let config =
             Config { secrets: std::env::var("SECRET").ok().map(Secret::Passphrase).into_iter().collect(), ..config };
@@ -737,7 +809,7 @@ mod timing {
         for _ in 0..repeat {
             let t = Instant::now();
             table.apply(&Op::Destroy { sid: "x".into(), version: clock.tick() });
-            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false), false).unwrap().unwrap();
+            let w = persist.snapshot(&table, &clock, &AtomicBool::new(false), periodic).unwrap().unwrap();
             println!("write {n}: {w:?} ({:?})", t.elapsed());
         }
         drop(table);

@@ -2,13 +2,15 @@
 //! 0600), which is fsynced, swapped with `<path>` in one rename, and the directory fsynced. Until
 //! the rename, the snapshot at `<path>` is untouched; after it, the new one is complete and
 //! durable, and `<path>.prev` holds the one before. The next snapshot overwrites that file in
-//! place: its pages are in the page cache and its blocks allocated, which halves the kernel's
-//! work of writing a large snapshot (docs/persistence.md "Writing a snapshot"). Runs on an engine
-//! thread (never the JS thread); the table is held one shard at a time (`Table::export`).
+//! place: its blocks are allocated already. A periodic snapshot skips the page cache (`O_DIRECT`,
+//! Linux), which costs the kernel less than filling and writing back a gigabyte of cache; the last
+//! one, at close, goes through it, so that the next start reads it from memory
+//! (docs/persistence.md "Writing a snapshot"). Runs on an engine thread (never the JS thread);
+//! the table is held one shard at a time (`Table::export`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +36,9 @@ pub struct Written {
     pub longest_hold_us: f64,
     /// Written over the previous snapshot's file, rather than into a new one.
     pub in_place: bool,
+    /// Written with `O_DIRECT` from start to end (a periodic snapshot, where the file system
+    /// takes it).
+    pub direct: bool,
 }
 
 /// Why a snapshot was not written. The previous snapshot is still in place.
@@ -67,8 +72,8 @@ pub fn spare_path(path: &Path) -> PathBuf {
 
 /// Writes a snapshot of `table` to `path`, on the calling thread. `cancel` stops it (the spare
 /// file is removed); `before_rename` runs once the spare file is complete and fsynced (tests
-/// stop there to play a crash). `within`: a periodic snapshot's work is spread out, to end
-/// within that time when it can (pace.rs), and its disk's write-back too (see `Sink`).
+/// stop there to play a crash). `within`: a periodic snapshot, whose work is spread out to end
+/// within that time when it can (pace.rs), written with `O_DIRECT` (see `Sink`).
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     path: &Path,
@@ -123,7 +128,7 @@ fn write_spare(
     let now = now_ms();
     let (mut cancelled, mut starved) = (false, false);
     let mut encoder = Encoder::new(header, keys);
-    let mut sink = Sink { file, bytes: 0, error: None, written_back: within.map(|_| 0) };
+    let mut sink = Sink::new(file, within.is_some());
     let mut pacer = within.map(|within| Pacer::new(Instant::now(), within));
     let longest = table.export(now, |copy| {
         cancelled = cancel.load(Ordering::Relaxed);
@@ -176,13 +181,15 @@ fn write_spare(
         cpu_ms: 0.0,
         longest_hold_us: longest.as_secs_f64() * 1e6,
         in_place,
+        direct: sink.direct.is_some(),
     })
 }
 
 /// A periodic snapshot's thread runs as `SCHED_IDLE` (Linux): any other thread that wants a core
 /// (the JS thread, the network thread, the kernel's) takes it from the snapshot at once, where a
-/// nice value only weighs their shares. A snapshot that gets starved that way (less than a quarter
-/// of a core over its first second or more: every core busy) stops (`keep_going`), and is written
+/// nice value only weighs their shares. A snapshot that gets starved that way (a core for less
+/// than a quarter of the time it wanted one, over a second or more: every core busy) stops
+/// (`keep_going`), and is written
 /// again on a new thread at nice 10 (`run_after_starving`), so that it ends: a thread cannot
 /// leave `SCHED_IDLE` without `CAP_SYS_NICE` (or an `RLIMIT_NICE` of 20), which a process not run
 /// by root seldom has. Best effort: nothing changes where it is refused, or elsewhere than Linux.
@@ -192,7 +199,13 @@ pub(super) fn run_in_background() {
     unsafe {
         let param = libc::sched_param { sched_priority: 0 };
         if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 {
-            BACKGROUND.set(Some(Background { since: Instant::now(), cpu: thread_cpu(), waited: Duration::ZERO }));
+            let since = Instant::now();
+            BACKGROUND.set(Some(Background {
+                since,
+                cpu: thread_cpu(),
+                waited: Duration::ZERO,
+                scheduled: scheduled(),
+            }));
         }
     }
 }
@@ -211,6 +224,27 @@ struct Background {
     cpu: Duration,
     /// Time since spent waiting on purpose (`pause`): not starvation.
     waited: Duration,
+    /// The thread's times on and waiting for a core then, where the kernel counts them.
+    scheduled: Option<Scheduled>,
+}
+
+/// A thread's time on a core, and runnable but waiting for one, since it began
+/// (`/proc/thread-self/schedstat`).
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+struct Scheduled {
+    on_core: Duration,
+    waiting: Duration,
+}
+
+/// The calling thread's `Scheduled`; `None` where the kernel does not count them (no
+/// `CONFIG_SCHED_INFO`: its count of the thread's turns on a core reads 0).
+#[cfg(target_os = "linux")]
+fn scheduled() -> Option<Scheduled> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut fields = text.split_whitespace().map(|field| field.parse::<u64>().ok());
+    let (on_core, waiting, turns) = (fields.next()??, fields.next()??, fields.next()??);
+    (turns > 0).then(|| Scheduled { on_core: Duration::from_nanos(on_core), waiting: Duration::from_nanos(waiting) })
 }
 
 /// Counts `time` this thread waited on purpose, out of its starvation (`keep_going`).
@@ -223,11 +257,10 @@ fn waited(time: Duration) {
     let _ = time;
 }
 
-/// Whether a background snapshot that ran `wall` (its waits on purpose left out) and got `cpu` of
-/// it is starved.
+/// Whether a background snapshot that wanted a core for `wanted` and got `cpu` of it is starved.
 #[cfg(target_os = "linux")]
-fn starved(wall: Duration, cpu: Duration) -> bool {
-    wall >= Duration::from_secs(1) && cpu < wall / 4
+fn starved(wanted: Duration, cpu: Duration) -> bool {
+    wanted >= Duration::from_secs(1) && cpu < wanted / 4
 }
 
 /// Pauses the snapshot for `time`, in steps short enough that `cancel` (a close) does not wait
@@ -262,11 +295,20 @@ pub(super) fn run_after_starving() {
 
 /// Called between two shards: false once a `SCHED_IDLE` thread is starved. Also keeps a periodic
 /// snapshot off the JS thread's core (off_core.rs), as each `write` does.
-fn keep_going() -> bool {
+pub(super) fn keep_going() -> bool {
     super::off_core::check();
     #[cfg(target_os = "linux")]
     if let Some(b) = BACKGROUND.get() {
-        return !starved(b.since.elapsed().saturating_sub(b.waited), thread_cpu().saturating_sub(b.cpu));
+        return !match (b.scheduled, scheduled()) {
+            // Time blocked on the disk (a write with `O_DIRECT`, a write-back) is not wanting a core.
+            (Some(then), Some(now)) => {
+                let cpu = now.on_core.saturating_sub(then.on_core);
+                starved(cpu + now.waiting.saturating_sub(then.waiting), cpu)
+            }
+            // Else the wall clock, but for the pauses: a snapshot that waits for its disk a lot can
+            // be taken for starved, and is then written again at nice 10.
+            _ => starved(b.since.elapsed().saturating_sub(b.waited), thread_cpu().saturating_sub(b.cpu)),
+        };
     }
     true
 }
@@ -313,68 +355,123 @@ fn open_spare(spare: &Path) -> io::Result<(File, bool)> {
     Ok((open(true)?, false))
 }
 
-/// Writes are of whole pages but the last: over a file that is not in the page cache, writing
-/// part of a page would read the page back first.
+/// Writes through the page cache are of whole pages but the last: over a file that is not in
+/// the page cache, writing part of a page would read the page back first.
 const PAGE: usize = 4096;
 
-/// The spare file, and what was written to it. A paced sink (a periodic snapshot, Linux) writes
-/// back every `WRITEBACK_CHUNK` bytes as it goes and waits for the disk, a slice of the work
-/// the snapshot then pauses for (pace.rs). Left to the final fsync, the write-back of a large
-/// snapshot is one burst that slows every thread of the machine while it lasts (a virtual
-/// machine's disk is emulated on the host's cores): docs/persistence.md "Writing a snapshot".
+/// The spare file, and what was written to it. A periodic snapshot's sink (Linux) writes with
+/// `O_DIRECT` (`Direct`), where the file system takes it; else, paced, it writes back every
+/// `WRITEBACK_CHUNK` bytes as it goes and waits for the disk. Either way the disk's work is
+/// spread over the snapshot, a slice of the work it then pauses for (pace.rs): left to the final
+/// fsync, the write-back of a large snapshot is one burst that slows every thread of the machine
+/// while it lasts (a virtual machine's disk is emulated on the host's cores).
 struct Sink {
     file: File,
+    /// Bytes of the snapshot taken from the encoder (some may wait in `direct`'s buffer).
     bytes: u64,
     /// The first write error; nothing is written after it.
     error: Option<io::Error>,
-    /// Paced: the bytes written back so far.
+    /// Through the page cache, paced: the bytes written back so far.
     written_back: Option<u64>,
+    direct: Option<Direct>,
 }
 
 const WRITEBACK_CHUNK: u64 = 8 << 20;
 
-/// The most one `write` copies (a shard's frames are hundreds of KiB). `SCHED_IDLE` gives the
-/// core up at once in user space; on a kernel without preemption, a thread inside a system call
-/// keeps it until the kernel offers it. Shorter calls bound that time: with them, a snapshot
-/// moved the p99 less (docs/persistence.md "Writing a snapshot").
+/// The most one `write` copies through the page cache (a shard's frames are hundreds of KiB).
+/// `SCHED_IDLE` gives the core up at once in user space; on a kernel without preemption, a thread
+/// inside a system call keeps it until the kernel offers it. Shorter calls bound that time: with
+/// them, a snapshot moved the p99 less (docs/persistence.md "Writing a snapshot").
 const WRITE_PIECE: usize = 64 << 10;
 
 impl Sink {
+    /// `periodic`: written with `O_DIRECT` if the file system takes it, else paced write-back.
+    fn new(file: File, periodic: bool) -> Sink {
+        let direct = (periodic && set_direct(&file, true)).then(Direct::new);
+        let written_back = (periodic && direct.is_none()).then_some(0);
+        Sink { file, bytes: 0, error: None, written_back, direct }
+    }
+
     /// Writes the whole pages the encoder has ready; false once a write failed.
     fn drain(&mut self, encoder: &mut Encoder) -> bool {
         self.write(encoder, PAGE)
     }
 
-    /// Writes all the encoder has left.
+    /// Writes all the encoder has left (and, direct, what waits in the buffer).
     fn finish(&mut self, encoder: &mut Encoder) {
-        self.write(encoder, 1);
+        if self.write(encoder, 1) && self.direct.as_ref().is_some_and(|d| d.filled > 0) {
+            let result = self.flush_direct();
+            self.failed(result);
+        }
     }
 
-    /// Writes what the encoder has ready, in a multiple of `unit` bytes.
+    /// Writes what the encoder has ready, in a multiple of `unit` bytes (direct: all of it, into
+    /// the buffer first).
     fn write(&mut self, encoder: &mut Encoder, unit: usize) -> bool {
         if self.error.is_some() {
             return false;
         }
-        if let Some(out) = encoder.take() {
-            let len = out.len() / unit * unit;
-            for piece in out[..len].chunks(WRITE_PIECE) {
-                super::off_core::check();
-                if let Err(e) = self.file.write_all(piece) {
-                    self.error = Some(e);
-                    return false;
-                }
-            }
-            self.bytes += len as u64;
-            encoder.taken(len);
-            if let Err(e) = self.pace() {
-                self.error = Some(e);
-                return false;
-            }
-        }
-        true
+        let Some(out) = encoder.take() else { return true };
+        let len = if self.direct.is_some() { out.len() } else { out.len() / unit * unit };
+        let result = self.put(&out[..len]);
+        encoder.taken(len);
+        self.failed(result)
     }
 
-    /// Paced: once a chunk more is written, writes it back and waits for it.
+    /// Keeps `result`'s error, if any: false then.
+    fn failed(&mut self, result: io::Result<()>) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+
+    fn put(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while let Some(direct) = &mut self.direct {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let n = direct.copy(data);
+            self.bytes += n as u64;
+            data = &data[n..];
+            if direct.filled == DIRECT_CHUNK {
+                self.flush_direct()?;
+            }
+        }
+        for piece in data.chunks(WRITE_PIECE) {
+            super::off_core::check();
+            self.file.write_all_at(piece, self.bytes)?;
+            self.bytes += piece.len() as u64;
+        }
+        self.pace()
+    }
+
+    /// Writes the direct buffer out, its last block padded with zeros (cut off at the end). A
+    /// file system that takes `O_DIRECT` at open but refuses a write of it (`EINVAL`) gets this
+    /// and the rest through the page cache.
+    fn flush_direct(&mut self) -> io::Result<()> {
+        let Some(direct) = &mut self.direct else { return Ok(()) };
+        super::off_core::check();
+        let (at, block) = (direct.flushed, direct.block());
+        let result = match refused_direct_write().map_or_else(|| self.file.write_all_at(block, at), Err) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && set_direct(&self.file, false) => {
+                let result = self.file.write_all_at(block, at);
+                self.direct = None;
+                self.written_back = Some(at);
+                return result;
+            }
+            result => result,
+        };
+        direct.flushed += block.len() as u64;
+        direct.filled = 0;
+        result
+    }
+
+    /// Paced through the page cache: once a chunk more is written, writes it back and waits for
+    /// it.
     fn pace(&mut self) -> io::Result<()> {
         match self.written_back {
             Some(from) if self.bytes - from >= WRITEBACK_CHUNK => self.write_back_rest(),
@@ -382,7 +479,7 @@ impl Sink {
         }
     }
 
-    /// Paced: writes back what is not yet, and waits for it.
+    /// Paced through the page cache: writes back what is not yet, and waits for it.
     fn write_back_rest(&mut self) -> io::Result<()> {
         let Some(from) = self.written_back else { return Ok(()) };
         if self.bytes > from {
@@ -391,6 +488,102 @@ impl Sink {
         self.written_back = Some(self.bytes);
         Ok(())
     }
+}
+
+/// `O_DIRECT` writes must start at, and be a multiple of, the device's logical block (512 or
+/// 4096 bytes: 4096 serves both), from memory aligned the same way.
+const ALIGN: usize = 4096;
+
+/// Each direct write: long enough that the disk sees few requests, short enough that a pause of
+/// the snapshot (pace.rs) comes often.
+const DIRECT_CHUNK: usize = 1 << 20;
+
+/// The buffer of a sink writing with `O_DIRECT`: `DIRECT_CHUNK` bytes aligned to `ALIGN`, inside
+/// a longer `Vec` (no allocator call with an alignment, no unsafe code).
+struct Direct {
+    memory: Vec<u8>,
+    /// Where the aligned part starts in `memory`.
+    start: usize,
+    /// Bytes waiting in the buffer.
+    filled: usize,
+    /// Bytes written to the file (a multiple of `DIRECT_CHUNK`, but for the last write).
+    flushed: u64,
+}
+
+impl Direct {
+    fn new() -> Direct {
+        let memory = vec![0; DIRECT_CHUNK + ALIGN];
+        let start = memory.as_ptr().align_offset(ALIGN);
+        Direct { memory, start, filled: 0, flushed: 0 }
+    }
+
+    /// Copies as much of `data` as the buffer has room for: how much.
+    fn copy(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(DIRECT_CHUNK - self.filled);
+        let at = self.start + self.filled;
+        self.memory[at..at + n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        n
+    }
+
+    /// What waits, padded with zeros to a whole block.
+    fn block(&mut self) -> &[u8] {
+        let len = self.filled.next_multiple_of(ALIGN);
+        let block = &mut self.memory[self.start..self.start + len];
+        block[self.filled..].fill(0);
+        block
+    }
+}
+
+/// Turns `O_DIRECT` on or off for `file`: whether it is now as asked (Linux only).
+fn set_direct(file: &File, on: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if refused_direct_open() && on {
+            return false;
+        }
+        // SAFETY: system calls on a descriptor `file` owns, with no memory passed.
+        unsafe {
+            let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            let flags = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        !on
+    }
+}
+
+/// Tests play a file system that refuses `O_DIRECT` at open (`Open`) or at the first write
+/// (`Write`), as some do; the file systems this machine has take it.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum RefuseDirect {
+    Open,
+    Write,
+}
+
+#[cfg(test)]
+thread_local! {
+    pub(super) static REFUSE_DIRECT: std::cell::Cell<Option<RefuseDirect>> = const { std::cell::Cell::new(None) };
+}
+
+fn refused_direct_open() -> bool {
+    #[cfg(test)]
+    return REFUSE_DIRECT.get() == Some(RefuseDirect::Open);
+    #[cfg(not(test))]
+    false
+}
+
+fn refused_direct_write() -> Option<io::Error> {
+    #[cfg(test)]
+    if REFUSE_DIRECT.get() == Some(RefuseDirect::Write) {
+        return Some(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    None
 }
 
 /// Writes `len` bytes of `file` from `offset` back to the disk, and waits until they are.
