@@ -189,19 +189,17 @@ fn write_spare(
 /// (the JS thread, the network thread, the kernel's) takes it from the snapshot at once, where a
 /// nice value only weighs their shares. A snapshot that gets starved that way (a core for less
 /// than a quarter of the time it wanted one, over a second or more: every core busy) stops
-/// (`keep_going`), and is written
-/// again on a new thread at nice 10 (`run_after_starving`), so that it ends: a thread cannot
-/// leave `SCHED_IDLE` without `CAP_SYS_NICE` (or an `RLIMIT_NICE` of 20), which a process not run
-/// by root seldom has. Best effort: nothing changes where it is refused, or elsewhere than Linux.
+/// (`keep_going`), and is written again on a new thread at nice 10 (`run_after_starving`), so
+/// that it ends: a thread cannot leave `SCHED_IDLE` without `CAP_SYS_NICE` (or an `RLIMIT_NICE`
+/// of 20), which a process not run by root seldom has. Best effort: nothing changes where it is refused, or elsewhere than Linux.
 pub(super) fn run_in_background() {
     #[cfg(target_os = "linux")]
     // SAFETY: a system call about the calling thread (pid 0), with a parameter that outlives it.
     unsafe {
         let param = libc::sched_param { sched_priority: 0 };
         if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 {
-            let since = Instant::now();
             BACKGROUND.set(Some(Background {
-                since,
+                since: Instant::now(),
                 cpu: thread_cpu(),
                 waited: Duration::ZERO,
                 scheduled: scheduled(),
@@ -429,6 +427,8 @@ impl Sink {
         }
     }
 
+    /// Writes `data` next: direct, through the buffer (written out whenever full); else at once,
+    /// in pieces of at most `WRITE_PIECE`, paced.
     fn put(&mut self, mut data: &[u8]) -> io::Result<()> {
         while let Some(direct) = &mut self.direct {
             if data.is_empty() {
@@ -547,7 +547,7 @@ fn set_direct(file: &File, on: bool) -> bool {
         unsafe {
             let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
             let flags = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags) == 0
+            flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags) == 0
         }
     }
     #[cfg(not(target_os = "linux"))]
