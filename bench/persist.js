@@ -94,9 +94,10 @@ async function ours(count, dir, log) {
       stats = await waitFor(node, (s) => s.snapshotsWritten >= 2, (interval + 60) * 1000);
     }
     const firstNewFile = parseSnapshotLogs(await node.call("logs")).find((l) => l.sessions === count && l.newFile) || null;
-    // Latency over SNAPSHOTS steady-state snapshots or more, one at a time (each run from just after
-    // a tick that found nothing to write to shortly after the next one's snapshot), until MIN_CALLS_DURING calls fell during them:
-    // the pooled p99 rests on two hundred calls or more, not on the few slowest of one snapshot.
+    // Latency over SNAPSHOTS steady-state snapshots or more, one at a time (each run from just
+    // after a tick that found nothing to write to shortly after the next one's snapshot), until
+    // MIN_CALLS_DURING calls fell during them: the pooled p99 rests on two hundred calls or more,
+    // not on the few slowest of one snapshot.
     const phases = () => ({ during: [], outside: [], writing: [], syncing: [], placebo: [], placeboRest: [] });
     const samples = { set: phases(), get: phases() };
     const snapshots = [];

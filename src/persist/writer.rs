@@ -191,7 +191,8 @@ fn write_spare(
 /// than a quarter of the time it wanted one, over a second or more: every core busy) stops
 /// (`keep_going`), and is written again on a new thread at nice 10 (`run_after_starving`), so
 /// that it ends: a thread cannot leave `SCHED_IDLE` without `CAP_SYS_NICE` (or an `RLIMIT_NICE`
-/// of 20), which a process not run by root seldom has. Best effort: nothing changes where it is refused, or elsewhere than Linux.
+/// of 20), which a process not run by root seldom has. Best effort: nothing changes where it is
+/// refused, or elsewhere than Linux.
 pub(super) fn run_in_background() {
     #[cfg(target_os = "linux")]
     // SAFETY: a system call about the calling thread (pid 0), with a parameter that outlives it.
@@ -202,7 +203,7 @@ pub(super) fn run_in_background() {
                 since: Instant::now(),
                 cpu: thread_cpu(),
                 waited: Duration::ZERO,
-                scheduled: scheduled(),
+                run_queue: run_queue_time(),
             }));
         }
     }
@@ -222,27 +223,19 @@ struct Background {
     cpu: Duration,
     /// Time since spent waiting on purpose (`pause`): not starvation.
     waited: Duration,
-    /// The thread's times on and waiting for a core then, where the kernel counts them.
-    scheduled: Option<Scheduled>,
+    /// The thread's `run_queue_time` then, where the kernel counts it.
+    run_queue: Option<Duration>,
 }
 
-/// A thread's time on a core, and runnable but waiting for one, since it began
-/// (`/proc/thread-self/schedstat`).
+/// How long the calling thread has been runnable but waiting for a core, since it began
+/// (`/proc/thread-self/schedstat`: time on a core, that wait, turns on a core); `None` where the
+/// kernel does not count it (no `CONFIG_SCHED_INFO`: the turns read 0).
 #[cfg(target_os = "linux")]
-#[derive(Clone, Copy)]
-struct Scheduled {
-    on_core: Duration,
-    waiting: Duration,
-}
-
-/// The calling thread's `Scheduled`; `None` where the kernel does not count them (no
-/// `CONFIG_SCHED_INFO`: its count of the thread's turns on a core reads 0).
-#[cfg(target_os = "linux")]
-fn scheduled() -> Option<Scheduled> {
+fn run_queue_time() -> Option<Duration> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let mut fields = text.split_whitespace().map(|field| field.parse::<u64>().ok());
-    let (on_core, waiting, turns) = (fields.next()??, fields.next()??, fields.next()??);
-    (turns > 0).then(|| Scheduled { on_core: Duration::from_nanos(on_core), waiting: Duration::from_nanos(waiting) })
+    let mut fields = text.split_whitespace().skip(1).map(|field| field.parse::<u64>().ok());
+    let (waiting, turns) = (fields.next()??, fields.next()??);
+    (turns > 0).then(|| Duration::from_nanos(waiting))
 }
 
 /// Counts `time` this thread waited on purpose, out of its starvation (`keep_going`).
@@ -297,15 +290,13 @@ pub(super) fn keep_going() -> bool {
     super::off_core::check();
     #[cfg(target_os = "linux")]
     if let Some(b) = BACKGROUND.get() {
-        return !match (b.scheduled, scheduled()) {
+        let cpu = thread_cpu().saturating_sub(b.cpu);
+        return !match (b.run_queue, run_queue_time()) {
             // Time blocked on the disk (a write with `O_DIRECT`, a write-back) is not wanting a core.
-            (Some(then), Some(now)) => {
-                let cpu = now.on_core.saturating_sub(then.on_core);
-                starved(cpu + now.waiting.saturating_sub(then.waiting), cpu)
-            }
+            (Some(then), Some(now)) => starved(cpu + now.saturating_sub(then), cpu),
             // Else the wall clock, but for the pauses: a snapshot that waits for its disk a lot can
             // be taken for starved, and is then written again at nice 10.
-            _ => starved(b.since.elapsed().saturating_sub(b.waited), thread_cpu().saturating_sub(b.cpu)),
+            _ => starved(b.since.elapsed().saturating_sub(b.waited), cpu),
         };
     }
     true
