@@ -242,13 +242,7 @@ fn read_into(
     let end = std::thread::scope(|scope| {
         for _ in 0..mergers {
             let (batches, give_back) = (&batches, give_back.clone());
-            scope.spawn(move || {
-                let mut order = Vec::new();
-                while let Ok(mut batch) = batches.lock().recv() {
-                    batch.merge_into(table, &mut order);
-                    let _ = give_back.send(batch);
-                }
-            });
+            scope.spawn(move || merge_batches(batches, table, |batch| drop(give_back.send(batch))));
         }
         let end = if sealed {
             let (read, opened) = mpsc::sync_channel::<Result<Frame, DecodeError>>(FRAMES_AHEAD);
@@ -277,6 +271,19 @@ fn read_into(
         return Err(FormatError::Corrupted("entry count").into());
     }
     Ok((header, end, counts))
+}
+
+/// Merges the batches that `batches` gives, each handed to `give_back` once merged, until it is
+/// empty and closed. Several threads merge from one `batches` at once: the lock is held only to
+/// take a batch, never while merging it.
+fn merge_batches(batches: &Mutex<mpsc::Receiver<Batch>>, table: &Table, give_back: impl Fn(Batch)) {
+    let mut order = Vec::new();
+    loop {
+        let next = batches.lock().recv();
+        let Ok(mut batch) = next else { return };
+        batch.merge_into(table, &mut order);
+        give_back(batch);
+    }
 }
 
 fn stopped() -> DecodeError {
@@ -321,4 +328,58 @@ fn reject(path: &Path, reason: Rejection) -> Loaded {
     let aside = PathBuf::from(aside);
     let moved = std::fs::rename(path, &aside).map(|()| aside);
     Loaded::Rejected { reason, moved }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::clock::Version;
+    use crate::table::Data;
+
+    /// Two merging threads merge two batches at once: neither holds the queue while it merges.
+    /// Each hands its merged batch to a channel that nobody reads until both batches are in the
+    /// table, so a merger that held the queue until then would keep the other from its batch.
+    #[test]
+    fn mergers_merge_at_once() {
+        let table = Table::new();
+        let (work, batches) = mpsc::sync_channel::<Batch>(2);
+        let batches = Mutex::new(batches);
+        let sids = ["a-session", "another-session"];
+        for (k, sid) in sids.iter().enumerate() {
+            let version = Version { hlc: 1 + k as u64, node: 1 };
+            let entry = Entry {
+                data: Data::Live(Arc::from("{}")),
+                data_version: version,
+                cookie_version: version,
+                cookie: None,
+                expires_at: u64::MAX,
+                local_expires_at: 0,
+            };
+            let mut batch = Batch::default();
+            batch.push(sid, entry);
+            work.send(batch).unwrap();
+        }
+        drop(work);
+        let (give_back, merged) = mpsc::sync_channel::<Batch>(0);
+        let both_in = std::thread::scope(|scope| {
+            for _ in 0..2 {
+                let (batches, table, give_back) = (&batches, &table, give_back.clone());
+                scope.spawn(move || merge_batches(batches, table, move |batch| drop(give_back.send(batch))));
+            }
+            let both_in = || sids.iter().all(|sid| table.entry(sid).is_some());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !both_in() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let both = both_in();
+            for _ in 0..2 {
+                merged.recv().unwrap(); // lets the mergers go
+            }
+            both
+        });
+        assert!(both_in, "the second batch waited for the first merger to hand its batch back");
+    }
 }
