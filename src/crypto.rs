@@ -80,12 +80,20 @@ pub struct Codec {
     keys: Vec<ClusterKey>,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Passphrases stretched on this thread, for tests.
+    pub static STRETCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// The key bytes of a secret: Argon2id for passphrases (OWASP's minimum parameters: 19 MiB,
 /// 2 passes), salted with the cluster name.
 pub fn derive_key(secret: &Secret, cluster: &str) -> [u8; KEY_BYTES] {
     match secret {
         Secret::Key(key) => *key,
         Secret::Passphrase(phrase) => {
+            #[cfg(test)]
+            STRETCHED.with(|n| n.set(n.get() + 1));
             let salt = Sha256::new().chain_update(b"express-session-multicast salt\0").chain_update(cluster).finalize();
             let params = Params::new(19 * 1024, 2, 1, Some(KEY_BYTES)).expect("valid Argon2 parameters");
             let mut key = [0u8; KEY_BYTES];

@@ -11,11 +11,11 @@ use serde_json::json;
 
 use crate::clock::{now_ms, Clock};
 use crate::core::{Role, LEAVE_TIMEOUT};
-use crate::crypto::Codec;
+use crate::crypto::{derive_key, Codec};
 use crate::driver::outbox::Outbox;
 use crate::driver::{Answer, Driver, Parts};
 use crate::events::{Event, EventSink, Level};
-use crate::options::Config;
+use crate::options::{Config, Secret};
 use crate::persist::Persist;
 use crate::stats::{Net, Snapshot, Sources};
 use crate::table::{expiry, Lookup, Op, Table};
@@ -98,7 +98,15 @@ impl Engine {
         Self::launch(config, events, Role::Member, hooks)
     }
 
-    fn launch(config: Config, events: EventSink, role: Role, #[cfg(test)] hooks: TestHooks) -> std::io::Result<Engine> {
+    fn launch(
+        mut config: Config,
+        events: EventSink,
+        role: Role,
+        #[cfg(test)] hooks: TestHooks,
+    ) -> std::io::Result<Engine> {
+        // Each passphrase is stretched once (Argon2id, about 25 ms): the wire's codec and the
+        // snapshots' keys are both derived from the cluster key it gives.
+        config.secrets = config.secrets.iter().map(|secret| Secret::Key(derive_key(secret, &config.cluster))).collect();
         let node_id = rand::random::<u64>() | 1;
         let header = Header { cluster: wire::cluster_id(&config.cluster), node: node_id, incarnation: now_ms() };
         let runtime = tokio::runtime::Builder::new_multi_thread()

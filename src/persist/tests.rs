@@ -825,3 +825,23 @@ mod timing {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A node with a passphrase, networked and with `persist`, stretches it once at start (Argon2id:
+/// tens of milliseconds) for both the wire's codec and the snapshots' keys.
+#[test]
+fn a_passphrase_is_stretched_once() {
+    let dir = Dir::new();
+    let networked = Config {
+        multicast: Config::default().multicast,
+        ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
+        multicast_ttl: 0,
+        multicast_port: 40_000 + (std::process::id() % 20_000) as u16,
+        cluster: format!("stretched-{}", std::process::id()),
+        ..config(&dir.file(), 60_000, &["a passphrase"])
+    };
+    let before = crate::crypto::STRETCHED.with(|n| n.get());
+    let (engine, _events) = start(networked);
+    assert_eq!(engine.stats()["network"], "up");
+    assert_eq!(crate::crypto::STRETCHED.with(|n| n.get()) - before, 1);
+    engine.close();
+}
