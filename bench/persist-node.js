@@ -3,6 +3,7 @@
 // util.js spawnNode: { id, cmd, args } → { id, result } | { id, error }). Not networked
 // (multicast: false): what is measured is the snapshot. Exits when the parent goes away.
 const crypto = require("crypto");
+const fs = require("fs");
 const session = require("express-session");
 const MulticastStore = require("..")(session);
 const { makeSession } = require("./util");
@@ -46,18 +47,26 @@ const commands = {
   /**
    * Until epoch ms `until`: a set, then a get, of random sessions of the table, each awaited
    * (called → callback), then 1 ms of idle; as a busy server's requests come. Samples are
-   * [epoch ms when called, µs called → callback], pairs in a Float64Array.
+   * [epoch ms when called, µs called → callback], pairs in a Float64Array; and every 50 pairs,
+   * from stats(), each snapshot written since: [[epoch ms when it began, ms it took], …].
    * The last run's samples, sent to the parent, are garbage: a full collection first (node
    * --expose-gc), and samples go into arrays allocated once, so that no collection of them falls
-   * into the run, before or during a snapshot more than elsewhere.
+   * into the run, during a snapshot more than elsewhere.
    */
   async latency(until, bytes) {
     if (global.gc) global.gc();
     const sess = makeSession(bytes);
     const room = 2 * Math.max(1, until - Date.now() + 16);
     const [sets, gets] = [new Float64Array(room), new Float64Array(room)];
+    const snapshots = [];
     let n = 0;
-    while (Date.now() < until && n < room) {
+    let seen = store.stats().lastSnapshotAt;
+    // One pair at least: a caller that only wants a change (a snapshot to come) gets one.
+    while ((n === 0 || Date.now() < until) && n < room) {
+      if (n % 100 === 0) {
+        const s = store.stats();
+        if (s.lastSnapshotAt !== seen) snapshots.push([(seen = s.lastSnapshotAt), s.lastSnapshotMs]);
+      }
       const i = crypto.randomInt(count);
       sess.user.id = i;
       let at = Date.now();
@@ -73,7 +82,24 @@ const commands = {
       n += 2;
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
-    return { sets: sets.subarray(0, n), gets: gets.subarray(0, n) };
+    return { sets: sets.subarray(0, n), gets: gets.subarray(0, n), snapshots };
+  },
+  /**
+   * The floor of a load of `file` (bench/persist.js), in a process that opened no store: read
+   * the file (from the page cache or the disk, 1 MiB at a time), and write as many bytes of new
+   * memory (64 MiB buffers, kept until the end), as a load writes the sessions it decodes.
+   */
+  floor(file) {
+    const t = now();
+    const fd = fs.openSync(file, "r");
+    const chunk = Buffer.allocUnsafe(1 << 20);
+    let bytes = 0;
+    for (let n; (n = fs.readSync(fd, chunk, 0, chunk.length, null)) > 0; ) bytes += n;
+    fs.closeSync(fd);
+    const readMs = ms(t);
+    const memory = [];
+    for (let left = bytes; left > 0; left -= 1 << 26) memory.push(Buffer.allocUnsafeSlow(Math.min(left, 1 << 26)).fill(0x20));
+    return { ms: ms(t), readMs, bytes: memory.reduce((sum, b) => sum + b.length, 0) };
   },
   /** close(): with persist, it writes the last snapshot (when something changed). */
   close() {
