@@ -35,6 +35,10 @@ use crate::table::Table;
 
 /// A failing snapshot is reported as an `error` event at most this often (every failure counts).
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+/// A periodic snapshot that took this share of its half interval or more ran out of it.
+const PACE_REPORT_SHARE: f64 = 0.95;
+/// How often such a snapshot is logged, at most.
+const PACE_REPORT_EVERY: Duration = Duration::from_secs(3600);
 
 /// The `persist` option.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +80,8 @@ pub struct Persist {
     /// `Table::changes()` when the last snapshot written began (or the load ended).
     saved_changes: Mutex<Option<u64>>,
     last_error_report: Mutex<Option<Instant>>,
+    /// When a periodic snapshot last ran out of its half interval (`report_pace`).
+    last_pace_report: Mutex<Option<Instant>>,
     /// The file's lock, once this process holds it: only its holder writes (lock.rs).
     lock: Mutex<Option<FileLock>>,
     /// Another process held the lock when this one last tried (logged once per change).
@@ -98,6 +104,7 @@ impl Persist {
             closing: AtomicBool::new(false),
             saved_changes: Mutex::new(None),
             last_error_report: Mutex::new(None),
+            last_pace_report: Mutex::new(None),
             lock: Mutex::new(None),
             locked_out: AtomicBool::new(false),
             home: off_core::Thread::current(),
@@ -110,6 +117,30 @@ impl Persist {
 
     fn log(&self, level: Level, message: String) {
         (self.events)(Event::Log { level, message: format!("persist: {message}") });
+    }
+
+    /// Logs (at most once an hour) a periodic snapshot that took its whole half interval: its
+    /// work, paced to an eighth of a core, did not fit, so it ran busier, and the calls that met
+    /// it were slower (docs/persistence.md, Operations: "Interval and table size").
+    fn report_pace(&self, written: &Written, within: Duration) {
+        if written.ms < within.as_secs_f64() * 1000.0 * PACE_REPORT_SHARE {
+            return;
+        }
+        let mut last = self.last_pace_report.lock();
+        if last.is_some_and(|at| at.elapsed() < PACE_REPORT_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let work_ms = (written.ms - written.paused_ms).max(0.0);
+        // At its pace it takes eight times its work, within half the interval.
+        let needed_s = (work_ms * 16.0 / 1000.0).ceil();
+        self.log(
+            Level::Info,
+            format!(
+                "the snapshot of {} sessions took {:.0} ms, its whole half interval ({:.0} ms of work, {:.0} ms of pauses): it ran busier than an eighth of a core, and slowed the calls that met it; an interval of {needed_s} s or more lets it keep its pace (docs/persistence.md, Operations)",
+                written.sessions, written.ms, work_ms, written.paused_ms
+            ),
+        );
     }
 
     /// Whether this process may write the file: it holds the file's lock, or takes it now (the
@@ -247,6 +278,9 @@ impl Persist {
                         if w.direct { "O_DIRECT" } else { "through the page cache" }
                     ),
                 );
+                if let Some(within) = within {
+                    self.report_pace(w, within);
+                }
             }
             Err(WriteError::Cancelled) => {}
             Err(WriteError::Starved) => self.log(

@@ -225,6 +225,46 @@ fn interval_snapshots_only_while_something_changed() {
     a.close();
 }
 
+/// A periodic snapshot whose paced work does not fit in half the interval is logged, with an
+/// interval that would let it keep its pace; one that fits is not.
+#[test]
+fn a_snapshot_that_runs_out_of_its_half_interval_is_logged() {
+    let dir = Dir::new();
+    let pace_logs = |events: &Events| -> Vec<String> {
+        logs(events).into_iter().filter(|l| l.contains("its whole half interval")).collect()
+    };
+    // 20 MB in 100 ms at an eighth of a core: it cannot.
+    let (a, events) = start(config(&dir.file(), 200, &[]));
+    let session = format!(r#"{{"cookie":{{}},"data":"{}"}}"#, "x".repeat(1000));
+    for i in 0..20_000 {
+        a.set(&format!("s{i}"), session.clone(), None).unwrap();
+    }
+    assert!(wait_until(|| !pace_logs(&events).is_empty()), "{:?}", logs(&events));
+    let line = &pace_logs(&events)[0];
+    let needed: u64 = line.split("an interval of ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    assert!(needed >= 1, "{line}");
+    let sessions: u64 = line.split("snapshot of ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+    assert!((1..=20_000).contains(&sessions), "{line}");
+    // Once an hour at most, however many more run out.
+    let written = a.stats()["snapshotsWritten"].as_u64().unwrap();
+    assert!(wait_until(|| a.stats()["snapshotsWritten"].as_u64().unwrap() >= written + 2 || {
+        a.set("more", "{}".into(), None).unwrap();
+        false
+    }));
+    assert_eq!(pace_logs(&events).len(), 1, "{:?}", pace_logs(&events));
+    a.close();
+
+    // A few sessions in a half interval of a second: at its pace, and nothing logged.
+    let dir = Dir::new();
+    let (b, events) = start(config(&dir.file(), 2_000, &[]));
+    b.set("a", "{}".into(), None).unwrap();
+    assert!(wait_until(|| b.stats()["snapshotsWritten"] == 1));
+    b.set("b", "{}".into(), None).unwrap();
+    assert!(wait_until(|| b.stats()["snapshotsWritten"] == 2));
+    assert_eq!(pace_logs(&events), Vec::<String>::new());
+    b.close();
+}
+
 /// A crash after the spare file is complete and before the rename: the previous snapshot
 /// loads, and the next snapshot is written over the leftover.
 #[test]

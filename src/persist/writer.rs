@@ -34,6 +34,8 @@ pub struct Written {
     pub cpu_ms: f64,
     /// The longest the table's lock of one shard was held (see `Table::export`), in µs.
     pub longest_hold_us: f64,
+    /// Of `ms`, the pauses of a periodic snapshot (pace.rs): the rest was its work.
+    pub paused_ms: f64,
     /// Written over the previous snapshot's file, rather than into a new one.
     pub in_place: bool,
     /// Written with `O_DIRECT` from start to end (a periodic snapshot, where the file system
@@ -130,6 +132,7 @@ fn write_spare(
     let mut encoder = Encoder::new(header, keys);
     let mut sink = Sink::new(file, within.is_some());
     let mut pacer = within.map(|within| Pacer::new(Instant::now(), within));
+    let mut paused = Duration::ZERO;
     let longest = table.export(now, |copy| {
         cancelled = cancel.load(Ordering::Relaxed);
         if cancelled {
@@ -146,7 +149,9 @@ fn write_spare(
             return None;
         }
         if let Some(pacer) = &mut pacer {
-            cancelled = !pause(pacer.pause(Instant::now(), copy.done()), cancel);
+            let time = pacer.pause(Instant::now(), copy.done());
+            paused += time;
+            cancelled = !pause(time, cancel);
         }
         (!cancelled).then_some(copy)
     });
@@ -166,7 +171,9 @@ fn write_spare(
     if let Some(pacer) = &mut pacer {
         // The last chunk too, so that the fsync has only the file's metadata left to write.
         sink.write_back_rest().map_err(io("writing"))?;
-        if !pause(pacer.pause(Instant::now(), 1.0), cancel) {
+        let time = pacer.pause(Instant::now(), 1.0);
+        paused += time;
+        if !pause(time, cancel) {
             return Err(WriteError::Cancelled);
         }
     }
@@ -180,6 +187,7 @@ fn write_spare(
         sync_ms: sync.elapsed().as_secs_f64() * 1000.0,
         cpu_ms: 0.0,
         longest_hold_us: longest.as_secs_f64() * 1e6,
+        paused_ms: paused.as_secs_f64() * 1000.0,
         in_place,
         direct: sink.direct.is_some(),
     })
