@@ -119,26 +119,24 @@ impl Persist {
         (self.events)(Event::Log { level, message: format!("persist: {message}") });
     }
 
-    /// Logs (at most once an hour) a periodic snapshot that took its whole half interval: its
-    /// work, paced to an eighth of a core, did not fit, so it ran busier, and the calls that met
-    /// it were slower (docs/persistence.md, Operations: "Interval and table size").
+    /// Logs (at most once an hour) a periodic snapshot that ran out of its half interval
+    /// (`needed_interval`).
     fn report_pace(&self, written: &Written, within: Duration) {
-        if written.ms < within.as_secs_f64() * 1000.0 * PACE_REPORT_SHARE {
-            return;
-        }
+        let Some(needed_s) = needed_interval(written, within) else { return };
         let mut last = self.last_pace_report.lock();
         if last.is_some_and(|at| at.elapsed() < PACE_REPORT_EVERY) {
             return;
         }
         *last = Some(Instant::now());
-        let work_ms = (written.ms - written.paused_ms).max(0.0);
-        // At its pace it takes eight times its work, within half the interval.
-        let needed_s = (work_ms * 16.0 / 1000.0).ceil();
+        let writing_ms = written.ms - written.sync_ms;
         self.log(
             Level::Info,
             format!(
-                "the snapshot of {} sessions took {:.0} ms, its whole half interval ({:.0} ms of work, {:.0} ms of pauses): it ran busier than an eighth of a core, and slowed the calls that met it; an interval of {needed_s} s or more lets it keep its pace (docs/persistence.md, Operations)",
-                written.sessions, written.ms, work_ms, written.paused_ms
+                "the snapshot of {} sessions took {:.0} ms to write, its whole half interval ({:.0} ms of work, {:.0} ms of pauses): it ran busier than an eighth of a core, and slowed the calls that met it; an interval of {needed_s} s or more lets it keep its pace (docs/persistence.md, Operations)",
+                written.sessions,
+                writing_ms,
+                writing_ms - written.paused_ms,
+                written.paused_ms
             ),
         );
     }
@@ -365,6 +363,20 @@ impl Persist {
         }
         result
     }
+}
+
+/// When a periodic snapshot's paced writing (its fsyncs at the end are not paced) took its whole
+/// half interval `within`: its work, paced to an eighth of a core, did not fit, so it ran busier,
+/// and the calls that met it were slower (docs/persistence.md, Operations: "Interval and table
+/// size"). Then the interval, in seconds, that would let it keep its pace: eight times its work,
+/// in half the interval.
+fn needed_interval(written: &Written, within: Duration) -> Option<u64> {
+    let writing_ms = written.ms - written.sync_ms;
+    if writing_ms < within.as_secs_f64() * 1000.0 * PACE_REPORT_SHARE {
+        return None;
+    }
+    let work_ms = (writing_ms - written.paused_ms).max(0.0);
+    Some((work_ms * 16.0 / 1000.0).ceil().max(1.0) as u64)
 }
 
 /// For tests of a crash between the write and the rename: with the environment variable
