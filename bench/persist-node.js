@@ -3,10 +3,9 @@
 // util.js spawnNode: { id, cmd, args } → { id, result } | { id, error }). Not networked
 // (multicast: false): what is measured is the snapshot. Exits when the parent goes away.
 const crypto = require("crypto");
-const fs = require("fs");
 const session = require("express-session");
 const MulticastStore = require("..")(session);
-const { makeSession } = require("./util");
+const { makeSession, readThrough } = require("./util");
 
 const now = process.hrtime.bigint;
 const ms = (from) => Number(now() - from) / 1e6;
@@ -91,15 +90,10 @@ const commands = {
    */
   floor(file) {
     const t = now();
-    const fd = fs.openSync(file, "r");
-    const chunk = Buffer.allocUnsafe(1 << 20);
-    let bytes = 0;
-    for (let n; (n = fs.readSync(fd, chunk, 0, chunk.length, null)) > 0; ) bytes += n;
-    fs.closeSync(fd);
-    const readMs = ms(t);
+    const bytes = readThrough(file);
     const memory = [];
     for (let left = bytes; left > 0; left -= 1 << 26) memory.push(Buffer.allocUnsafeSlow(Math.min(left, 1 << 26)).fill(0x20));
-    return { ms: ms(t), readMs, bytes: memory.reduce((sum, b) => sum + b.length, 0) };
+    return { ms: ms(t) };
   },
   /** close(): with persist, it writes the last snapshot (when something changed). */
   close() {

@@ -138,14 +138,13 @@ async function ours(count, dir, log) {
       const phase = (ys) => ({ n: ys.length, p50: pct(ys, 0.5), p99: pct(ys, 0.99) });
       // Each snapshot next to the calls outside it in its own interval (from its start to the
       // next one's): the machine's speed drifts over minutes, which pooling mixes in.
-      const eachSnapshot = windows.map(([from], k) => {
+      const eachSnapshot = windows.map(([from]) => {
         const span = ([at]) => at >= from && at < from + period;
         const ours = (ys) => ys.filter(span);
         const placeboWindow = placeboWindows.find(([f]) => f >= from && f < from + period);
         return {
           p99Ratio: u.ratio(pct(ours(during), 0.99), pct(ours(outside), 0.99)),
           placeboP99Ratio: placeboWindow ? u.ratio(pct(ours(placebo), 0.99), pct(ours(placeboRest), 0.99)) : null,
-          k,
         };
       }).filter((r) => r.p99Ratio !== null);
       const middle = (key) => {
@@ -158,7 +157,7 @@ async function ours(count, dir, log) {
         p99Ratio: u.ratio(pct(during, 0.99), pct(outside, 0.99)),
         p99RatioInterval: ratioInterval(during, outside),
         placebo: { n: placebo.length, windows: placeboWindows.length, p99Ratio: u.ratio(pct(placebo, 0.99), pct(placeboRest, 0.99)), p99RatioInterval: ratioInterval(placebo, placeboRest) },
-        eachSnapshot: eachSnapshot.map(({ p99Ratio, placeboP99Ratio }) => ({ p99Ratio, placeboP99Ratio })),
+        eachSnapshot,
         medianOfSnapshots: { p99Ratio: middle("p99Ratio"), placeboP99Ratio: middle("placeboP99Ratio") },
       };
     }
@@ -198,9 +197,7 @@ function pairs({ sets, gets }) {
 async function loadTimes(count, options) {
   // Read once first: a periodic snapshot's file (O_DIRECT) is not in the page cache, and the
   // first floor would pay its reading from the disk for the load after it.
-  const fd = fs.openSync(options.persist.path, "r");
-  for (const chunk = Buffer.allocUnsafe(1 << 20); fs.readSync(fd, chunk, 0, chunk.length, null) > 0; );
-  fs.closeSync(fd);
+  u.readThrough(options.persist.path);
   const loads = [];
   for (let k = 0; k < LOADS; k++) {
     const floor = u.spawnNode(`persist-floor-${count}`, path.join(__dirname, "persist-node.js"));
